@@ -1,0 +1,39 @@
+//! consort runs tasks in worker processes, in any language, and outlives them.
+//!
+//! It speaks the [Appose](https://github.com/apposed/appose) protocol: JSON lines over a
+//! worker's stdin and stdout. A [`Service`] supervises one worker; every [`Task`] sent to
+//! it ends exactly once, even when the worker hangs, floods, or dies.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use consort::Service;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let service = Service::python("python3").with_init("import math").start()?;
+//! let task = service
+//!     .task("task.update('half', current=1, maximum=2)\nx * 7")
+//!     .input("x", 6)
+//!     .listen(|event| println!("{event:?}"))
+//!     .submit()?;
+//! let outputs = task.wait_timeout(Duration::from_secs(10))?;
+//! assert_eq!(outputs["result"], 42);
+//! # Ok(()) }
+//! ```
+//!
+//! Modules, in reading order:
+//! - [`protocol`]: Appose messages and the line codec; pure, no I/O.
+//! - [`task`]: task states, events, errors, and the one-terminal-state machine.
+//! - [`service`]: the supervisor: spawn, route, detect crashes, terminate within a bound.
+//! - [`sys`]: thin wrappers over process system calls (the only `unsafe` here).
+
+#[cfg(not(unix))]
+compile_error!("consort supports Unix (Linux and macOS) only for now");
+
+pub mod protocol;
+pub mod service;
+pub mod sys;
+pub mod task;
+
+pub use protocol::{Args, TaskId};
+pub use service::{DebugLine, DebugStream, Service, ServiceBuilder, StartError, SubmitError};
+pub use task::{CrashReport, EventKind, ExitStatus, Task, TaskError, TaskEvent, TaskState};

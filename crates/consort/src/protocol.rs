@@ -1,0 +1,694 @@
+//! The Appose wire protocol: request and response types and the line codec, with no I/O.
+//!
+//! Requests (service → worker) and responses (worker → service) are JSON objects, one per
+//! line. This module encodes them byte for byte as the Python reference does (compact,
+//! ASCII-only, Python's float formatting, Python's key order), and decodes what real workers
+//! actually write, which is not always one clean JSON object per line:
+//!
+//! - two responses on one line, or a response glued to the end of a `print()` without a
+//!   newline (appose 0.12.0's worker writes the JSON and the newline separately, unlocked);
+//! - `NaN`, `Infinity` and `-Infinity` (Python's `allow_nan=True`);
+//! - integers beyond 64 bits, invalid UTF-8, CRLF line ends, a last line without a newline.
+//!
+//! # Invariants
+//! 1. Decoding never fails as a whole: every byte of a line ends up either in a [`Response`]
+//!    or in a [`Decoded::Noise`] fragment.
+//! 2. [`Framer`] never holds more than `max_line` bytes of one line, whatever the input.
+//! 3. Encoded requests never contain a non-ASCII byte or a blank line (the Python worker
+//!    takes a blank line as end of input).
+
+use std::fmt::Write as _;
+use std::io;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The inputs or outputs of a task: a JSON object.
+pub type Args = Map<String, Value>;
+
+/// Default bound on one line from a worker, in bytes (16 MiB).
+pub const DEFAULT_MAX_LINE: usize = 16 << 20;
+
+/// A task identifier: an opaque string, unique per service.
+///
+/// consort generates 32 lowercase hex digits, as the Python service does (`uuid4().hex`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(String);
+
+impl TaskId {
+    /// Wraps an identifier received from a peer or chosen by the caller.
+    pub fn new(id: impl Into<String>) -> TaskId {
+        TaskId(id.into())
+    }
+
+    /// The identifier as it travels on the wire.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A message from the service to the worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Run `script` with `inputs` bound as variables.
+    Execute {
+        /// The new task's identifier.
+        task: TaskId,
+        /// The script, in the worker's language.
+        script: String,
+        /// Input values, each bound to a variable of the same name.
+        inputs: Args,
+        /// `Some("main")` runs the task on the worker's main thread; `None` on its own thread.
+        queue: Option<String>,
+    },
+    /// Ask a running task to stop; the worker answers nothing by itself.
+    Cancel {
+        /// The task to cancel.
+        task: TaskId,
+    },
+}
+
+/// What a worker reports about a task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseKind {
+    /// The task started running.
+    Launch,
+    /// Progress; every field is optional.
+    Update(Progress),
+    /// The task finished with these outputs.
+    Completion(Args),
+    /// The script acknowledged a cancel request.
+    Cancelation,
+    /// The task failed; `None` when the script called `task.fail()` with no message.
+    Failure(Option<String>),
+}
+
+/// The payload of an UPDATE response.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Progress {
+    /// A status message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Units of work done so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current: Option<i64>,
+    /// Units of work in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maximum: Option<i64>,
+    /// Any extra data the worker attached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<Value>,
+}
+
+/// A message from the worker to the service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    /// The task it is about.
+    pub task: TaskId,
+    /// What happened.
+    pub kind: ResponseKind,
+}
+
+impl ResponseKind {
+    /// The wire name, as in `"responseType":"UPDATE"`.
+    pub fn wire_name(&self) -> &'static str {
+        match self {
+            ResponseKind::Launch => "LAUNCH",
+            ResponseKind::Update(_) => "UPDATE",
+            ResponseKind::Completion(_) => "COMPLETION",
+            ResponseKind::Cancelation => "CANCELATION",
+            ResponseKind::Failure(_) => "FAILURE",
+        }
+    }
+
+    /// Whether this response ends its task (the first one to arrive wins).
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, ResponseKind::Launch | ResponseKind::Update(_))
+    }
+}
+
+/// One thing found on a worker's stdout line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// A well-formed response.
+    Response(Response),
+    /// Text that is not a response: a stray `print()`, a JSON value without `task` and
+    /// `responseType`, a response of an unknown type, or a truncated fragment.
+    Noise(String),
+}
+
+// ---------------------------------------------------------------------------------------
+// Encoding
+
+impl Request {
+    /// Encodes the request as one line, without the trailing newline.
+    ///
+    /// The bytes are what appose-python's service writes: compact separators, keys in the
+    /// order `task, requestType, script, inputs, queue`, ASCII only, Python float syntax.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(128);
+        out.push_str("{\"task\":");
+        match self {
+            Request::Execute {
+                task,
+                script,
+                inputs,
+                queue,
+            } => {
+                write_json_str(&mut out, task.as_str());
+                out.push_str(",\"requestType\":\"EXECUTE\",\"script\":");
+                write_json_str(&mut out, script);
+                out.push_str(",\"inputs\":");
+                write_json_object(&mut out, inputs);
+                out.push_str(",\"queue\":");
+                match queue {
+                    Some(queue) => write_json_str(&mut out, queue),
+                    None => out.push_str("null"),
+                }
+            }
+            Request::Cancel { task } => {
+                write_json_str(&mut out, task.as_str());
+                out.push_str(",\"requestType\":\"CANCEL\"");
+            }
+        }
+        out.push('}');
+        out
+    }
+}
+
+impl Response {
+    /// Encodes the response as one line, without the trailing newline.
+    ///
+    /// Payload keys come first, then `task` and `responseType`, as in appose's
+    /// `python_worker` (`response = dict(args); response.update(task=..., responseType=...)`).
+    /// An UPDATE always carries `info`, `null` when absent.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(96);
+        out.push('{');
+        match &self.kind {
+            ResponseKind::Launch | ResponseKind::Cancelation | ResponseKind::Failure(None) => {}
+            ResponseKind::Update(progress) => {
+                if let Some(message) = &progress.message {
+                    out.push_str("\"message\":");
+                    write_json_str(&mut out, message);
+                    out.push(',');
+                }
+                if let Some(current) = progress.current {
+                    let _ = write!(out, "\"current\":{current},");
+                }
+                if let Some(maximum) = progress.maximum {
+                    let _ = write!(out, "\"maximum\":{maximum},");
+                }
+                out.push_str("\"info\":");
+                match &progress.info {
+                    Some(info) => write_json(&mut out, info),
+                    None => out.push_str("null"),
+                }
+                out.push(',');
+            }
+            ResponseKind::Completion(outputs) => {
+                out.push_str("\"outputs\":");
+                write_json_object(&mut out, outputs);
+                out.push(',');
+            }
+            ResponseKind::Failure(Some(error)) => {
+                out.push_str("\"error\":");
+                write_json_str(&mut out, error);
+                out.push(',');
+            }
+        }
+        out.push_str("\"task\":");
+        write_json_str(&mut out, self.task.as_str());
+        out.push_str(",\"responseType\":\"");
+        out.push_str(self.kind.wire_name());
+        out.push_str("\"}");
+        out
+    }
+}
+
+/// Writes `value` as Python's `json.dumps(value, separators=(",", ":"))` would.
+pub fn write_json(out: &mut String, value: &Value) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Number(number) => {
+            if let Some(int) = number.as_i64() {
+                let _ = write!(out, "{int}");
+            } else if let Some(int) = number.as_u64() {
+                let _ = write!(out, "{int}");
+            } else if let Some(float) = number.as_f64() {
+                write_python_float(out, float);
+            }
+        }
+        Value::String(text) => write_json_str(out, text),
+        Value::Array(items) => {
+            out.push('[');
+            for (idx, item) in items.iter().enumerate() {
+                if idx > 0 {
+                    out.push(',');
+                }
+                write_json(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => write_json_object(out, map),
+    }
+}
+
+fn write_json_object(out: &mut String, map: &Args) {
+    out.push('{');
+    for (idx, (key, item)) in map.iter().enumerate() {
+        if idx > 0 {
+            out.push(',');
+        }
+        write_json_str(out, key);
+        out.push(':');
+        write_json(out, item);
+    }
+    out.push('}');
+}
+
+/// Writes a JSON string with Python's `ensure_ascii=True` escaping.
+fn write_json_str(out: &mut String, text: &str) {
+    out.push('"');
+    for ch in text.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            ' '..='~' => out.push(ch),
+            _ => {
+                // Everything else, control characters and non-ASCII alike, becomes \uXXXX,
+                // astral characters as a surrogate pair, exactly as Python writes them.
+                let mut units = [0u16; 2];
+                for unit in ch.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+        }
+    }
+    out.push('"');
+}
+
+/// Writes a finite float as Python's `repr(float)`: the shortest round-trip digits, in
+/// positional notation when the decimal exponent is in `-4..16`, else `d.ddde+XX`.
+fn write_python_float(out: &mut String, float: f64) {
+    // serde_json numbers are always finite, but stay total anyway.
+    if !float.is_finite() {
+        out.push_str(if float.is_nan() {
+            "NaN"
+        } else if float > 0.0 {
+            "Infinity"
+        } else {
+            "-Infinity"
+        });
+        return;
+    }
+    // Rust's `{:e}` prints the shortest round-trip digits: "-1.2345e302", "5e-324", "0e0".
+    let scientific = format!("{float:e}");
+    let (mantissa, exponent) = scientific
+        .split_once('e')
+        .expect("`{:e}` always prints an exponent");
+    let exponent: i32 = exponent.parse().expect("`{:e}` prints a decimal exponent");
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|ch| *ch != '.').collect();
+    out.push_str(sign);
+    if (-4..16).contains(&exponent) {
+        if exponent < 0 {
+            out.push_str("0.");
+            for _ in 0..(-exponent - 1) {
+                out.push('0');
+            }
+            out.push_str(&digits);
+        } else {
+            let int_len = exponent as usize + 1;
+            if digits.len() <= int_len {
+                out.push_str(&digits);
+                for _ in digits.len()..int_len {
+                    out.push('0');
+                }
+                out.push_str(".0");
+            } else {
+                out.push_str(&digits[..int_len]);
+                out.push('.');
+                out.push_str(&digits[int_len..]);
+            }
+        }
+    } else {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        let _ = write!(
+            out,
+            "e{}{:02}",
+            if exponent < 0 { '-' } else { '+' },
+            exponent.abs()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Decoding
+
+/// Decodes one line from a worker's stdout into the responses and noise it holds.
+///
+/// The line may hold several JSON values back to back, with noise before, between or after
+/// them. Decoding resynchronises at each `{"`. Bytes that are not UTF-8 are replaced by
+/// U+FFFD; `NaN`, `Infinity` and `-Infinity` outside strings decode as `null`, since JSON
+/// values cannot hold them; integers beyond 64 bits decode as the nearest float.
+pub fn decode_line(line: &[u8], out: &mut Vec<Decoded>) {
+    let line = strip_line_end(line);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return;
+    }
+    let text = String::from_utf8_lossy(line);
+    let text = replace_non_finite(&text);
+    let text = text.as_ref();
+    let mut pos = 0;
+    let mut noise_start = 0;
+    while let Some(offset) = text[pos..].find("{\"") {
+        let start = pos + offset;
+        let mut stream =
+            serde_json::Deserializer::from_str(&text[start..]).into_iter::<Map<String, Value>>();
+        let mut consumed = 0;
+        let mut objects = Vec::new();
+        while let Some(Ok(object)) = stream.next() {
+            consumed = stream.byte_offset();
+            objects.push(object);
+        }
+        if objects.is_empty() {
+            // Not JSON from here: look for the next candidate after this brace.
+            pos = start + 1;
+            continue;
+        }
+        push_noise(out, &text[noise_start..start]);
+        for object in objects {
+            match response_from_object(object) {
+                Ok(response) => out.push(Decoded::Response(response)),
+                Err(object) => out.push(Decoded::Noise(Value::Object(object).to_string())),
+            }
+        }
+        pos = start + consumed;
+        noise_start = pos;
+    }
+    push_noise(out, &text[noise_start..]);
+}
+
+fn push_noise(out: &mut Vec<Decoded>, fragment: &str) {
+    let fragment = fragment.trim();
+    if !fragment.is_empty() {
+        out.push(Decoded::Noise(fragment.to_owned()));
+    }
+}
+
+fn strip_line_end(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Replaces Python's non-standard `NaN`, `Infinity` and `-Infinity` tokens, outside string
+/// literals, by `null`. Borrows when there is nothing to replace, which is almost always.
+fn replace_non_finite(text: &str) -> std::borrow::Cow<'_, str> {
+    if !(text.contains("NaN") || text.contains("Infinity")) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut idx = 0;
+    let mut copied = 0;
+    while idx < bytes.len() {
+        let byte = bytes[idx];
+        if in_string {
+            match byte {
+                b'\\' => idx += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            idx += 1;
+            continue;
+        }
+        if byte == b'"' {
+            in_string = true;
+            idx += 1;
+            continue;
+        }
+        let token = [&b"-Infinity"[..], b"Infinity", b"NaN"]
+            .into_iter()
+            .find(|token| bytes[idx..].starts_with(token));
+        match token {
+            // Only a whole token, not part of a word such as `NaNa` in noise.
+            Some(token)
+                if !bytes
+                    .get(idx + token.len())
+                    .is_some_and(|next| next.is_ascii_alphanumeric() || *next == b'_') =>
+            {
+                out.push_str(&text[copied..idx]);
+                out.push_str("null");
+                idx += token.len();
+                copied = idx;
+            }
+            _ => idx += 1,
+        }
+    }
+    out.push_str(&text[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Interprets a JSON object as a response, or gives it back when it is not one.
+fn response_from_object(mut object: Map<String, Value>) -> Result<Response, Map<String, Value>> {
+    let (Some(Value::String(task)), Some(Value::String(kind))) =
+        (object.get("task"), object.get("responseType"))
+    else {
+        return Err(object);
+    };
+    let task = TaskId(task.clone());
+    let kind = match kind.as_str() {
+        "LAUNCH" => ResponseKind::Launch,
+        "UPDATE" => ResponseKind::Update(Progress {
+            message: match object.remove("message") {
+                Some(Value::String(message)) => Some(message),
+                Some(Value::Null) | None => None,
+                Some(other) => Some(other.to_string()),
+            },
+            current: object.get("current").and_then(json_int),
+            maximum: object.get("maximum").and_then(json_int),
+            info: object.remove("info").filter(|info| !info.is_null()),
+        }),
+        "COMPLETION" => match object.remove("outputs") {
+            Some(Value::Object(outputs)) => ResponseKind::Completion(outputs),
+            Some(Value::Null) | None => ResponseKind::Completion(Args::new()),
+            Some(other) => {
+                object.insert("outputs".to_owned(), other);
+                return Err(object);
+            }
+        },
+        "CANCELATION" => ResponseKind::Cancelation,
+        "FAILURE" => ResponseKind::Failure(match object.remove("error") {
+            Some(Value::String(error)) => Some(error),
+            Some(Value::Null) | None => None,
+            Some(other) => Some(other.to_string()),
+        }),
+        _ => return Err(object),
+    };
+    Ok(Response { task, kind })
+}
+
+/// Reads a progress number as Python's `int()` would: integers as they are, floats truncated.
+fn json_int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(number) => number
+            .as_i64()
+            .or_else(|| number.as_u64().map(|big| big.min(i64::MAX as u64) as i64))
+            .or_else(|| number.as_f64().map(|float| float as i64)),
+        _ => None,
+    }
+}
+
+/// Decodes one request line, as a worker does.
+///
+/// # Errors
+/// A message naming what is wrong with the line: not JSON, no `task`, an unknown
+/// `requestType`, or inputs that are not an object. The task id is returned with the error
+/// when the line had one, so a worker can fail that task instead of going deaf.
+pub fn decode_request(line: &[u8]) -> Result<Request, (Option<TaskId>, String)> {
+    let line = strip_line_end(line);
+    let text = String::from_utf8_lossy(line);
+    let text = replace_non_finite(&text);
+    let mut object: Map<String, Value> = serde_json::from_str(&text)
+        .map_err(|err| (None, format!("request is not a JSON object: {err}")))?;
+    let task = match object.remove("task") {
+        Some(Value::String(task)) => TaskId(task),
+        _ => return Err((None, "request has no string \"task\" field".to_owned())),
+    };
+    match object.get("requestType").and_then(Value::as_str) {
+        Some("EXECUTE") => {
+            let script = match object.remove("script") {
+                Some(Value::String(script)) => script,
+                Some(Value::Null) | None => String::new(),
+                Some(_) => return Err((Some(task), "\"script\" is not a string".to_owned())),
+            };
+            let inputs = match object.remove("inputs") {
+                Some(Value::Object(inputs)) => inputs,
+                Some(Value::Null) | None => Args::new(),
+                Some(_) => return Err((Some(task), "\"inputs\" is not an object".to_owned())),
+            };
+            let queue = match object.remove("queue") {
+                Some(Value::String(queue)) => Some(queue),
+                _ => None,
+            };
+            Ok(Request::Execute {
+                task,
+                script,
+                inputs,
+                queue,
+            })
+        }
+        Some("CANCEL") => Ok(Request::Cancel { task }),
+        Some(other) => Err((Some(task), format!("unknown requestType {other:?}"))),
+        None => Err((Some(task), "request has no \"requestType\"".to_owned())),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Framing
+
+/// Splits a byte stream into lines of at most `max_line` bytes.
+///
+/// Feed it whatever `read` returned with [`Framer::push`]; call [`Framer::finish`] at end
+/// of input to get a last line that had no newline.
+#[derive(Debug)]
+pub struct Framer {
+    buf: Vec<u8>,
+    max_line: usize,
+    /// Bytes of the current line dropped because it grew past `max_line`.
+    discarding: Option<usize>,
+}
+
+/// A unit produced by [`Framer`].
+#[derive(Debug, PartialEq)]
+pub enum Frame<'a> {
+    /// A whole line, newline excluded.
+    Line(&'a [u8]),
+    /// A line longer than the limit was dropped; `len` is its length once known, or
+    /// the length seen so far at end of input.
+    Oversize {
+        /// The length of the dropped line, in bytes.
+        len: usize,
+    },
+}
+
+impl Framer {
+    /// A framer that refuses lines longer than `max_line` bytes.
+    pub fn new(max_line: usize) -> Framer {
+        Framer {
+            buf: Vec::new(),
+            max_line: max_line.max(1),
+            discarding: None,
+        }
+    }
+
+    /// Feeds bytes in; calls `sink` for each line they complete.
+    pub fn push(&mut self, mut bytes: &[u8], mut sink: impl FnMut(Frame<'_>)) {
+        while !bytes.is_empty() {
+            let newline = memchr_newline(bytes);
+            let (chunk, rest, complete) = match newline {
+                Some(idx) => (&bytes[..idx], &bytes[idx + 1..], true),
+                None => (bytes, &bytes[bytes.len()..], false),
+            };
+            bytes = rest;
+            if let Some(dropped) = &mut self.discarding {
+                *dropped += chunk.len();
+                if complete {
+                    let len = *dropped;
+                    self.discarding = None;
+                    sink(Frame::Oversize { len });
+                }
+                continue;
+            }
+            if self.buf.len() + chunk.len() > self.max_line {
+                let len = self.buf.len() + chunk.len();
+                self.buf = Vec::new();
+                if complete {
+                    sink(Frame::Oversize { len });
+                } else {
+                    self.discarding = Some(len);
+                }
+                continue;
+            }
+            if complete {
+                if self.buf.is_empty() {
+                    sink(Frame::Line(chunk));
+                } else {
+                    self.buf.extend_from_slice(chunk);
+                    sink(Frame::Line(&self.buf));
+                    self.buf.clear();
+                }
+            } else {
+                self.buf.extend_from_slice(chunk);
+            }
+        }
+    }
+
+    /// Ends the stream: yields the unterminated last line, if any.
+    pub fn finish(&mut self, mut sink: impl FnMut(Frame<'_>)) {
+        if let Some(len) = self.discarding.take() {
+            sink(Frame::Oversize { len });
+        } else if !self.buf.is_empty() {
+            sink(Frame::Line(&self.buf));
+        }
+        self.buf = Vec::new();
+    }
+
+    /// Bytes held for an incomplete line.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+fn memchr_newline(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|byte| *byte == b'\n')
+}
+
+/// Reads `reader` to its end, framing lines; a convenience for tests and simple workers.
+///
+/// # Errors
+/// Any read error other than `Interrupted`.
+pub fn read_frames(
+    mut reader: impl io::Read,
+    max_line: usize,
+    mut sink: impl FnMut(Frame<'_>),
+) -> io::Result<()> {
+    let mut framer = Framer::new(max_line);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n_read) => framer.push(&buf[..n_read], &mut sink),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    framer.finish(&mut sink);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,2 @@
+//! Unit tests for `protocol`.
+use super::*;

@@ -1,0 +1,457 @@
+//! The supervisor: start one worker process, run tasks on it, report its death, and end
+//! it within a bound.
+//!
+//! A [`ServiceBuilder`] is a recipe (command, environment, init script, time limits) that
+//! can start any number of workers; [`ServiceBuilder::start`] starts one and returns a
+//! [`Service`]. [`Service::task`] submits tasks; [`Service::close`] (or dropping the
+//! service) ends the worker: stdin EOF, then SIGTERM to its process group, then SIGKILL.
+//!
+//! # Invariants
+//! 1. Every task ends exactly once (see `task`), and every task ends: when the worker dies
+//!    each pending task ends CRASHED, and a task submitted after that ends CRASHED at once.
+//! 2. A crash is declared only once stdout has been read to its end (or has stayed silent
+//!    for `drain_silence`), so a response written just before exit is never lost.
+//! 3. Nothing waits without a bound: not `close`, not `drop`, not a hard cancel.
+//! 4. This module (with `sys`) is the only one that creates or signals processes.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::protocol::{Args, DEFAULT_MAX_LINE};
+use crate::task::{CrashReport, ExitStatus, Listener, Task, TaskEvent};
+
+mod spawner;
+mod supervisor;
+
+pub(crate) use supervisor::ServiceLink;
+
+/// The command line of appose's own Python worker.
+pub const APPOSE_PYTHON_WORKER: &str = "import appose.python_worker; appose.python_worker.main()";
+
+/// Conda variables a Python worker must not inherit, as appose-python strips them.
+const CONDA_VARS: [&str; 4] = [
+    "CONDA_PREFIX",
+    "CONDA_DEFAULT_ENV",
+    "CONDA_SHLVL",
+    "PYTHONEXECUTABLE",
+];
+
+/// A line of debug output from a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugLine {
+    /// The service's number, unique in this process.
+    pub service: u64,
+    /// Where the line comes from.
+    pub stream: DebugStream,
+    /// The text.
+    pub text: String,
+}
+
+/// The source of a [`DebugLine`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DebugStream {
+    /// A request written to the worker's stdin.
+    Stdin,
+    /// A line read from the worker's stdout.
+    Stdout,
+    /// A line read from the worker's stderr.
+    Stderr,
+    /// A lifecycle note from the supervisor.
+    Note,
+}
+
+impl fmt::Display for DebugLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.stream {
+            DebugStream::Stdin => "SERVICE",
+            DebugStream::Stdout => "WORKER-OUT",
+            DebugStream::Stderr => "WORKER",
+            DebugStream::Note => "SERVICE",
+        };
+        write!(f, "[{tag}-{}] {}", self.service, self.text)
+    }
+}
+
+/// A debug callback.
+pub type DebugSink = Arc<dyn Fn(&DebugLine) + Send + Sync>;
+
+/// Why a worker could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The process could not be spawned (missing program, permissions, ...).
+    #[error("cannot start worker {program:?}: {source}")]
+    Spawn {
+        /// The program that was to run.
+        program: OsString,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The init script could not be written to a temporary file.
+    #[error("cannot write the init script: {0}")]
+    InitScript(#[source] std::io::Error),
+    /// A supervisor thread could not be started.
+    #[error("cannot start a supervisor thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Why a task could not be submitted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// An input could not be encoded as JSON.
+    #[error("input {name:?} cannot be encoded as JSON: {source}")]
+    Input {
+        /// The input's name.
+        name: String,
+        /// The encoder's reason.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A recipe for a worker process: command, environment, init script and time limits.
+///
+/// Cheap to clone; [`ServiceBuilder::start`] can be called any number of times.
+#[derive(Clone)]
+pub struct ServiceBuilder {
+    pub(crate) config: Arc<Config>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) program: OsString,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) cwd: Option<PathBuf>,
+    pub(crate) env: Vec<(OsString, Option<OsString>)>,
+    pub(crate) init_script: Option<String>,
+    pub(crate) close_grace: Duration,
+    pub(crate) kill_grace: Duration,
+    pub(crate) drain_silence: Duration,
+    pub(crate) max_line: usize,
+    pub(crate) tail_bytes: usize,
+    pub(crate) debug: Option<DebugSink>,
+}
+
+impl fmt::Debug for ServiceBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let config = &self.config;
+        f.debug_struct("ServiceBuilder")
+            .field("program", &config.program)
+            .field("args", &config.args)
+            .field("cwd", &config.cwd)
+            .field("env", &config.env)
+            .field("init_script", &config.init_script)
+            .field("close_grace", &config.close_grace)
+            .field("kill_grace", &config.kill_grace)
+            .field("max_line", &config.max_line)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running worker process and the tasks sent to it.
+///
+/// `Service` is `Send + Sync`: share it by reference or in an `Arc`, and submit tasks from
+/// any thread. Dropping it does what [`Service::close`] does.
+pub struct Service {
+    pub(crate) link: ServiceLink,
+}
+
+impl fmt::Debug for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Service")
+            .field("id", &self.id())
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+impl Service {
+    /// A recipe for a worker started from `command` (program, arguments, working directory
+    /// and environment are taken from it).
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(command: Command) -> ServiceBuilder {
+        let env = command
+            .get_envs()
+            .map(|(key, value)| (key.to_owned(), value.map(OsStr::to_owned)))
+            .collect();
+        ServiceBuilder {
+            config: Arc::new(Config {
+                program: command.get_program().to_owned(),
+                args: command.get_args().map(OsStr::to_owned).collect(),
+                cwd: command.get_current_dir().map(PathBuf::from),
+                env,
+                init_script: None,
+                close_grace: Duration::from_secs(2),
+                kill_grace: Duration::from_secs(1),
+                drain_silence: Duration::from_millis(200),
+                max_line: DEFAULT_MAX_LINE,
+                tail_bytes: 64 * 1024,
+                debug: None,
+            }),
+        }
+    }
+
+    /// A recipe for appose's own Python worker (`appose` must be installed for `python`):
+    /// `python -c "import appose.python_worker; appose.python_worker.main()"`, with the
+    /// conda variables removed from its environment, as appose-python does.
+    pub fn python(python: impl AsRef<OsStr>) -> ServiceBuilder {
+        let mut command = Command::new(python);
+        command.arg("-c").arg(APPOSE_PYTHON_WORKER);
+        for var in CONDA_VARS {
+            command.env_remove(var);
+        }
+        Service::new(command)
+    }
+
+    /// This service's number, unique in this process (as in debug lines).
+    pub fn id(&self) -> u64 {
+        self.link.id()
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.link.pid()
+    }
+
+    /// Starts describing a task that runs `script`.
+    pub fn task(&self, script: impl Into<String>) -> TaskBuilder<'_> {
+        TaskBuilder {
+            service: self,
+            script: script.into(),
+            inputs: Args::new(),
+            queue: None,
+            listeners: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Whether the worker process is still running.
+    pub fn is_alive(&self) -> bool {
+        self.link.exit_status().is_none()
+    }
+
+    /// How the worker ended, once it has.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.link.exit_status()
+    }
+
+    /// The report given to tasks that crashed, once the worker has ended.
+    pub fn crash_report(&self) -> Option<CrashReport> {
+        self.link.crash_report()
+    }
+
+    /// The last lines the worker wrote to stderr (bounded by `with_tail_bytes`).
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.link.stderr_lines()
+    }
+
+    /// The last non-protocol lines the worker wrote to stdout (bounded likewise).
+    pub fn invalid_lines(&self) -> Vec<String> {
+        self.link.invalid_lines()
+    }
+
+    /// Waits up to `timeout` for the worker to exit by itself.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        self.link.wait_exit(timeout)
+    }
+
+    /// Ends the worker within a bound and returns how it ended.
+    ///
+    /// Closes the worker's stdin and waits `close_grace` (2 s) for it to exit; then sends
+    /// SIGTERM to its process group and waits `kill_grace` (1 s); then SIGKILL. Tasks still
+    /// pending end CRASHED with the cause "service closed". Calling it again returns the
+    /// same status at once.
+    pub fn close(&self) -> ExitStatus {
+        self.link.close()
+    }
+
+    /// Kills the worker's process group now (SIGKILL) and reaps it.
+    pub fn kill(&self) -> ExitStatus {
+        self.link.kill_now("killed by Service::kill")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.link.close();
+    }
+}
+
+impl ServiceBuilder {
+    /// Runs `script` in the worker before any task, through `APPOSE_INIT_SCRIPT` (written
+    /// to a private temporary file, as Appose does). Replaces any earlier init script.
+    pub fn with_init(mut self, script: impl Into<String>) -> ServiceBuilder {
+        Arc::make_mut(&mut self.config).init_script = Some(script.into());
+        self
+    }
+
+    /// Sets an environment variable for the worker.
+    pub fn with_env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> ServiceBuilder {
+        let config = Arc::make_mut(&mut self.config);
+        let key = key.as_ref().to_owned();
+        config.env.retain(|(existing, _)| *existing != key);
+        config.env.push((key, Some(value.as_ref().to_owned())));
+        self
+    }
+
+    /// Removes an environment variable from the worker's environment.
+    pub fn with_env_remove(mut self, key: impl AsRef<OsStr>) -> ServiceBuilder {
+        let config = Arc::make_mut(&mut self.config);
+        let key = key.as_ref().to_owned();
+        config.env.retain(|(existing, _)| *existing != key);
+        config.env.push((key, None));
+        self
+    }
+
+    /// Sets the worker's working directory.
+    pub fn with_cwd(mut self, dir: impl Into<PathBuf>) -> ServiceBuilder {
+        Arc::make_mut(&mut self.config).cwd = Some(dir.into());
+        self
+    }
+
+    /// How long [`Service::close`] waits after closing stdin before SIGTERM (default 2 s).
+    pub fn with_close_grace(mut self, grace: Duration) -> ServiceBuilder {
+        Arc::make_mut(&mut self.config).close_grace = grace;
+        self
+    }
+
+    /// How long [`Service::close`] waits after SIGTERM before SIGKILL (default 1 s).
+    pub fn with_kill_grace(mut self, grace: Duration) -> ServiceBuilder {
+        Arc::make_mut(&mut self.config).kill_grace = grace;
+        self
+    }
+
+    /// How long, once the worker has exited, its stdout may stay silent before a crash is
+    /// declared anyway (default 200 ms). This only matters when a process that escaped the
+    /// worker's process group still holds its stdout open.
+    pub fn with_drain_silence(mut self, silence: Duration) -> ServiceBuilder {
+        Arc::make_mut(&mut self.config).drain_silence = silence;
+        self
+    }
+
+    /// The longest stdout line accepted from the worker (default 16 MiB). A longer line
+    /// fails the worker's pending tasks, and is dropped without being held in memory.
+    pub fn with_max_line(mut self, bytes: usize) -> ServiceBuilder {
+        Arc::make_mut(&mut self.config).max_line = bytes;
+        self
+    }
+
+    /// How many bytes of stderr and of non-protocol stdout to keep for crash reports
+    /// (default 64 KiB each).
+    pub fn with_tail_bytes(mut self, bytes: usize) -> ServiceBuilder {
+        Arc::make_mut(&mut self.config).tail_bytes = bytes;
+        self
+    }
+
+    /// Sends every line in and out, every stderr line and lifecycle notes to `sink`.
+    ///
+    /// The same lines go to `tracing` at TRACE level (target `consort::service`) whether or
+    /// not a sink is set.
+    pub fn with_debug(
+        mut self,
+        sink: impl Fn(&DebugLine) + Send + Sync + 'static,
+    ) -> ServiceBuilder {
+        Arc::make_mut(&mut self.config).debug = Some(Arc::new(sink));
+        self
+    }
+
+    /// The program this recipe runs.
+    pub fn program(&self) -> &OsStr {
+        &self.config.program
+    }
+
+    /// Starts a worker process.
+    ///
+    /// # Errors
+    /// [`StartError::Spawn`] when the program cannot be run (the reason names it). A worker
+    /// that starts and then dies at once is not an error here: its first task ends CRASHED
+    /// with the exit status and the last lines of its stderr.
+    pub fn start(&self) -> Result<Service, StartError> {
+        let link = supervisor::start(Arc::clone(&self.config))?;
+        Ok(Service { link })
+    }
+}
+
+/// A task being described; [`TaskBuilder::submit`] sends it.
+pub struct TaskBuilder<'a> {
+    service: &'a Service,
+    script: String,
+    inputs: Args,
+    queue: Option<String>,
+    listeners: Vec<Listener>,
+    error: Option<SubmitError>,
+}
+
+impl fmt::Debug for TaskBuilder<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskBuilder")
+            .field("script", &self.script)
+            .field("inputs", &self.inputs)
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskBuilder<'_> {
+    /// Binds an input variable. A value that cannot be encoded makes `submit` fail.
+    pub fn input(mut self, name: impl Into<String>, value: impl Serialize) -> Self {
+        let name = name.into();
+        match serde_json::to_value(value) {
+            Ok(value) => {
+                self.inputs.insert(name, value);
+            }
+            Err(source) => {
+                self.error
+                    .get_or_insert(SubmitError::Input { name, source });
+            }
+        }
+        self
+    }
+
+    /// Binds every entry of `inputs` as an input variable.
+    pub fn inputs(mut self, inputs: impl IntoIterator<Item = (String, Value)>) -> Self {
+        self.inputs.extend(inputs);
+        self
+    }
+
+    /// Runs the task on the named queue: `"main"` is the worker's main thread.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Adds a listener that receives every event of the task, in order, on a supervisor
+    /// thread. A panicking listener is caught and the task carries on.
+    pub fn listen(mut self, listener: impl Fn(&TaskEvent) + Send + Sync + 'static) -> Self {
+        self.listeners.push(Box::new(listener));
+        self
+    }
+
+    /// Sends the task to the worker.
+    ///
+    /// # Errors
+    /// [`SubmitError::Input`] when an input could not be encoded. A dead or closed worker
+    /// is not an error here: the task is returned already CRASHED, with the reason.
+    pub fn submit(self) -> Result<Task, SubmitError> {
+        if let Some(err) = self.error {
+            return Err(err);
+        }
+        Ok(self
+            .service
+            .link
+            .submit(self.script, self.inputs, self.queue, self.listeners))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,911 @@
+//! The threads that run one worker: a writer, two readers, a monitor and a dispatcher.
+//!
+//! - The **writer** is the only code that writes to the worker's stdin. Requests reach it
+//!   through a channel, so submitting never blocks on a full pipe, and lines never interleave.
+//! - The **stdout reader** frames and decodes lines and routes responses to tasks.
+//! - The **stderr reader** keeps a bounded tail of stderr.
+//! - The **monitor** waits for the process to exit (without reaping it), kills what is left
+//!   of its process group, waits for both pipes to drain, reaps, and crashes pending tasks.
+//! - The **dispatcher** calls task listeners, so a slow or panicking listener never stalls
+//!   reading; a task's waiters are released after its listeners have seen its last event.
+//!
+//! # Invariants
+//! 1. The worker's process group is signalled only while the leader is unreaped
+//!    (`Proc::reaped` is checked under the same lock the monitor reaps under).
+//! 2. The registry lock covers both "the worker has exited" and the task table, so a task
+//!    is either in the table when the monitor empties it, or sees the exit when submitted.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::protocol::{decode_line, Args, Decoded, Frame, Framer, Request, ResponseKind, TaskId};
+use crate::service::{spawner, Config, DebugLine, DebugStream, StartError};
+use crate::sys::{self, signals, Pgid, Pid};
+use crate::task::{
+    CrashReport, EventKind, ExitStatus, Listener, Task, TaskCore, TaskError, TaskEvent, TaskState,
+};
+
+static NEXT_SERVICE: AtomicU64 = AtomicU64::new(1);
+static NEXT_TASK: AtomicU64 = AtomicU64::new(1);
+
+/// A per-process random prefix, so task ids never collide across processes.
+fn task_prefix() -> u64 {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    *PREFIX.get_or_init(|| {
+        sys::random_u64().unwrap_or_else(|_| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_nanos() as u64)
+                .unwrap_or(0);
+            nanos ^ u64::from(std::process::id()).rotate_left(32)
+        })
+    })
+}
+
+fn new_task_id() -> TaskId {
+    let serial = NEXT_TASK.fetch_add(1, Ordering::Relaxed);
+    TaskId::new(format!("{:016x}{serial:016x}", task_prefix()))
+}
+
+/// A handle on a running worker's shared state, held by the `Service`, its tasks and its
+/// threads.
+#[derive(Clone)]
+pub(crate) struct ServiceLink {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    id: u64,
+    pid: Pid,
+    config: Arc<Config>,
+    registry: Mutex<Registry>,
+    /// Signalled when the worker has been reaped.
+    exited: Condvar,
+    /// Guards signalling the group against reaping its leader.
+    proc: Mutex<Proc>,
+    writer: Mutex<Option<Sender<WriterMsg>>>,
+    dispatcher: Mutex<Option<Sender<Dispatch>>>,
+    drain: Mutex<Drain>,
+    drained: Condvar,
+    stderr_tail: Mutex<Tail>,
+    stdout_tail: Mutex<Tail>,
+    /// Why consort ended the worker, when it did; the first cause is kept.
+    kill_cause: Mutex<Option<String>>,
+    threads: Mutex<usize>,
+    threads_done: Condvar,
+    /// The init script's temporary file, removed when the worker ends.
+    init_file: Mutex<Option<tempfile_path::TempPath>>,
+}
+
+struct Registry {
+    tasks: HashMap<TaskId, Arc<TaskCore>>,
+    /// Set once, when the worker has ended and been reaped.
+    report: Option<Arc<CrashReport>>,
+    closing: bool,
+}
+
+struct Proc {
+    child: Option<Child>,
+    reaped: bool,
+}
+
+#[derive(Default)]
+struct Drain {
+    stdout_eof: bool,
+    stderr_eof: bool,
+    /// Bytes read from both pipes; the monitor watches it to tell silence from progress.
+    bytes: u64,
+}
+
+enum WriterMsg {
+    Line(String),
+    Close,
+}
+
+struct Dispatch {
+    core: Arc<TaskCore>,
+    event: TaskEvent,
+    terminal: bool,
+}
+
+/// A bounded tail of lines, by bytes.
+struct Tail {
+    lines: VecDeque<String>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl Tail {
+    fn new(limit: usize) -> Tail {
+        Tail {
+            lines: VecDeque::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    fn push(&mut self, line: String) {
+        let line = if line.len() > self.limit {
+            let mut cut = self.limit;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            format!("{}... ({} bytes)", &line[..cut], line.len())
+        } else {
+            line
+        };
+        self.bytes += line.len();
+        self.lines.push_back(line);
+        while self.bytes > self.limit {
+            match self.lines.pop_front() {
+                Some(old) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Vec<String> {
+        self.lines.iter().cloned().collect()
+    }
+}
+
+/// Keeps track of running supervisor threads, so `close` can wait for them (bounded).
+struct ThreadGuard(Arc<Shared>);
+
+impl Drop for ThreadGuard {
+    fn drop(&mut self) {
+        let mut alive = lock(&self.0.threads);
+        *alive -= 1;
+        if *alive == 0 {
+            self.0.threads_done.notify_all();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No code panics while holding these locks (listeners and debug sinks run outside them
+    // and are caught); recover rather than cascade if that ever changes.
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+mod tempfile_path {
+    //! A temporary file removed on drop, written with mode 0600.
+    use std::io::{self, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::{Path, PathBuf};
+
+    pub(crate) struct TempPath(PathBuf);
+
+    impl TempPath {
+        pub(crate) fn write(prefix: &str, contents: &str) -> io::Result<TempPath> {
+            let dir = std::env::temp_dir();
+            for _ in 0..16 {
+                let name = format!("{prefix}{:016x}.txt", crate::sys::random_u64()?);
+                let path = dir.join(name);
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                {
+                    Ok(mut file) => {
+                        file.write_all(contents.as_bytes())?;
+                        return Ok(TempPath(path));
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
+                    Err(err) => return Err(err),
+                }
+            }
+            Err(io::Error::other("cannot find a free temporary file name"))
+        }
+
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            // The worker deletes it after reading it; this covers a worker that never did.
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// Spawns the worker and its supervisor threads.
+pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
+    let id = NEXT_SERVICE.fetch_add(1, Ordering::Relaxed);
+    let init_file = match &config.init_script {
+        Some(script) => Some(
+            tempfile_path::TempPath::write("appose-init-", script)
+                .map_err(StartError::InitScript)?,
+        ),
+        None => None,
+    };
+    let mut command = Command::new(&config.program);
+    command
+        .args(&config.args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = &config.cwd {
+        command.current_dir(dir);
+    }
+    for (key, value) in &config.env {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    if let Some(file) = &init_file {
+        command.env("APPOSE_INIT_SCRIPT", file.path());
+    }
+    let mut child = spawner::spawn(command).map_err(|source| StartError::Spawn {
+        program: config.program.clone(),
+        source,
+    })?;
+    let pid = Pid(child.id());
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        unreachable!("all three pipes were requested");
+    };
+    let (writer_tx, writer_rx) = mpsc::channel();
+    let (dispatch_tx, dispatch_rx) = mpsc::channel();
+    let shared = Arc::new(Shared {
+        id,
+        pid,
+        registry: Mutex::new(Registry {
+            tasks: HashMap::new(),
+            report: None,
+            closing: false,
+        }),
+        exited: Condvar::new(),
+        proc: Mutex::new(Proc {
+            child: Some(child),
+            reaped: false,
+        }),
+        writer: Mutex::new(Some(writer_tx)),
+        dispatcher: Mutex::new(Some(dispatch_tx)),
+        drain: Mutex::new(Drain::default()),
+        drained: Condvar::new(),
+        stderr_tail: Mutex::new(Tail::new(config.tail_bytes)),
+        stdout_tail: Mutex::new(Tail::new(config.tail_bytes)),
+        kill_cause: Mutex::new(None),
+        threads: Mutex::new(0),
+        threads_done: Condvar::new(),
+        init_file: Mutex::new(init_file),
+        config,
+    });
+    let link = ServiceLink { shared };
+    link.debug(DebugStream::Note, || {
+        format!("<worker process {} started>", pid.get())
+    });
+    let spawned = link
+        .spawn_thread("monitor", |link| link.run_monitor())
+        .and_then(|()| link.spawn_thread("stdout", move |link| link.run_stdout(stdout)))
+        .and_then(|()| link.spawn_thread("stderr", move |link| link.run_stderr(stderr)))
+        .and_then(|()| link.spawn_thread("writer", move |link| link.run_writer(stdin, writer_rx)))
+        .and_then(|()| link.spawn_thread("dispatch", move |link| link.run_dispatcher(dispatch_rx)));
+    if let Err(err) = spawned {
+        link.kill_now("a supervisor thread could not be started");
+        return Err(StartError::Thread(err));
+    }
+    Ok(link)
+}
+
+impl ServiceLink {
+    fn spawn_thread(
+        &self,
+        role: &str,
+        body: impl FnOnce(&ServiceLink) + Send + 'static,
+    ) -> io::Result<()> {
+        let link = self.clone();
+        *lock(&self.shared.threads) += 1;
+        let result = std::thread::Builder::new()
+            .name(format!("consort-{}-{role}", self.shared.id))
+            .spawn(move || {
+                let _guard = ThreadGuard(Arc::clone(&link.shared));
+                body(&link);
+            });
+        match result {
+            Ok(_detached) => Ok(()),
+            Err(err) => {
+                *lock(&self.shared.threads) -= 1;
+                Err(err)
+            }
+        }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.shared.pid.get()
+    }
+
+    fn debug(&self, stream: DebugStream, text: impl FnOnce() -> String) {
+        let sink = self.shared.config.debug.as_ref();
+        let traced = tracing::enabled!(target: "consort::service", tracing::Level::TRACE);
+        if sink.is_none() && !traced {
+            return;
+        }
+        let line = DebugLine {
+            service: self.shared.id,
+            stream,
+            text: text(),
+        };
+        if traced {
+            tracing::trace!(target: "consort::service", service = line.service, stream = ?line.stream, "{}", line.text);
+        }
+        if let Some(sink) = sink {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(&line))).is_err() {
+                tracing::warn!("the debug callback panicked; debug output carries on");
+            }
+        }
+    }
+
+    // -- submitting --------------------------------------------------------------------
+
+    pub(crate) fn submit(
+        &self,
+        script: String,
+        inputs: Args,
+        queue: Option<String>,
+        listeners: Vec<Listener>,
+    ) -> Task {
+        let id = new_task_id();
+        let core = TaskCore::new(id.clone(), listeners);
+        let task = Task {
+            core: Arc::clone(&core),
+            link: self.clone(),
+        };
+        let refused = {
+            let mut registry = lock(&self.shared.registry);
+            match (&registry.report, registry.closing) {
+                (Some(report), _) => Some((**report).clone()),
+                (None, true) => Some(self.provisional_report("the service is closing")),
+                (None, false) => {
+                    registry.tasks.insert(id.clone(), Arc::clone(&core));
+                    None
+                }
+            }
+        };
+        match refused {
+            Some(report) => {
+                let error = report.to_string();
+                if core.finish(
+                    TaskState::Crashed,
+                    Err(TaskError::Crashed(Box::new(report))),
+                ) {
+                    let mut event = TaskEvent::new(id, EventKind::Crash);
+                    event.error = Some(error);
+                    // No dispatcher may be left: deliver on this thread.
+                    core.deliver(&event);
+                    core.release_waiters();
+                }
+            }
+            None => self.send(Request::Execute {
+                task: id,
+                script,
+                inputs,
+                queue,
+            }),
+        }
+        task
+    }
+
+    fn provisional_report(&self, cause: &str) -> CrashReport {
+        CrashReport {
+            pid: self.shared.pid.get(),
+            status: ExitStatus::Unknown,
+            cause: Some(cause.to_owned()),
+            stderr: lock(&self.shared.stderr_tail).snapshot(),
+            stdout: lock(&self.shared.stdout_tail).snapshot(),
+        }
+    }
+
+    fn send(&self, request: Request) {
+        let writer = lock(&self.shared.writer);
+        if let Some(writer) = writer.as_ref() {
+            // A send error means the writer thread has ended because the worker is gone; the
+            // monitor crashes every registered task, so nothing waits on this line.
+            let _ = writer.send(WriterMsg::Line(request.encode()));
+        }
+    }
+
+    pub(crate) fn cancel(&self, task: &TaskId) {
+        self.send(Request::Cancel { task: task.clone() });
+    }
+
+    /// Ends `core` CANCELED (forced) and kills the worker, unless the task ended first.
+    pub(crate) fn hard_cancel(&self, core: &Arc<TaskCore>) {
+        lock(&self.shared.registry).tasks.remove(&core.id);
+        if !core.finish(
+            TaskState::Canceled,
+            Err(TaskError::Canceled { forced: true }),
+        ) {
+            return;
+        }
+        self.debug(DebugStream::Note, || {
+            format!("<hard cancel of task {}: killing the worker>", core.id)
+        });
+        self.dispatch(
+            core,
+            TaskEvent::new(core.id.clone(), EventKind::Cancelation),
+            true,
+        );
+        self.signal_group(
+            signals::KILL,
+            Some(format!(
+                "the worker was killed to hard-cancel task {}",
+                core.id
+            )),
+        );
+    }
+
+    // -- ending ------------------------------------------------------------------------
+
+    /// Signals the worker's process group, unless it was reaped already. Records `cause`
+    /// as the reason the worker ended, unless an earlier cause was recorded.
+    fn signal_group(&self, signal: i32, cause: Option<String>) {
+        if let Some(cause) = cause {
+            lock(&self.shared.kill_cause).get_or_insert(cause);
+        }
+        let proc = lock(&self.shared.proc);
+        if proc.reaped {
+            return;
+        }
+        // The leader is unreaped, so its pid still names this group and nothing else.
+        let pgid = Pgid(self.shared.pid.get());
+        if let Err(err) = pgid.signal(signal) {
+            // ESRCH: the whole group is gone already; nothing to do.
+            tracing::debug!("signal {signal} to process group {}: {err}", pgid.0);
+        }
+    }
+
+    pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
+        lock(&self.shared.registry)
+            .report
+            .as_ref()
+            .map(|report| report.status)
+    }
+
+    pub(crate) fn crash_report(&self) -> Option<CrashReport> {
+        lock(&self.shared.registry)
+            .report
+            .as_ref()
+            .map(|report| (**report).clone())
+    }
+
+    pub(crate) fn stderr_lines(&self) -> Vec<String> {
+        lock(&self.shared.stderr_tail).snapshot()
+    }
+
+    pub(crate) fn invalid_lines(&self) -> Vec<String> {
+        lock(&self.shared.stdout_tail).snapshot()
+    }
+
+    pub(crate) fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut registry = lock(&self.shared.registry);
+        loop {
+            if let Some(report) = &registry.report {
+                return Some(report.status);
+            }
+            let remaining = match deadline {
+                Some(deadline) => deadline.checked_duration_since(Instant::now())?,
+                None => Duration::from_secs(3600),
+            };
+            registry = self
+                .shared
+                .exited
+                .wait_timeout(registry, remaining)
+                .unwrap_or_else(|poison| poison.into_inner())
+                .0;
+        }
+    }
+
+    /// The bounded escalation: stdin EOF, SIGTERM, SIGKILL.
+    pub(crate) fn close(&self) -> ExitStatus {
+        {
+            let mut registry = lock(&self.shared.registry);
+            if let Some(report) = &registry.report {
+                return report.status;
+            }
+            registry.closing = true;
+        }
+        let config = Arc::clone(&self.shared.config);
+        lock(&self.shared.kill_cause).get_or_insert_with(|| "service closed".to_owned());
+        self.debug(DebugStream::Note, || "<closing worker stdin>".to_owned());
+        if let Some(writer) = lock(&self.shared.writer).take() {
+            let _ = writer.send(WriterMsg::Close);
+        }
+        if let Some(status) = self.wait_exit(config.close_grace) {
+            self.wait_threads(config.kill_grace);
+            return status;
+        }
+        self.debug(DebugStream::Note, || {
+            format!(
+                "<worker did not exit within {:?} of stdin EOF: SIGTERM to its process group>",
+                config.close_grace
+            )
+        });
+        self.signal_group(signals::TERM, None);
+        // A stopped worker cannot act on SIGTERM until it is continued.
+        self.signal_group(signals::CONT, None);
+        if let Some(status) = self.wait_exit(config.kill_grace) {
+            self.wait_threads(config.kill_grace);
+            return status;
+        }
+        self.kill_now("service closed; the worker ignored stdin EOF and SIGTERM")
+    }
+
+    /// SIGKILL to the group, then a bounded wait for the reap.
+    pub(crate) fn kill_now(&self, cause: &str) -> ExitStatus {
+        lock(&self.shared.registry).closing = true;
+        self.debug(DebugStream::Note, || {
+            "<SIGKILL to the worker's process group>".to_owned()
+        });
+        self.signal_group(signals::KILL, Some(cause.to_owned()));
+        // After SIGKILL the exit is immediate unless the process is stuck in the kernel
+        // (uninterruptible sleep); never wait for that without a bound.
+        let bound = self.shared.config.kill_grace.max(Duration::from_secs(1));
+        let status = self.wait_exit(bound).unwrap_or(ExitStatus::Unknown);
+        self.wait_threads(bound);
+        status
+    }
+
+    /// Waits, bounded, for the supervisor threads to end.
+    fn wait_threads(&self, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        let mut alive = lock(&self.shared.threads);
+        while *alive > 0 {
+            let Some(remaining) = deadline.checked_duration_since(Instant::now()) else {
+                tracing::warn!(
+                    "{} supervisor thread(s) of service {} still running after close",
+                    *alive,
+                    self.shared.id
+                );
+                return;
+            };
+            alive = self
+                .shared
+                .threads_done
+                .wait_timeout(alive, remaining)
+                .unwrap_or_else(|poison| poison.into_inner())
+                .0;
+        }
+    }
+
+    // -- the threads -------------------------------------------------------------------
+
+    fn run_writer(&self, stdin: ChildStdin, requests: Receiver<WriterMsg>) {
+        let mut out = BufWriter::with_capacity(64 * 1024, stdin);
+        let mut next = requests.recv().ok();
+        while let Some(WriterMsg::Line(line)) = next {
+            self.debug(DebugStream::Stdin, || line.clone());
+            let mut result = out
+                .write_all(line.as_bytes())
+                .and_then(|()| out.write_all(b"\n"));
+            // Batch whatever is already queued into one flush.
+            next = requests.try_recv().ok();
+            if next.is_none() && result.is_ok() {
+                result = out.flush();
+                if result.is_ok() {
+                    next = requests.recv().ok();
+                }
+            }
+            if let Err(err) = result {
+                if !matches!(next, Some(WriterMsg::Close)) && self.exit_status().is_none() {
+                    // The worker closed its stdin while alive: it can take no more tasks,
+                    // and those it was sent may never run. End it so they end too.
+                    self.debug(DebugStream::Note, || {
+                        format!("<cannot write to the worker: {err}>")
+                    });
+                    self.signal_group(
+                        signals::KILL,
+                        Some(format!("the worker stopped reading its stdin ({err})")),
+                    );
+                }
+                return;
+            }
+        }
+        // Close (or every sender gone): flush what is queued, then drop stdin (EOF).
+        let _ = out.flush();
+    }
+
+    fn run_stdout(&self, mut stdout: ChildStdout) {
+        let mut framer = Framer::new(self.shared.config.max_line);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut decoded = Vec::new();
+        loop {
+            let n_read = match stdout.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n_read) => n_read,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    self.debug(DebugStream::Note, || format!("<worker stdout: {err}>"));
+                    break;
+                }
+            };
+            framer.push(&buf[..n_read], |frame| self.on_frame(frame, &mut decoded));
+            self.note_progress(n_read);
+        }
+        framer.finish(|frame| self.on_frame(frame, &mut decoded));
+        self.debug(DebugStream::Note, || "<worker stdout closed>".to_owned());
+        let mut drain = lock(&self.shared.drain);
+        drain.stdout_eof = true;
+        self.shared.drained.notify_all();
+    }
+
+    fn note_progress(&self, n_read: usize) {
+        lock(&self.shared.drain).bytes += n_read as u64;
+    }
+
+    fn on_frame(&self, frame: Frame<'_>, decoded: &mut Vec<Decoded>) {
+        match frame {
+            Frame::Line(line) => {
+                self.debug(DebugStream::Stdout, || {
+                    String::from_utf8_lossy(line).into_owned()
+                });
+                decode_line(line, decoded);
+                for item in decoded.drain(..) {
+                    match item {
+                        Decoded::Response(response) => self.route(response.task, response.kind),
+                        Decoded::Noise(noise) => {
+                            self.debug(DebugStream::Note, || format!("<INVALID> {noise}"));
+                            lock(&self.shared.stdout_tail).push(noise);
+                        }
+                    }
+                }
+            }
+            Frame::Oversize { len } => self.on_oversize(len),
+        }
+    }
+
+    fn on_oversize(&self, len: usize) {
+        let message = format!(
+            "the worker wrote a stdout line of {len} bytes, over the limit of {} bytes; \
+             its pending tasks cannot be trusted to get their responses",
+            self.shared.config.max_line
+        );
+        self.debug(DebugStream::Note, || format!("<{message}>"));
+        lock(&self.shared.stdout_tail).push(format!("<line of {len} bytes dropped>"));
+        let pending: Vec<_> = lock(&self.shared.registry)
+            .tasks
+            .drain()
+            .map(|(_, core)| core)
+            .collect();
+        for core in pending {
+            self.finish_task(
+                &core,
+                TaskState::Failed,
+                Err(TaskError::Failed {
+                    message: message.clone(),
+                }),
+            );
+        }
+    }
+
+    fn route(&self, task: TaskId, kind: ResponseKind) {
+        let core = if kind.is_terminal() {
+            lock(&self.shared.registry).tasks.remove(&task)
+        } else {
+            lock(&self.shared.registry).tasks.get(&task).cloned()
+        };
+        let Some(core) = core else {
+            self.debug(DebugStream::Note, || format!("<no such task: {task}>"));
+            return;
+        };
+        match kind {
+            ResponseKind::Launch => {
+                if core.launch() && core.has_listeners() {
+                    self.dispatch(&core, TaskEvent::new(task, EventKind::Launch), false);
+                }
+            }
+            ResponseKind::Update(progress) => {
+                if core.has_listeners() && !core.state().is_finished() {
+                    let mut event = TaskEvent::new(task, EventKind::Update);
+                    event.progress = progress;
+                    self.dispatch(&core, event, false);
+                }
+            }
+            ResponseKind::Completion(outputs) => {
+                self.finish_task(&core, TaskState::Complete, Ok(outputs));
+            }
+            ResponseKind::Cancelation => {
+                self.finish_task(
+                    &core,
+                    TaskState::Canceled,
+                    Err(TaskError::Canceled { forced: false }),
+                );
+            }
+            ResponseKind::Failure(error) => {
+                let message = error.unwrap_or_else(|| "unknown error".to_owned());
+                self.finish_task(&core, TaskState::Failed, Err(TaskError::Failed { message }));
+            }
+        }
+    }
+
+    /// Ends a task (first terminal transition wins) and delivers its last event.
+    fn finish_task(&self, core: &Arc<TaskCore>, state: TaskState, result: Result<Args, TaskError>) {
+        let mut event = TaskEvent::new(
+            core.id.clone(),
+            match state {
+                TaskState::Complete => EventKind::Completion,
+                TaskState::Canceled => EventKind::Cancelation,
+                TaskState::Failed => EventKind::Failure,
+                _ => EventKind::Crash,
+            },
+        );
+        match &result {
+            Ok(outputs) if core.has_listeners() => event.outputs = Some(outputs.clone()),
+            Ok(_) => {}
+            Err(TaskError::Failed { message }) => event.error = Some(message.clone()),
+            Err(err @ TaskError::Crashed(_)) => event.error = Some(err.to_string()),
+            Err(_) => {}
+        }
+        if core.finish(state, result) {
+            self.dispatch(core, event, true);
+        }
+    }
+
+    fn dispatch(&self, core: &Arc<TaskCore>, event: TaskEvent, terminal: bool) {
+        if !core.has_listeners() {
+            if terminal {
+                core.release_waiters();
+            }
+            return;
+        }
+        let message = Dispatch {
+            core: Arc::clone(core),
+            event,
+            terminal,
+        };
+        let unsent = match lock(&self.shared.dispatcher).as_ref() {
+            Some(dispatcher) => dispatcher.send(message).err().map(|err| err.0),
+            None => Some(message),
+        };
+        if let Some(message) = unsent {
+            // The dispatcher is gone (the service ended): deliver here.
+            deliver(message);
+        }
+    }
+
+    fn run_dispatcher(&self, events: Receiver<Dispatch>) {
+        for message in events {
+            deliver(message);
+        }
+    }
+
+    fn run_stderr(&self, mut stderr: ChildStderr) {
+        let max_line = self.shared.config.max_line;
+        let mut framer = Framer::new(max_line);
+        let mut buf = vec![0u8; 16 * 1024];
+        let on_frame = |frame: Frame<'_>| {
+            let line = match frame {
+                Frame::Line(line) => {
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    String::from_utf8_lossy(line).into_owned()
+                }
+                Frame::Oversize { len } => format!("<stderr line of {len} bytes dropped>"),
+            };
+            self.debug(DebugStream::Stderr, || line.clone());
+            lock(&self.shared.stderr_tail).push(line);
+        };
+        let mut on_frame = on_frame;
+        loop {
+            match stderr.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n_read) => {
+                    framer.push(&buf[..n_read], &mut on_frame);
+                    self.note_progress(n_read);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        framer.finish(&mut on_frame);
+        self.debug(DebugStream::Note, || "<worker stderr closed>".to_owned());
+        let mut drain = lock(&self.shared.drain);
+        drain.stderr_eof = true;
+        self.shared.drained.notify_all();
+    }
+
+    fn run_monitor(&self) {
+        let pid = self.shared.pid;
+        if let Err(err) = pid.wait_exited_keep_zombie() {
+            tracing::error!("waiting for worker {}: {err}", pid.get());
+        }
+        // Whatever is left of the group (grandchildren) would hold our pipes open and
+        // outlive the worker: end it before the leader is reaped and its id freed.
+        self.signal_group(signals::KILL, None);
+        self.wait_drained();
+        let status = {
+            let mut proc = lock(&self.shared.proc);
+            let status = proc.child.as_mut().map(Child::wait);
+            proc.reaped = true;
+            proc.child = None;
+            match status {
+                Some(Ok(status)) => match (status.code(), status.signal()) {
+                    (Some(code), _) => ExitStatus::Code(code),
+                    (None, Some(signal)) => ExitStatus::Signal(signal),
+                    (None, None) => ExitStatus::Unknown,
+                },
+                _ => ExitStatus::Unknown,
+            }
+        };
+        let report = Arc::new(CrashReport {
+            pid: pid.get(),
+            status,
+            cause: lock(&self.shared.kill_cause).clone(),
+            stderr: lock(&self.shared.stderr_tail).snapshot(),
+            stdout: lock(&self.shared.stdout_tail).snapshot(),
+        });
+        let pending: Vec<_> = {
+            let mut registry = lock(&self.shared.registry);
+            registry.report = Some(Arc::clone(&report));
+            registry.tasks.drain().map(|(_, core)| core).collect()
+        };
+        self.debug(DebugStream::Note, || {
+            format!(
+                "<worker process terminated with {status}; {} pending task(s)>",
+                pending.len()
+            )
+        });
+        for core in pending {
+            self.finish_task(
+                &core,
+                TaskState::Crashed,
+                Err(TaskError::Crashed(Box::new((*report).clone()))),
+            );
+        }
+        self.shared.exited.notify_all();
+        // Let the writer and the dispatcher run out once their queues are empty.
+        lock(&self.shared.writer).take();
+        lock(&self.shared.dispatcher).take();
+        // The init script's file, if the worker never removed it, goes with the worker.
+        lock(&self.shared.init_file).take();
+    }
+
+    /// Waits until both pipes reached EOF, or stayed silent for `drain_silence`.
+    fn wait_drained(&self) {
+        let silence = self.shared.config.drain_silence;
+        let mut drain = lock(&self.shared.drain);
+        let mut seen = drain.bytes;
+        let mut quiet_since = Instant::now();
+        while !(drain.stdout_eof && drain.stderr_eof) {
+            let Some(remaining) = silence.checked_sub(quiet_since.elapsed()) else {
+                self.debug(DebugStream::Note, || {
+                    "<worker pipes still open after exit (held by an escaped process?)>".to_owned()
+                });
+                return;
+            };
+            drain = self
+                .shared
+                .drained
+                .wait_timeout(drain, remaining.min(Duration::from_millis(20)))
+                .unwrap_or_else(|poison| poison.into_inner())
+                .0;
+            if drain.bytes != seen {
+                seen = drain.bytes;
+                quiet_since = Instant::now();
+            }
+        }
+    }
+}
+
+fn deliver(message: Dispatch) {
+    message.core.deliver(&message.event);
+    if message.terminal {
+        message.core.release_waiters();
+    }
+}

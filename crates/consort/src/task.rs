@@ -1,0 +1,529 @@
+//! Tasks: their states, the events listeners receive, the errors a wait returns, and the
+//! one-way state machine that guarantees a single terminal state.
+//!
+//! # Invariants
+//! 1. A task reaches exactly one terminal state. [`TaskCore::finish`] is the only way there
+//!    and it is a compare-and-set under the task's lock: the first caller wins (a COMPLETION,
+//!    a FAILURE, a crash, a hard cancel), every later one is told it lost and does nothing.
+//! 2. Waiters are woken only once the terminal event has been delivered to every listener,
+//!    so a caller that returns from [`Task::wait`] has seen all of the task's events.
+//! 3. A listener that panics is caught; the task and the service carry on.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::protocol::{Args, Progress, TaskId};
+use crate::service::ServiceLink;
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TaskState {
+    /// Sent to the worker, not started yet.
+    Queued,
+    /// The worker reported LAUNCH.
+    Running,
+    /// Finished with outputs.
+    Complete,
+    /// Failed in the worker.
+    Failed,
+    /// Cancelled, by the script's acknowledgement or by a hard cancel.
+    Canceled,
+    /// The worker died (or was killed) before the task finished.
+    Crashed,
+}
+
+impl TaskState {
+    /// Whether the task has ended.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, TaskState::Queued | TaskState::Running)
+    }
+}
+
+/// The kind of a [`TaskEvent`], named as on the Appose wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The task started running.
+    Launch,
+    /// Progress.
+    Update,
+    /// The task finished with outputs.
+    Completion,
+    /// The task was cancelled.
+    Cancelation,
+    /// The task failed.
+    Failure,
+    /// The worker died before the task finished (synthesized, never on the wire).
+    Crash,
+}
+
+/// Something that happened to a task, as delivered to listeners.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskEvent {
+    /// The task.
+    pub task: TaskId,
+    /// What happened.
+    #[serde(rename = "responseType")]
+    pub kind: EventKind,
+    /// Progress fields, for UPDATE.
+    #[serde(flatten)]
+    pub progress: Progress,
+    /// The error text, for FAILURE and CRASH.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The outputs, for COMPLETION.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Args>,
+}
+
+impl TaskEvent {
+    pub(crate) fn new(task: TaskId, kind: EventKind) -> TaskEvent {
+        TaskEvent {
+            task,
+            kind,
+            progress: Progress::default(),
+            error: None,
+            outputs: None,
+        }
+    }
+
+    /// The UPDATE message, if any.
+    pub fn message(&self) -> Option<&str> {
+        self.progress.message.as_deref()
+    }
+
+    /// The UPDATE `current` value, if any.
+    pub fn current(&self) -> Option<i64> {
+        self.progress.current
+    }
+
+    /// The UPDATE `maximum` value, if any.
+    pub fn maximum(&self) -> Option<i64> {
+        self.progress.maximum
+    }
+
+    /// The UPDATE `info` object, if any.
+    pub fn info(&self) -> Option<&Value> {
+        self.progress.info.as_ref()
+    }
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+    /// It is still running, or consort could not learn how it ended.
+    Unknown,
+}
+
+impl ExitStatus {
+    /// The exit code as Python's `Popen.returncode` gives it: negative for a signal.
+    pub fn python_returncode(self) -> Option<i32> {
+        match self {
+            ExitStatus::Code(code) => Some(code),
+            ExitStatus::Signal(signal) => Some(-signal),
+            ExitStatus::Unknown => None,
+        }
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(code) => write!(f, "exit code {code}"),
+            ExitStatus::Signal(signal) => write!(f, "signal {}", signal_name(*signal)),
+            ExitStatus::Unknown => f.write_str("unknown status"),
+        }
+    }
+}
+
+/// The conventional name of a signal number, such as `SIGKILL`.
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        5 => "SIGTRAP",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        10 => "SIGUSR1",
+        11 => "SIGSEGV",
+        12 => "SIGUSR2",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_owned()
+}
+
+/// Why a worker's tasks ended CRASHED: how it ended, why, and what it last said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashReport {
+    /// The worker's process id.
+    pub pid: u32,
+    /// How the process ended.
+    pub status: ExitStatus,
+    /// What consort did or saw, when it caused or explains the end: "killed to hard-cancel
+    /// task …", "service closed", "the worker wrote a line longer than …".
+    pub cause: Option<String>,
+    /// The last lines the worker wrote to stderr (bounded).
+    pub stderr: Vec<String>,
+    /// The last non-protocol lines the worker wrote to stdout (bounded).
+    pub stdout: Vec<String>,
+}
+
+impl CrashReport {
+    /// The error text in Appose's own format, as its Python and Java services build it.
+    pub fn appose_message(&self) -> String {
+        let code = match self.status.python_returncode() {
+            Some(code) => code.to_string(),
+            None => "unknown".to_owned(),
+        };
+        let join = |lines: &[String]| {
+            if lines.is_empty() {
+                "<none>".to_owned()
+            } else {
+                lines.join("\n")
+            }
+        };
+        format!(
+            "Worker crashed with exit code {code}.\n\n[stdout]\n{}\n\n[stderr]\n{}\n",
+            join(&self.stdout),
+            join(&self.stderr)
+        )
+    }
+}
+
+impl fmt::Display for CrashReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "worker (pid {}) ended with {}", self.pid, self.status)?;
+        if let Some(cause) = &self.cause {
+            write!(f, " ({cause})")?;
+        }
+        if let Some(last) = self.stderr.last() {
+            write!(f, "; last stderr line: {last}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a task did not produce outputs.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The task failed in the worker.
+    #[error("task failed in the worker: {message}")]
+    Failed {
+        /// The worker's error text (a traceback for Python), or "unknown error".
+        message: String,
+    },
+    /// The task was cancelled.
+    #[error("{}", if *forced { "task was cancelled (the worker was killed)" } else { "task was cancelled" })]
+    Canceled {
+        /// True when the worker did not acknowledge in time and was killed.
+        forced: bool,
+    },
+    /// The worker ended before the task finished.
+    #[error("task crashed: {0}")]
+    Crashed(Box<CrashReport>),
+    /// [`Task::wait_timeout`] gave up; the task itself goes on.
+    #[error("task did not finish within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A callback that receives a task's events.
+pub type Listener = Box<dyn Fn(&TaskEvent) + Send + Sync>;
+
+/// The shared core of a task: state, result, listeners and waiters.
+pub(crate) struct TaskCore {
+    pub(crate) id: TaskId,
+    listeners: Vec<Listener>,
+    inner: Mutex<CoreInner>,
+    done: Condvar,
+}
+
+struct CoreInner {
+    state: TaskState,
+    result: Option<Result<Args, TaskError>>,
+    /// Set once listeners have seen the terminal event; waiters wait for this.
+    delivered: bool,
+    wakers: Vec<Waker>,
+}
+
+impl fmt::Debug for TaskCore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskCore")
+            .field("id", &self.id)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskCore {
+    pub(crate) fn new(id: TaskId, listeners: Vec<Listener>) -> Arc<TaskCore> {
+        Arc::new(TaskCore {
+            id,
+            listeners,
+            inner: Mutex::new(CoreInner {
+                state: TaskState::Queued,
+                result: None,
+                delivered: false,
+                wakers: Vec::new(),
+            }),
+            done: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CoreInner> {
+        // A panic never happens while this lock is held (listeners run outside it), but a
+        // poisoned lock must not take the supervisor down either.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    pub(crate) fn state(&self) -> TaskState {
+        self.lock().state
+    }
+
+    pub(crate) fn has_listeners(&self) -> bool {
+        !self.listeners.is_empty()
+    }
+
+    /// Marks the task running, unless it already ended.
+    pub(crate) fn launch(&self) -> bool {
+        let mut inner = self.lock();
+        if inner.state == TaskState::Queued {
+            inner.state = TaskState::Running;
+            true
+        } else {
+            !inner.state.is_finished()
+        }
+    }
+
+    /// Moves the task to a terminal state. Returns false, changing nothing, when it had
+    /// already ended: the first terminal transition wins.
+    pub(crate) fn finish(&self, state: TaskState, result: Result<Args, TaskError>) -> bool {
+        debug_assert!(state.is_finished());
+        let mut inner = self.lock();
+        if inner.state.is_finished() {
+            return false;
+        }
+        inner.state = state;
+        inner.result = Some(result);
+        true
+    }
+
+    /// Calls every listener with `event`, isolating panics.
+    pub(crate) fn deliver(&self, event: &TaskEvent) {
+        for listener in &self.listeners {
+            if catch_unwind(AssertUnwindSafe(|| listener(event))).is_err() {
+                tracing::warn!(task = %self.id, "a task listener panicked; the task carries on");
+            }
+        }
+    }
+
+    /// Wakes waiters; called after the terminal event was delivered.
+    pub(crate) fn release_waiters(&self) {
+        let wakers = {
+            let mut inner = self.lock();
+            inner.delivered = true;
+            std::mem::take(&mut inner.wakers)
+        };
+        self.done.notify_all();
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    fn wait_deadline(&self, deadline: Option<Instant>) -> Option<Result<Args, TaskError>> {
+        let mut inner = self.lock();
+        loop {
+            if inner.delivered {
+                return inner.result.clone();
+            }
+            match deadline {
+                None => {
+                    inner = self
+                        .done
+                        .wait(inner)
+                        .unwrap_or_else(|poison| poison.into_inner());
+                }
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    inner = self
+                        .done
+                        .wait_timeout(inner, deadline - now)
+                        .unwrap_or_else(|poison| poison.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    fn poll_result(&self, cx: &mut Context<'_>) -> Poll<Result<Args, TaskError>> {
+        let mut inner = self.lock();
+        if inner.delivered {
+            if let Some(result) = inner.result.clone() {
+                return Poll::Ready(result);
+            }
+        }
+        if !inner.wakers.iter().any(|waker| waker.will_wake(cx.waker())) {
+            inner.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// A task submitted to a worker.
+///
+/// Wait for it with [`Task::wait`] or [`Task::wait_timeout`], or `.await` it: `Task` is a
+/// [`Future`] that needs no particular runtime. Dropping a `Task` does not cancel it.
+pub struct Task {
+    pub(crate) core: Arc<TaskCore>,
+    pub(crate) link: ServiceLink,
+}
+
+impl fmt::Debug for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Task")
+            .field("id", &self.core.id)
+            .field("state", &self.core.state())
+            .finish()
+    }
+}
+
+impl Task {
+    /// The task's identifier, as sent to the worker.
+    pub fn id(&self) -> &TaskId {
+        &self.core.id
+    }
+
+    /// The task's current state.
+    pub fn state(&self) -> TaskState {
+        self.core.state()
+    }
+
+    /// Asks the worker to cancel the task (a CANCEL request) and returns at once.
+    ///
+    /// The script decides: an Appose script sees `task.cancel_requested` and may stop.
+    /// Use [`Task::cancel_hard`] when it may not.
+    pub fn cancel(&self) {
+        if !self.core.state().is_finished() {
+            self.link.cancel(&self.core.id);
+        }
+    }
+
+    /// Cancels the task and makes sure it ends: CANCEL, then, if the task has not ended
+    /// within `grace`, the task ends CANCELED and the worker is killed.
+    ///
+    /// Returns at once; the escalation runs on a thread of its own.
+    ///
+    /// # Caveats
+    /// Killing the worker ends its other tasks too: they end CRASHED, and their
+    /// [`CrashReport::cause`] names this task.
+    pub fn cancel_hard(&self, grace: Duration) {
+        if self.core.state().is_finished() {
+            return;
+        }
+        self.link.cancel(&self.core.id);
+        let core = Arc::clone(&self.core);
+        let link = self.link.clone();
+        let spawned = std::thread::Builder::new()
+            .name("consort-hard-cancel".to_owned())
+            .spawn(move || {
+                if core.wait_deadline(Some(Instant::now() + grace)).is_some() {
+                    return;
+                }
+                link.hard_cancel(&core);
+            });
+        if spawned.is_err() {
+            // No thread to wait with: escalate now rather than not at all.
+            self.link.hard_cancel(&self.core);
+        }
+    }
+
+    /// Blocks until the task ends, then returns its outputs.
+    ///
+    /// # Errors
+    /// [`TaskError::Failed`], [`TaskError::Canceled`] or [`TaskError::Crashed`].
+    pub fn wait(&self) -> Result<Args, TaskError> {
+        self.core
+            .wait_deadline(None)
+            .unwrap_or_else(|| unreachable_result(&self.core.id))
+    }
+
+    /// Blocks until the task ends or `timeout` passes.
+    ///
+    /// # Errors
+    /// As [`Task::wait`], and [`TaskError::Timeout`] when the time ran out; the task is
+    /// not cancelled then.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<Args, TaskError> {
+        let deadline = Instant::now().checked_add(timeout);
+        match self.core.wait_deadline(deadline) {
+            Some(result) => result,
+            None => Err(TaskError::Timeout(timeout)),
+        }
+    }
+
+    /// The outputs, once the task completed.
+    pub fn outputs(&self) -> Option<Args> {
+        let inner = self.core.lock();
+        match (&inner.result, inner.delivered) {
+            (Some(Ok(outputs)), true) => Some(outputs.clone()),
+            _ => None,
+        }
+    }
+
+    /// The error, once the task ended without outputs.
+    pub fn error(&self) -> Option<TaskError> {
+        let inner = self.core.lock();
+        match (&inner.result, inner.delivered) {
+            (Some(Err(err)), true) => Some(err.clone()),
+            _ => None,
+        }
+    }
+}
+
+fn unreachable_result(id: &TaskId) -> Result<Args, TaskError> {
+    // `wait_deadline(None)` only returns once the result is set; stay total regardless.
+    debug_assert!(false, "task {id} was released without a result");
+    Err(TaskError::Failed {
+        message: format!("internal error: task {id} ended without a result"),
+    })
+}
+
+impl Future for Task {
+    type Output = Result<Args, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.core.poll_result(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,2 @@
+//! A worker that misbehaves on request.
+fn main() {}
