@@ -20,6 +20,11 @@ use rustix::process::{Pid as RawPid, Signal, WaitId, WaitIdOptions};
 pub struct Pid(pub(crate) u32);
 
 impl Pid {
+    /// Names the process with this raw id.
+    pub fn new(raw: u32) -> Pid {
+        Pid(raw)
+    }
+
     /// The raw process id.
     pub fn get(self) -> u32 {
         self.0
