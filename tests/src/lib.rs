@@ -49,6 +49,7 @@ pub fn slow_tests() -> bool {
 
 /// Aborts the whole test process, with a message naming the test, if it is still armed
 /// when `limit` passes. Dropping it disarms it.
+#[derive(Debug)]
 #[must_use = "the watchdog is disarmed when dropped"]
 pub struct Watchdog {
     disarmed: Arc<AtomicBool>,
