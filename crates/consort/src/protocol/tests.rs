@@ -1,2 +1,455 @@
-//! Unit tests for `protocol`.
+//! Unit tests for `protocol`: Python-exact encoding, the resynchronising decoder, framing.
+
+use proptest::prelude::*;
+use serde_json::json;
+
 use super::*;
+
+#[track_caller]
+fn check_decode(line: &[u8], expect: &[Decoded]) {
+    let mut out = Vec::new();
+    decode_line(line, &mut out);
+    assert_eq!(out, expect, "decoding {:?}", String::from_utf8_lossy(line));
+}
+
+fn resp(task: &str, kind: ResponseKind) -> Decoded {
+    Decoded::Response(Response {
+        task: TaskId::new(task),
+        kind,
+    })
+}
+
+fn noise(text: &str) -> Decoded {
+    Decoded::Noise(text.to_owned())
+}
+
+fn args(value: Value) -> Args {
+    match value {
+        Value::Object(map) => map,
+        other => panic!("not an object: {other}"),
+    }
+}
+
+// -- encoding -------------------------------------------------------------------------
+
+/// The golden string of appose-python's `tests/util/test_message.py` (BSD-2-Clause,
+/// Copyright (C) 2023 - 2026 Appose developers), built from the same data. The ndarray
+/// entry is a plain object here: consort's shm types come with the shared-memory issue.
+#[test]
+fn encode_matches_appose_python_golden_message() {
+    let data = args(json!({
+        "posByte": 123, "negByte": -98,
+        "posDouble": 9.876543210123456, "negDouble": -1.234567890987654e302,
+        "posFloat": 9.876543, "negFloat": -1.2345678,
+        "posInt": 1234567890, "negInt": -987654321,
+        "posLong": 12345678987654321_i64, "negLong": -98765432123456789_i64,
+        "posShort": 32109, "negShort": -23456,
+        "trueBoolean": true, "falseBoolean": false,
+        "nullChar": "\0",
+        "aString": "-=[]\\;',./_+{}|:\"<>?AaBbCcDdEeFfGgHhIiJjKkLlMmNnOoPpQqRrSsTtUuVvWwXxYyZz~!@#$%^&*()",
+        "numbers": [1, 1, 2, 3, 5, 8],
+        "words": ["quick", "brown", "fox"],
+        "ndArray": {"appose_type": "ndarray", "dtype": "float32", "shape": [2, 20, 25],
+                    "shm": {"appose_type": "shm", "name": "SHM_NAME", "rsize": 4000}},
+    }));
+    let golden = concat!(
+        "{",
+        r#""posByte":123,"negByte":-98,"#,
+        r#""posDouble":9.876543210123456,"negDouble":-1.234567890987654e+302,"#,
+        r#""posFloat":9.876543,"negFloat":-1.2345678,"#,
+        r#""posInt":1234567890,"negInt":-987654321,"#,
+        r#""posLong":12345678987654321,"negLong":-98765432123456789,"#,
+        r#""posShort":32109,"negShort":-23456,"#,
+        r#""trueBoolean":true,"falseBoolean":false,"#,
+        r#""nullChar":"\u0000","#,
+        r#""aString":"-=[]\\;',./_+{}|:\"<>?"#,
+        "AaBbCcDdEeFfGgHhIiJjKkLlMmNnOoPpQqRrSsTtUuVvWwXxYyZz",
+        r#"~!@#$%^&*()","#,
+        r#""numbers":[1,1,2,3,5,8],"#,
+        r#""words":["quick","brown","fox"],"#,
+        r#""ndArray":{"appose_type":"ndarray","dtype":"float32","shape":[2,20,25],"#,
+        r#""shm":{"appose_type":"shm","name":"SHM_NAME","rsize":4000}}"#,
+        "}"
+    );
+    let mut out = String::new();
+    write_json(&mut out, &Value::Object(data));
+    assert_eq!(out, golden);
+}
+
+#[test]
+fn execute_request_has_python_key_order_and_null_queue() {
+    let request = Request::Execute {
+        task: TaskId::new("9ae50ed3b4ef4a4f9f68d8246093dac5"),
+        script: "task.outputs['result'] = 1".to_owned(),
+        inputs: Args::new(),
+        queue: None,
+    };
+    assert_eq!(
+        request.encode(),
+        r#"{"task":"9ae50ed3b4ef4a4f9f68d8246093dac5","requestType":"EXECUTE","script":"task.outputs['result'] = 1","inputs":{},"queue":null}"#
+    );
+    let request = Request::Execute {
+        task: TaskId::new("t"),
+        script: "x".to_owned(),
+        inputs: args(json!({"b": 1, "a": [true, null]})),
+        queue: Some("main".to_owned()),
+    };
+    assert_eq!(
+        request.encode(),
+        r#"{"task":"t","requestType":"EXECUTE","script":"x","inputs":{"b":1,"a":[true,null]},"queue":"main"}"#
+    );
+    assert_eq!(
+        Request::Cancel {
+            task: TaskId::new("t")
+        }
+        .encode(),
+        r#"{"task":"t","requestType":"CANCEL"}"#
+    );
+}
+
+#[test]
+fn strings_are_escaped_to_ascii_like_python_ensure_ascii() {
+    let mut out = String::new();
+    write_json(&mut out, &json!("é€😀\n\t\u{7f}\u{1}"));
+    assert_eq!(out, r#""\u00e9\u20ac\ud83d\ude00\n\t\u007f\u0001""#);
+    assert!(out.is_ascii());
+}
+
+#[test]
+fn floats_use_python_repr() {
+    let cases: &[(f64, &str)] = &[
+        (1.0, "1.0"),
+        (0.5, "0.5"),
+        (-0.0, "-0.0"),
+        (0.0001, "0.0001"),
+        (0.00001, "1e-05"),
+        (1e16, "1e+16"),
+        (1234567890123456.0, "1234567890123456.0"),
+        (123456789012345680.0, "1.2345678901234568e+17"),
+        (1.5e300, "1.5e+300"),
+        (5e-324, "5e-324"),
+        (0.1 + 0.2, "0.30000000000000004"),
+        (100.0, "100.0"),
+    ];
+    for (float, expect) in cases {
+        let mut out = String::new();
+        write_json(&mut out, &json!(float));
+        assert_eq!(&out, expect, "repr of {float:e}");
+    }
+}
+
+#[test]
+fn responses_encode_as_python_worker_writes_them() {
+    let cases = [
+        (
+            ResponseKind::Launch,
+            r#"{"task":"t1","responseType":"LAUNCH"}"#,
+        ),
+        (
+            ResponseKind::Update(Progress {
+                message: Some("hi".to_owned()),
+                current: Some(1),
+                maximum: Some(3),
+                info: Some(json!({"a": 1})),
+            }),
+            r#"{"message":"hi","current":1,"maximum":3,"info":{"a":1},"task":"t1","responseType":"UPDATE"}"#,
+        ),
+        (
+            ResponseKind::Update(Progress {
+                message: Some("x".to_owned()),
+                ..Progress::default()
+            }),
+            r#"{"message":"x","info":null,"task":"t1","responseType":"UPDATE"}"#,
+        ),
+        (
+            ResponseKind::Completion(args(json!({"result": 11}))),
+            r#"{"outputs":{"result":11},"task":"t1","responseType":"COMPLETION"}"#,
+        ),
+        (
+            ResponseKind::Cancelation,
+            r#"{"task":"t1","responseType":"CANCELATION"}"#,
+        ),
+        (
+            ResponseKind::Failure(Some("custom".to_owned())),
+            r#"{"error":"custom","task":"t1","responseType":"FAILURE"}"#,
+        ),
+        (
+            ResponseKind::Failure(None),
+            r#"{"task":"t1","responseType":"FAILURE"}"#,
+        ),
+    ];
+    for (kind, expect) in cases {
+        let response = Response {
+            task: TaskId::new("t1"),
+            kind,
+        };
+        assert_eq!(response.encode(), expect);
+        check_decode(expect.as_bytes(), &[Decoded::Response(response)]);
+    }
+}
+
+// -- decoding -------------------------------------------------------------------------
+
+#[test]
+fn two_responses_glued_on_one_line_are_both_recovered() {
+    // What appose 0.12.0's worker writes when two threads print at once (appose.md §1.7).
+    check_decode(
+        br#"{"task":"a","responseType":"LAUNCH"}{"outputs":{"result":1},"task":"b","responseType":"COMPLETION"}"#,
+        &[
+            resp("a", ResponseKind::Launch),
+            resp("b", ResponseKind::Completion(args(json!({"result": 1})))),
+        ],
+    );
+}
+
+#[test]
+fn noise_before_between_and_after_responses_is_kept_as_noise() {
+    check_decode(
+        br#"partial{"task":"a","responseType":"LAUNCH"} junk {"task":"b","responseType":"CANCELATION"}tail"#,
+        &[
+            noise("partial"),
+            resp("a", ResponseKind::Launch),
+            noise("junk"),
+            resp("b", ResponseKind::Cancelation),
+            noise("tail"),
+        ],
+    );
+}
+
+#[test]
+fn blank_and_whitespace_lines_yield_nothing() {
+    check_decode(b"", &[]);
+    check_decode(b"   \r\n", &[]);
+}
+
+#[test]
+fn crlf_is_stripped() {
+    check_decode(
+        b"{\"task\":\"a\",\"responseType\":\"LAUNCH\"}\r\n",
+        &[resp("a", ResponseKind::Launch)],
+    );
+}
+
+#[test]
+fn python_nan_and_infinity_decode_as_null() {
+    check_decode(
+        br#"{"outputs":{"n":NaN,"p":Infinity,"m":-Infinity,"s":"NaN Infinity"},"task":"a","responseType":"COMPLETION"}"#,
+        &[resp(
+            "a",
+            ResponseKind::Completion(args(
+                json!({"n": null, "p": null, "m": null, "s": "NaN Infinity"}),
+            )),
+        )],
+    );
+}
+
+#[test]
+fn integers_beyond_64_bits_are_accepted() {
+    let mut out = Vec::new();
+    decode_line(
+        br#"{"outputs":{"big":1180591620717411303424,"neg":-1180591620717411303424},"task":"a","responseType":"COMPLETION"}"#,
+        &mut out,
+    );
+    let [Decoded::Response(Response {
+        kind: ResponseKind::Completion(outputs),
+        ..
+    })] = out.as_slice()
+    else {
+        panic!("expected one completion, got {out:?}");
+    };
+    assert_eq!(outputs["big"].as_f64(), Some(1180591620717411303424.0));
+    assert_eq!(outputs["neg"].as_f64(), Some(-1180591620717411303424.0));
+}
+
+#[test]
+fn invalid_utf8_is_replaced_not_fatal() {
+    let mut line = br#"{"outputs":{"s":"a"#.to_vec();
+    line.extend_from_slice(&[0xff, 0xfe]);
+    line.extend_from_slice(br#""},"task":"a","responseType":"COMPLETION"} "#);
+    line.extend_from_slice(&[0xc3]);
+    check_decode(
+        &line,
+        &[
+            resp(
+                "a",
+                ResponseKind::Completion(args(json!({"s": "a\u{fffd}\u{fffd}"}))),
+            ),
+            noise("\u{fffd}"),
+        ],
+    );
+}
+
+#[test]
+fn json_that_is_not_a_response_is_noise() {
+    check_decode(br#"{"hello":"world"}"#, &[noise(r#"{"hello":"world"}"#)]);
+    check_decode(
+        br#"{"task":"a","responseType":"PING"}"#,
+        &[noise(r#"{"task":"a","responseType":"PING"}"#)],
+    );
+    check_decode(b"42", &[noise("42")]);
+    check_decode(b"{not json", &[noise("{not json")]);
+}
+
+#[test]
+fn update_fields_are_read_as_python_int_would() {
+    check_decode(
+        br#"{"message":5,"current":2.9,"maximum":"x","info":null,"task":"a","responseType":"UPDATE"}"#,
+        &[resp(
+            "a",
+            ResponseKind::Update(Progress {
+                message: Some("5".to_owned()),
+                current: Some(2),
+                maximum: None,
+                info: None,
+            }),
+        )],
+    );
+}
+
+#[test]
+fn failure_without_error_and_completion_without_outputs_are_accepted() {
+    check_decode(
+        br#"{"task":"a","responseType":"FAILURE"}{"task":"b","responseType":"COMPLETION"}"#,
+        &[
+            resp("a", ResponseKind::Failure(None)),
+            resp("b", ResponseKind::Completion(Args::new())),
+        ],
+    );
+}
+
+#[test]
+fn requests_decode_with_task_id_kept_on_error() {
+    let execute = Request::Execute {
+        task: TaskId::new("t"),
+        script: "1".to_owned(),
+        inputs: args(json!({"x": 1})),
+        queue: Some("main".to_owned()),
+    };
+    assert_eq!(decode_request(execute.encode().as_bytes()), Ok(execute));
+    assert_eq!(
+        decode_request(br#"{"task":"t","requestType":"PING"}"#),
+        Err((
+            Some(TaskId::new("t")),
+            "unknown requestType \"PING\"".to_owned()
+        ))
+    );
+    assert!(matches!(decode_request(b"garbage"), Err((None, _))));
+    assert!(matches!(
+        decode_request(br#"{"task":"t","requestType":"EXECUTE","inputs":[1]}"#),
+        Err((Some(_), _))
+    ));
+}
+
+// -- framing --------------------------------------------------------------------------
+
+fn frames(max_line: usize, chunks: &[&[u8]]) -> Vec<Result<Vec<u8>, usize>> {
+    let mut framer = Framer::new(max_line);
+    let mut out = Vec::new();
+    let mut sink = |frame: Frame<'_>| match frame {
+        Frame::Line(line) => out.push(Ok(line.to_vec())),
+        Frame::Oversize { len } => out.push(Err(len)),
+    };
+    for chunk in chunks {
+        framer.push(chunk, &mut sink);
+        assert!(framer.buffered() <= max_line);
+    }
+    framer.finish(&mut sink);
+    out
+}
+
+#[test]
+fn framer_splits_lines_across_chunks_and_flushes_the_last_one() {
+    assert_eq!(
+        frames(100, &[b"ab", b"c\nde", b"f\n\ngh"]),
+        vec![
+            Ok(b"abc".to_vec()),
+            Ok(b"def".to_vec()),
+            Ok(Vec::new()),
+            Ok(b"gh".to_vec())
+        ]
+    );
+}
+
+#[test]
+fn framer_drops_oversize_lines_without_holding_them() {
+    assert_eq!(
+        frames(4, &[b"12", b"345", b"67\nok\n", b"123456789\nx"]),
+        vec![Err(7), Ok(b"ok".to_vec()), Err(9), Ok(b"x".to_vec())]
+    );
+    assert_eq!(frames(4, &[b"1234567"]), vec![Err(7)]);
+    assert_eq!(frames(4, &[b"1234\n"]), vec![Ok(b"1234".to_vec())]);
+}
+
+proptest! {
+    /// Any split of a stream into chunks gives the same lines.
+    #[test]
+    fn framing_is_independent_of_chunking(
+        lines in prop::collection::vec("[a-z{}\":]{0,12}", 0..8),
+        cuts in prop::collection::vec(0usize..200, 0..6),
+    ) {
+        let stream = lines.iter().map(|line| format!("{line}\n")).collect::<String>();
+        let bytes = stream.as_bytes();
+        let mut points: Vec<usize> = cuts.into_iter().map(|cut| cut % (bytes.len() + 1)).collect();
+        points.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        for point in points {
+            chunks.push(&bytes[start..point]);
+            start = point;
+        }
+        chunks.push(&bytes[start..]);
+        let expect: Vec<_> = lines.iter().map(|line| Ok(line.as_bytes().to_vec())).collect();
+        prop_assert_eq!(frames(64, &chunks), expect);
+    }
+
+    /// Responses survive being glued together with arbitrary noise between them.
+    #[test]
+    fn responses_survive_noise(
+        ids in prop::collection::vec("[a-f0-9]{1,8}", 1..5),
+        junk in prop::collection::vec("[ a-zA-Z0-9.,;!?]{0,10}", 5),
+    ) {
+        let mut line = String::new();
+        let mut expect = Vec::new();
+        for (idx, id) in ids.iter().enumerate() {
+            line.push_str(&junk[idx]);
+            let response = Response { task: TaskId::new(id.clone()), kind: ResponseKind::Launch };
+            line.push_str(&response.encode());
+            expect.push(response);
+        }
+        line.push_str(&junk[4]);
+        let mut out = Vec::new();
+        decode_line(line.as_bytes(), &mut out);
+        let got: Vec<_> = out.into_iter().filter_map(|item| match item {
+            Decoded::Response(response) => Some(response),
+            Decoded::Noise(_) => None,
+        }).collect();
+        prop_assert_eq!(got, expect);
+    }
+
+    /// Decoding arbitrary bytes never panics.
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        let mut out = Vec::new();
+        decode_line(&bytes, &mut out);
+        let _ = decode_request(&bytes);
+    }
+
+    /// Every encoded value decodes back to itself (floats exactly).
+    #[test]
+    fn encoded_outputs_round_trip(
+        keys in prop::collection::vec("\\PC{0,6}", 0..5),
+        numbers in prop::collection::vec(any::<f64>().prop_filter("finite", |f| f.is_finite()), 5),
+        ints in prop::collection::vec(any::<i64>(), 5),
+    ) {
+        let mut outputs = Args::new();
+        for (idx, key) in keys.iter().enumerate() {
+            outputs.insert(key.clone(), json!([numbers[idx], ints[idx], key]));
+        }
+        let response = Response { task: TaskId::new("t"), kind: ResponseKind::Completion(outputs) };
+        let line = response.encode();
+        prop_assert!(line.is_ascii());
+        let mut out = Vec::new();
+        decode_line(line.as_bytes(), &mut out);
+        prop_assert_eq!(out, vec![Decoded::Response(response)]);
+    }
+}
