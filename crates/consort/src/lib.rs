@@ -23,17 +23,22 @@
 //! Modules, in reading order:
 //! - [`protocol`]: Appose messages and the line codec; pure, no I/O.
 //! - [`task`]: task states, events, errors, and the one-terminal-state machine.
+//! - [`cancel`]: `CancelToken`, one-way, with child tokens; there is no reset.
 //! - [`service`]: the supervisor: spawn, route, detect crashes, terminate within a bound.
+//! - [`worker`]: the worker SDK: serve Appose requests with a Rust function.
 //! - [`sys`]: thin wrappers over process system calls (the only `unsafe` here).
 
 #[cfg(not(unix))]
 compile_error!("consort supports Unix (Linux and macOS) only for now");
 
+pub mod cancel;
 pub mod protocol;
 pub mod service;
 pub mod sys;
 pub mod task;
+pub mod worker;
 
+pub use cancel::CancelToken;
 pub use protocol::{Args, TaskId};
 pub use service::{DebugLine, DebugStream, Service, ServiceBuilder, StartError, SubmitError};
 pub use task::{CrashReport, EventKind, ExitStatus, Task, TaskError, TaskEvent, TaskState};

@@ -19,7 +19,7 @@ fn a_recipe_keeps_program_args_cwd_and_env_of_the_command() {
     assert_eq!(config.program, OsString::from("worker"));
     assert_eq!(config.args, vec![OsString::from("--flag")]);
     assert_eq!(config.cwd, Some(PathBuf::from("/tmp")));
-    let env: Vec<_> = config.env.iter().cloned().collect();
+    let env = config.env.to_vec();
     assert!(env.contains(&(OsString::from("UNSET_ME"), None)));
     assert!(env.contains(&(OsString::from("LATER"), Some(OsString::from("2")))));
     // A later setting replaces an earlier one instead of adding a duplicate.

@@ -1,0 +1,589 @@
+//! The worker SDK: write an Appose worker in Rust as one function.
+//!
+//! [`serve`] reads requests from stdin and writes responses to stdout. Each task runs on a
+//! bounded thread pool (or, with `queue: "main"`, in order on the thread that called
+//! `serve`), with a fresh [`CancelToken`] that a CANCEL request, stdin EOF or SIGTERM
+//! cancels. The handler returns the outputs, or a [`Failure`]; a panic fails the task and
+//! the worker lives on.
+//!
+//! ```no_run
+//! use consort::worker::{self, Failure, TaskContext};
+//!
+//! fn main() -> std::io::Result<()> {
+//!     worker::serve(|task: &TaskContext| {
+//!         task.update(Some("working"), Some(1), Some(2));
+//!         if task.is_cancelled() {
+//!             return Err(Failure::Cancelled);
+//!         }
+//!         Ok(task.inputs().clone())
+//!     })
+//! }
+//! ```
+//!
+//! # Invariants
+//! 1. Every accepted EXECUTE gets exactly one terminal response, written by the task's own
+//!    thread when the handler returns or panics. No janitor decides a task is dead: the
+//!    task itself says so (the appose "thread death" TOCTOU cannot happen).
+//! 2. Each response is one `write_all` of a whole line under the output lock, so lines
+//!    never interleave. Stray `println!`s go to stderr: stdout is moved to a private fd.
+//! 3. Cancellation tokens are one-way and per task (children of the worker's root token).
+//! 4. A bad request never stops the reader: it fails its task, or is reported on stderr.
+//! 5. After stdin EOF or SIGTERM, every token is cancelled and `serve` returns within
+//!    `shutdown_grace`, whatever the handlers do.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cancel::CancelToken;
+use crate::protocol::{decode_request, Args, Progress, Request, Response, ResponseKind, TaskId};
+
+/// Why a task did not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The task failed; the text becomes the FAILURE's `error`.
+    Failed(String),
+    /// The task stopped because it was asked to (answered with CANCELATION).
+    Cancelled,
+}
+
+impl<T: fmt::Display> From<T> for Failure {
+    fn from(error: T) -> Failure {
+        Failure::Failed(error.to_string())
+    }
+}
+
+/// The code that runs tasks.
+pub trait Handler: Send + Sync + 'static {
+    /// Runs one task and returns its outputs.
+    ///
+    /// # Errors
+    /// [`Failure::Failed`] to fail the task, [`Failure::Cancelled`] to acknowledge a cancel.
+    fn run(&self, task: &TaskContext) -> Result<Args, Failure>;
+}
+
+impl<F> Handler for F
+where
+    F: Fn(&TaskContext) -> Result<Args, Failure> + Send + Sync + 'static,
+{
+    fn run(&self, task: &TaskContext) -> Result<Args, Failure> {
+        self(task)
+    }
+}
+
+/// What a handler sees of its task.
+pub struct TaskContext {
+    id: TaskId,
+    script: String,
+    inputs: Args,
+    queue: Option<String>,
+    token: CancelToken,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("id", &self.id)
+            .field("script", &self.script)
+            .field("queue", &self.queue)
+            .field("cancelled", &self.token.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskContext {
+    /// The task's identifier.
+    pub fn id(&self) -> &TaskId {
+        &self.id
+    }
+
+    /// The script the service sent.
+    pub fn script(&self) -> &str {
+        &self.script
+    }
+
+    /// The inputs, as sent.
+    pub fn inputs(&self) -> &Args {
+        &self.inputs
+    }
+
+    /// One input, decoded as `T`.
+    ///
+    /// # Errors
+    /// A [`Failure::Failed`] naming the input when it is missing or of another type.
+    pub fn input<T: DeserializeOwned>(&self, name: &str) -> Result<T, Failure> {
+        let value = self
+            .inputs
+            .get(name)
+            .ok_or_else(|| Failure::Failed(format!("missing input {name:?}")))?;
+        T::deserialize(value).map_err(|err| Failure::Failed(format!("input {name:?}: {err}")))
+    }
+
+    /// The queue the task was sent to (`Some("main")` for the main thread).
+    pub fn queue(&self) -> Option<&str> {
+        self.queue.as_deref()
+    }
+
+    /// Reports progress (an UPDATE); every field is optional.
+    pub fn update(&self, message: Option<&str>, current: Option<i64>, maximum: Option<i64>) {
+        self.report(Progress {
+            message: message.map(str::to_owned),
+            current,
+            maximum,
+            info: None,
+        });
+    }
+
+    /// Reports progress with every field, `info` included.
+    pub fn report(&self, progress: Progress) {
+        self.shared
+            .respond(&self.id, ResponseKind::Update(progress));
+    }
+
+    /// Whether the task was asked to stop (CANCEL, stdin EOF or SIGTERM).
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Blocks until the task is asked to stop or `timeout` passes; returns whether it was.
+    pub fn wait_cancelled(&self, timeout: Duration) -> bool {
+        self.token.wait_timeout(timeout)
+    }
+
+    /// The task's token, to hand to code that should stop with it (take a child token
+    /// for sub-work).
+    pub fn cancel_token(&self) -> &CancelToken {
+        &self.token
+    }
+
+    /// Stores a value for later tasks (Appose's `task.export`).
+    ///
+    /// # Errors
+    /// When the value cannot be represented as JSON.
+    pub fn export(&self, name: &str, value: impl Serialize) -> Result<(), Failure> {
+        let value = serde_json::to_value(value)?;
+        lock(&self.shared.exports).insert(name.to_owned(), value);
+        Ok(())
+    }
+
+    /// A value exported by an earlier task, if any.
+    pub fn exported(&self, name: &str) -> Option<Value> {
+        lock(&self.shared.exports).get(name).cloned()
+    }
+}
+
+/// Worker settings; [`Worker::serve`] runs the loop.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    threads: usize,
+    shutdown_grace: Duration,
+    protect_stdout: bool,
+}
+
+impl Default for Worker {
+    fn default() -> Worker {
+        Worker {
+            threads: 64,
+            shutdown_grace: Duration::from_secs(1),
+            protect_stdout: true,
+        }
+    }
+}
+
+/// Serves tasks with default settings; see [`Worker`].
+///
+/// # Errors
+/// When stdout cannot be set up for the protocol.
+pub fn serve(handler: impl Handler) -> io::Result<()> {
+    Worker::new().serve(handler)
+}
+
+impl Worker {
+    /// Default settings: up to 64 task threads, 1 s of grace at shutdown.
+    pub fn new() -> Worker {
+        Worker::default()
+    }
+
+    /// The most tasks that run at once (threads are started as needed); more wait, FIFO.
+    pub fn with_threads(mut self, threads: usize) -> Worker {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// How long, after stdin EOF or SIGTERM, running tasks get to end before `serve`
+    /// returns without them.
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Worker {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Whether to move the protocol to a private fd and send fd 1 to stderr, so stray
+    /// prints cannot corrupt the protocol (default true).
+    pub fn with_protected_stdout(mut self, protect: bool) -> Worker {
+        self.protect_stdout = protect;
+        self
+    }
+
+    /// Reads requests from stdin until EOF or SIGTERM, running tasks with `handler`.
+    ///
+    /// Main-queue tasks run on the calling thread, in the order they arrived.
+    ///
+    /// # Errors
+    /// When stdout cannot be duplicated or the SIGTERM handler cannot be installed.
+    pub fn serve(self, handler: impl Handler) -> io::Result<()> {
+        let out = protocol_output(self.protect_stdout)?;
+        let root = CancelToken::new();
+        let (events, incoming) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            out: Mutex::new(io::BufWriter::with_capacity(64 * 1024, out)),
+            root: root.clone(),
+            running: Mutex::new(HashMap::new()),
+            idle: Condvar::new(),
+            exports: Mutex::new(Args::new()),
+            events: events.clone(),
+        });
+        let handler: Arc<dyn Handler> = Arc::new(handler);
+        let pool = Pool::new(self.threads);
+        watch_sigterm(events.clone())?;
+        {
+            let shared = Arc::clone(&shared);
+            let handler = Arc::clone(&handler);
+            let pool = pool.clone();
+            std::thread::Builder::new()
+                .name("consort-worker-stdin".to_owned())
+                .spawn(move || read_requests(&shared, &handler, &pool, &events))?;
+        }
+        // The main thread: main-queue tasks in FIFO order, until shutdown.
+        for event in incoming.iter() {
+            match event {
+                Event::Main(job) => job.run(),
+                Event::Shutdown(reason) => {
+                    eprintln!("consort worker: {reason}; cancelling running tasks");
+                    break;
+                }
+            }
+        }
+        root.cancel();
+        // Main-queue tasks still queued get their one answer (CANCELATION), not silence.
+        for event in incoming.try_iter() {
+            if let Event::Main(job) = event {
+                job.run();
+            }
+        }
+        shared.wait_idle(self.shutdown_grace);
+        let _ = lock(&shared.out).flush();
+        Ok(())
+    }
+}
+
+enum Event {
+    Main(Job),
+    Shutdown(&'static str),
+}
+
+struct Shared {
+    out: Mutex<io::BufWriter<File>>,
+    root: CancelToken,
+    /// Tokens of accepted tasks that have not answered yet.
+    running: Mutex<HashMap<TaskId, CancelToken>>,
+    idle: Condvar,
+    exports: Mutex<Args>,
+    events: Sender<Event>,
+}
+
+impl Shared {
+    fn respond(&self, task: &TaskId, kind: ResponseKind) {
+        let response = Response {
+            task: task.clone(),
+            kind,
+        };
+        let mut line = response.encode();
+        line.push('\n');
+        let mut out = lock(&self.out);
+        if let Err(err) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
+            // The supervisor is gone (EPIPE): nobody can receive results any more.
+            drop(out);
+            let _ = self.events.send(Event::Shutdown(
+                "cannot write to stdout; the supervisor is gone",
+            ));
+            self.root.cancel();
+            eprintln!("consort worker: writing a response failed: {err}");
+        }
+    }
+
+    fn finish(&self, task: &TaskId, kind: ResponseKind) {
+        self.respond(task, kind);
+        let mut running = lock(&self.running);
+        running.remove(task);
+        if running.is_empty() {
+            self.idle.notify_all();
+        }
+    }
+
+    fn wait_idle(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        let mut running = lock(&self.running);
+        while !running.is_empty() {
+            let Some(remaining) = deadline.checked_duration_since(Instant::now()) else {
+                eprintln!(
+                    "consort worker: {} task(s) still running after {grace:?}; exiting without them",
+                    running.len()
+                );
+                return;
+            };
+            running = self
+                .idle
+                .wait_timeout(running, remaining)
+                .unwrap_or_else(|poison| poison.into_inner())
+                .0;
+        }
+    }
+}
+
+/// One accepted task, ready to run on some thread.
+struct Job {
+    context: TaskContext,
+    handler: Arc<dyn Handler>,
+}
+
+impl Job {
+    fn run(self) {
+        let Job { context, handler } = self;
+        let shared = Arc::clone(&context.shared);
+        if context.token.is_cancelled() {
+            // Cancelled before it started (a CANCEL while queued, or shutdown): it still
+            // gets its one terminal response.
+            shared.finish(&context.id, ResponseKind::Cancelation);
+            return;
+        }
+        shared.respond(&context.id, ResponseKind::Launch);
+        let outcome = catch_unwind(AssertUnwindSafe(|| handler.run(&context)));
+        let kind = match outcome {
+            Ok(Ok(outputs)) => ResponseKind::Completion(outputs),
+            Ok(Err(Failure::Failed(message))) => ResponseKind::Failure(Some(message)),
+            Ok(Err(Failure::Cancelled)) => ResponseKind::Cancelation,
+            Err(panic) => ResponseKind::Failure(Some(format!(
+                "the task panicked: {}",
+                panic_message(panic.as_ref())
+            ))),
+        };
+        shared.finish(&context.id, kind);
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}
+
+fn read_requests(
+    shared: &Arc<Shared>,
+    handler: &Arc<dyn Handler>,
+    pool: &Pool,
+    events: &Sender<Event>,
+) {
+    let stdin = io::stdin();
+    let mut stdin = stdin.lock();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match stdin.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                eprintln!("consort worker: reading stdin: {err}");
+                break;
+            }
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match decode_request(&line) {
+            Ok(Request::Execute {
+                task,
+                script,
+                inputs,
+                queue,
+            }) => {
+                let token = shared.root.child_token();
+                let duplicate = {
+                    let mut running = lock(&shared.running);
+                    if running.contains_key(&task) {
+                        true
+                    } else {
+                        running.insert(task.clone(), token.clone());
+                        false
+                    }
+                };
+                if duplicate {
+                    eprintln!("consort worker: task {task} is already running; request ignored");
+                    continue;
+                }
+                let on_main = queue.as_deref() == Some("main");
+                let job = Job {
+                    context: TaskContext {
+                        id: task,
+                        script,
+                        inputs,
+                        queue,
+                        token,
+                        shared: Arc::clone(shared),
+                    },
+                    handler: Arc::clone(handler),
+                };
+                if on_main {
+                    if let Err(mpsc::SendError(Event::Main(job))) = events.send(Event::Main(job)) {
+                        // The main loop has shut down: answer rather than drop the task.
+                        shared.finish(&job.context.id, ResponseKind::Cancelation);
+                    }
+                } else {
+                    pool.submit(job);
+                }
+            }
+            Ok(Request::Cancel { task }) => match lock(&shared.running).get(&task) {
+                Some(token) => token.cancel(),
+                None => eprintln!("No such task: {task}"),
+            },
+            Err((Some(task), reason)) => {
+                if lock(&shared.running).contains_key(&task) {
+                    eprintln!("consort worker: bad request for running task {task}: {reason}");
+                } else {
+                    shared.respond(
+                        &task,
+                        ResponseKind::Failure(Some(format!("bad request: {reason}"))),
+                    );
+                }
+            }
+            Err((None, reason)) => {
+                eprintln!("consort worker: bad request ignored: {reason}");
+            }
+        }
+    }
+    let _ = events.send(Event::Shutdown("stdin closed"));
+}
+
+/// A bounded pool of task threads, started as needed, FIFO.
+#[derive(Clone)]
+struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    state: Mutex<PoolState>,
+    ready: Condvar,
+    max: usize,
+}
+
+struct PoolState {
+    queue: VecDeque<Job>,
+    threads: usize,
+    idle: usize,
+}
+
+impl Pool {
+    fn new(max: usize) -> Pool {
+        Pool {
+            inner: Arc::new(PoolInner {
+                state: Mutex::new(PoolState {
+                    queue: VecDeque::new(),
+                    threads: 0,
+                    idle: 0,
+                }),
+                ready: Condvar::new(),
+                max,
+            }),
+        }
+    }
+
+    fn submit(&self, job: Job) {
+        let mut state = lock(&self.inner.state);
+        state.queue.push_back(job);
+        if state.idle > 0 {
+            self.inner.ready.notify_one();
+            return;
+        }
+        if state.threads < self.inner.max {
+            let inner = Arc::clone(&self.inner);
+            let spawned = std::thread::Builder::new()
+                .name("consort-worker-task".to_owned())
+                .spawn(move || inner.run());
+            match spawned {
+                Ok(_) => state.threads += 1,
+                Err(err) => {
+                    // Not fatal while another thread exists to take the job; otherwise
+                    // run it here rather than leave it unanswered.
+                    eprintln!("consort worker: cannot start a task thread: {err}");
+                    if state.threads == 0 {
+                        let job = state.queue.pop_back();
+                        drop(state);
+                        if let Some(job) = job {
+                            job.run();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl PoolInner {
+    fn run(&self) {
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(job) = state.queue.pop_front() {
+                drop(state);
+                job.run();
+                state = lock(&self.state);
+                continue;
+            }
+            state.idle += 1;
+            state = self
+                .ready
+                .wait(state)
+                .unwrap_or_else(|poison| poison.into_inner());
+            state.idle -= 1;
+        }
+    }
+}
+
+/// Moves the protocol to a private copy of stdout and points fd 1 at stderr, so that
+/// whatever else prints cannot corrupt it.
+fn protocol_output(protect: bool) -> io::Result<File> {
+    let private = rustix::io::dup(io::stdout())?;
+    if protect {
+        rustix::stdio::dup2_stdout(io::stderr())?;
+    }
+    Ok(File::from(private))
+}
+
+fn watch_sigterm(events: Sender<Event>) -> io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM])?;
+    std::thread::Builder::new()
+        .name("consort-worker-signals".to_owned())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                let _ = events.send(Event::Shutdown("SIGTERM"));
+            }
+        })?;
+    Ok(())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
