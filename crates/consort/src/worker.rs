@@ -47,6 +47,8 @@ use serde_json::Value;
 use crate::cancel::CancelToken;
 use crate::protocol::{decode_request, Args, Progress, Request, Response, ResponseKind, TaskId};
 
+pub mod python;
+
 /// Why a task did not complete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {

@@ -1,0 +1,436 @@
+"""consort's Python worker: the Appose script contract, without Appose's failure modes.
+
+Shipped inside the consort binary and run with any python3 >= 3.9; it needs nothing
+installed. Scripts written for Appose's python_worker run unchanged: inputs are variables,
+`task` has update/cancel/fail/export/outputs/cancel_requested, the last expression is the
+result, `queue: "main"` runs on the main thread, APPOSE_INIT_SCRIPT runs first, and shm /
+ndarray inputs are attached (numpy is imported only when an ndarray arrives).
+
+Where appose's worker is fragile, this one is not:
+- each response is written whole under one lock: lines never interleave;
+- no janitor: a task's thread sends its own terminal response, exactly one;
+- no deaf receiver: a bad request fails its task (or is logged) and reading goes on;
+- the main queue is FIFO, and no queued task is dropped at shutdown;
+- a cancelled task that does not stop gets an asynchronous exception in its thread
+  (CONSORT_HARD_CANCEL_SECS after the CANCEL, default 1 s); code blocked in C ignores it,
+  and the supervisor's kill escalation is what ends it then;
+- print() goes to stderr: the protocol has a private copy of stdout;
+- tasks run on a pool of reused threads, and compiled scripts are cached.
+
+stdin EOF or SIGTERM: every task is asked to cancel, queued main-queue tasks are answered
+CANCELATION, running ones get CONSORT_SHUTDOWN_SECS (default 1 s), then the process exits.
+"""
+
+import json
+import os
+import sys
+import threading
+
+_WRITE_LOCK = threading.Lock()
+_OUT_FD = None
+_MAX_THREADS = int(os.environ.get("CONSORT_WORKER_THREADS", "64"))
+_HARD_CANCEL_SECS = float(os.environ.get("CONSORT_HARD_CANCEL_SECS", "1"))
+_SHUTDOWN_SECS = float(os.environ.get("CONSORT_SHUTDOWN_SECS", "1"))
+
+
+class TaskCancelled(BaseException):
+    """Raised inside a task's thread to stop a task that ignored its cancel request."""
+
+
+def _write_line(obj):
+    data = (json.dumps(obj, separators=(",", ":"), default=_encode_default) + "\n").encode("ascii")
+    with _WRITE_LOCK:
+        view = memoryview(data)
+        while view:
+            written = os.write(_OUT_FD, view)
+            view = view[written:]
+
+
+_exports = {}
+_auto_counter = [0]
+_auto_lock = threading.Lock()
+
+
+def _encode_default(obj):
+    # Shared memory and n-d arrays travel as Appose's flat appose_type objects.
+    shm = getattr(obj, "shm", None)
+    if shm is not None and hasattr(obj, "dtype") and hasattr(obj, "shape"):
+        return {"appose_type": "ndarray", "dtype": str(obj.dtype), "shape": list(obj.shape),
+                "shm": _encode_default(shm)}
+    if hasattr(obj, "rsize") and hasattr(obj, "name") and hasattr(obj, "buf"):
+        return {"appose_type": "shm", "name": obj.name, "rsize": obj.rsize}
+    # Anything else JSON cannot hold stays in the worker, as Appose's auto-proxy does.
+    with _auto_lock:
+        name = "_appose_auto_%d" % _auto_counter[0]
+        _auto_counter[0] += 1
+    _exports[name] = obj
+    return {"appose_type": "worker_object", "var_name": name}
+
+
+class SharedMemory:
+    """A block of shared memory attached by name; it never unlinks what it attaches."""
+
+    def __init__(self, name, rsize):
+        from multiprocessing import shared_memory
+
+        if sys.version_info >= (3, 13):
+            self._shm = shared_memory.SharedMemory(name=name, track=False)
+        else:
+            self._shm = shared_memory.SharedMemory(name=name)
+            # Python < 3.13 registers attached blocks with the resource tracker, which
+            # unlinks them when this process exits (CPython gh-82300): undo that.
+            try:
+                from multiprocessing import resource_tracker
+
+                resource_tracker.unregister(self._shm._name, "shared_memory")
+            except Exception:
+                pass
+        self.name = name
+        self.rsize = rsize
+        self.size = self._shm.size
+        self.buf = self._shm.buf
+
+    def close(self):
+        self.buf = None
+        self._shm.close()
+
+
+class NDArray:
+    """An n-d array in shared memory, as Appose's NDArray: dtype, shape, shm, ndarray()."""
+
+    def __init__(self, dtype, shape, shm):
+        self.dtype = dtype
+        self.shape = list(shape)
+        self.shm = shm
+
+    def ndarray(self):
+        import numpy
+
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return numpy.ndarray(count, dtype=self.dtype, buffer=self.shm.buf).reshape(self.shape)
+
+
+def _decode_hook(obj):
+    kind = obj.get("appose_type")
+    if kind == "shm":
+        return SharedMemory(obj["name"], obj.get("rsize", obj.get("size")))
+    if kind == "ndarray":
+        shm = obj["shm"]
+        if not isinstance(shm, SharedMemory):
+            shm = _decode_hook(shm)
+        return NDArray(obj["dtype"], obj["shape"], shm)
+    return obj
+
+
+class Task:
+    """The `task` object a script sees."""
+
+    def __init__(self, uuid, script, inputs, queue):
+        self._uuid = uuid
+        self._script = script
+        self._inputs = inputs
+        self._queue = queue
+        self._finished = False
+        self._lock = threading.Lock()
+        self._thread_id = None
+        self._timer = None
+        self._hard_sent = False
+        self.outputs = {}
+        self.cancel_requested = False
+
+    def export(self, **kwargs):
+        _exports.update(kwargs)
+
+    def update(self, message=None, current=None, maximum=None, info=None):
+        args = {}
+        if message is not None:
+            args["message"] = str(message)
+        if current is not None:
+            try:
+                args["current"] = int(current)
+            except (TypeError, ValueError):
+                pass
+        if maximum is not None:
+            try:
+                args["maximum"] = int(maximum)
+            except (TypeError, ValueError):
+                pass
+        args["info"] = info
+        self._respond("UPDATE", args)
+
+    def cancel(self):
+        self._respond("CANCELATION", None)
+
+    def fail(self, error=None):
+        self._respond("FAILURE", None if error is None else {"error": error})
+
+    # -- internals -----------------------------------------------------------------
+
+    def _respond(self, response_type, args):
+        terminal = response_type not in ("LAUNCH", "UPDATE")
+        with self._lock:
+            if self._finished:
+                # One terminal response per task; after it, nothing more.
+                return
+            if terminal:
+                self._finished = True
+                if self._timer is not None:
+                    self._timer.cancel()
+        response = dict(args) if args else {}
+        response["task"] = self._uuid
+        response["responseType"] = response_type
+        try:
+            _write_line(response)
+        except BaseException:
+            if not terminal:
+                raise
+            # The outputs could not be encoded: say so, once.
+            import traceback
+
+            _write_line({"error": traceback.format_exc(), "task": self._uuid,
+                         "responseType": "FAILURE"})
+
+    def _request_cancel(self):
+        self.cancel_requested = True
+        with self._lock:
+            if self._finished or self._thread_id is None or self._timer is not None:
+                return
+            self._timer = threading.Timer(_HARD_CANCEL_SECS, self._hard_cancel)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _hard_cancel(self):
+        with self._lock:
+            if self._finished or self._thread_id is None:
+                return
+            import ctypes
+
+            # Raised in the task's thread at its next bytecode (not inside C calls).
+            self._hard_sent = True
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self._thread_id), ctypes.py_object(TaskCancelled))
+
+    def _detach(self):
+        # From here on the task may not be interrupted: clear an asynchronous exception
+        # that was sent but not yet raised, so it cannot fire inside a response write.
+        with self._lock:
+            if self._hard_sent and self._thread_id is not None:
+                import ctypes
+
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self._thread_id), ctypes.c_void_p(0))
+            self._thread_id = None
+
+    def _run(self):
+        if self.cancel_requested:
+            self._respond("CANCELATION", None)
+            return
+        with self._lock:
+            self._thread_id = threading.get_ident()
+        try:
+            self._respond("LAUNCH", None)
+            binding = {"task": self}
+            binding.update(_exports)
+            if self._inputs:
+                binding.update(self._inputs)
+            block, last = _compile(self._script or "")
+            exec(block, binding)
+            result = eval(last, binding) if last is not None else None
+            if isinstance(result, dict):
+                self.outputs.update(result)
+            elif result is not None:
+                self.outputs["result"] = result
+            self._detach()
+            self._respond("COMPLETION", {"outputs": self.outputs})
+        except TaskCancelled:
+            self._detach()
+            self._respond("CANCELATION", None)
+        except BaseException:
+            self._detach()
+            import traceback
+
+            self.fail(traceback.format_exc())
+        finally:
+            _tasks_done(self)
+
+
+_code_cache = {}
+
+
+def _compile(script):
+    cached = _code_cache.get(script)
+    if cached is not None:
+        return cached
+    import ast
+
+    block = ast.parse(script, mode="exec")
+    last = None
+    if block.body and isinstance(block.body[-1], ast.Expr):
+        last = compile(ast.Expression(block.body.pop().value), "<string>", "eval")
+    compiled = (compile(block, "<string>", "exec"), last)
+    if len(_code_cache) > 256:
+        _code_cache.clear()
+    _code_cache[script] = compiled
+    return compiled
+
+
+# -- the worker ------------------------------------------------------------------------
+
+_tasks = {}
+_tasks_lock = threading.Condition()
+_pool_lock = threading.Condition()
+_pool_queue = []
+_pool_state = {"threads": 0, "idle": 0}
+_main_queue = []
+_main_cv = threading.Condition()
+_shutdown = threading.Event()
+
+
+def _tasks_done(task):
+    with _tasks_lock:
+        _tasks.pop(task._uuid, None)
+        if not _tasks:
+            _tasks_lock.notify_all()
+
+
+def _pool_thread():
+    while True:
+        with _pool_lock:
+            while not _pool_queue:
+                _pool_state["idle"] += 1
+                _pool_lock.wait()
+                _pool_state["idle"] -= 1
+            task = _pool_queue.pop(0)
+        try:
+            task._run()
+        except BaseException:
+            # A late asynchronous exception must not kill a pool thread.
+            pass
+
+
+def _submit(task):
+    with _pool_lock:
+        _pool_queue.append(task)
+        if _pool_state["idle"] > 0:
+            _pool_lock.notify()
+            return
+        if _pool_state["threads"] < _MAX_THREADS:
+            _pool_state["threads"] += 1
+            threading.Thread(target=_pool_thread, name="consort-task", daemon=True).start()
+
+
+def _handle(line):
+    uuid = None
+    try:
+        request = json.loads(line, object_hook=_decode_hook)
+        if not isinstance(request, dict):
+            raise ValueError("request is not a JSON object")
+        uuid = request.get("task")
+        kind = request.get("requestType")
+        if kind == "EXECUTE":
+            inputs = request.get("inputs") or {}
+            if not isinstance(inputs, dict):
+                raise ValueError('"inputs" is not an object')
+            task = Task(uuid, request.get("script"), inputs, request.get("queue"))
+            with _tasks_lock:
+                _tasks[uuid] = task
+            if _shutdown.is_set():
+                task.cancel_requested = True
+            if task._queue == "main":
+                with _main_cv:
+                    _main_queue.append(task)
+                    _main_cv.notify()
+            else:
+                _submit(task)
+        elif kind == "CANCEL":
+            with _tasks_lock:
+                task = _tasks.get(uuid)
+            if task is None:
+                print("No such task: %s" % uuid, file=sys.stderr)
+            else:
+                task._request_cancel()
+        else:
+            raise ValueError("unknown requestType %r" % (kind,))
+    except Exception as error:
+        if isinstance(uuid, str):
+            _write_line({"error": "bad request: %s" % error, "task": uuid,
+                         "responseType": "FAILURE"})
+        else:
+            print("consort worker: bad request ignored: %s" % error, file=sys.stderr)
+
+
+def _read_stdin():
+    stdin = sys.stdin.buffer
+    try:
+        for line in stdin:
+            if line.strip():
+                _handle(line)
+    finally:
+        _begin_shutdown()
+
+
+def _begin_shutdown(*_signal_args):
+    _shutdown.set()
+    with _tasks_lock:
+        pending = list(_tasks.values())
+    for task in pending:
+        task._request_cancel()
+    with _main_cv:
+        _main_cv.notify_all()
+
+
+def _run_init_script():
+    path = os.environ.get("APPOSE_INIT_SCRIPT")
+    if not path or not os.path.exists(path):
+        return
+    try:
+        namespace = {}
+        with open(path, "r", encoding="utf-8") as script:
+            code = script.read()
+        exec(code, namespace)
+        for key, value in namespace.items():
+            if not key.startswith("_"):
+                _exports[key] = value
+        os.remove(path)
+    except BaseException as error:
+        print("[WARNING] Init script failed: %s" % error, file=sys.stderr)
+
+
+def main():
+    global _OUT_FD
+    # The protocol gets a private copy of stdout; fd 1 becomes stderr, so that print()
+    # and C libraries writing to stdout cannot corrupt the protocol.
+    sys.stdout.flush()
+    _OUT_FD = os.dup(1)
+    os.dup2(2, 1)
+    _run_init_script()
+    import signal
+
+    signal.signal(signal.SIGTERM, _begin_shutdown)
+    threading.Thread(target=_read_stdin, name="consort-stdin", daemon=True).start()
+    # The main thread runs main-queue tasks, first in first out.
+    while True:
+        with _main_cv:
+            while not _main_queue and not _shutdown.is_set():
+                _main_cv.wait()
+            task = _main_queue.pop(0) if _main_queue else None
+        if task is None:
+            break
+        try:
+            task._run()
+        except BaseException:
+            pass
+    # Shutdown: every task was asked to cancel; give running ones a bounded grace.
+    with _tasks_lock:
+        _tasks_lock.wait_for(lambda: not _tasks, timeout=_SHUTDOWN_SECS)
+        left = len(_tasks)
+    if left:
+        print("consort worker: %d task(s) still running at exit" % left, file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
