@@ -9,6 +9,10 @@
 //! - The **dispatcher** calls task listeners, so a slow or panicking listener never stalls
 //!   reading; a task's waiters are released after its listeners have seen its last event.
 //!
+//! Besides the worker, one more process: the **guardian** (`spawn_guardian`), a `sh` in the
+//! worker's process group that SIGKILLs the group if this process dies, so the worker's own
+//! children do not outlive the supervisor either.
+//!
 //! # Invariants
 //! 1. The worker's process group is signalled only while the leader is unreaped
 //!    (`Proc::reaped` is checked under the same lock the monitor reaps under).
@@ -69,6 +73,8 @@ struct Shared {
     exited: Condvar,
     /// Guards signalling the group against reaping its leader.
     proc: Mutex<Proc>,
+    /// The worker's lifeline (see `spawn_guardian`), reaped by the monitor.
+    guardian: Mutex<Option<Child>>,
     writer: Mutex<Option<Sender<WriterMsg>>>,
     dispatcher: Mutex<Option<Sender<Dispatch>>>,
     drain: Mutex<Drain>,
@@ -101,7 +107,16 @@ struct Drain {
     stderr_eof: bool,
     /// Bytes read from both pipes; the monitor watches it to tell silence from progress.
     bytes: u64,
+    /// The stdout reader is handling bytes it has read (decoding a long line can take a
+    /// while): that is progress too, not silence.
+    stdout_busy: bool,
+    /// The worker has exited (not yet reaped); set by the monitor as soon as it knows.
+    exited: bool,
 }
+
+/// The longest the monitor waits for the pipes to drain after the worker exited, however
+/// much they keep producing (a process that escaped the group may flood them forever).
+const MAX_DRAIN: Duration = Duration::from_secs(10);
 
 enum WriterMsg {
     Line(String),
@@ -251,6 +266,7 @@ pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
         source,
     })?;
     let pid = Pid(child.id());
+    let guardian = spawn_guardian(pid);
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
@@ -271,6 +287,7 @@ pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
             child: Some(child),
             reaped: false,
         }),
+        guardian: Mutex::new(guardian),
         writer: Mutex::new(Some(writer_tx)),
         dispatcher: Mutex::new(Some(dispatch_tx)),
         drain: Mutex::new(Drain::default()),
@@ -298,6 +315,37 @@ pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
         return Err(StartError::Thread(err));
     }
     Ok(link)
+}
+
+/// Starts the worker's lifeline: a `sh` that joins the worker's process group and waits for
+/// EOF on a pipe that only this process writes to, then SIGKILLs the whole group.
+///
+/// The parent-death signal ends the worker when this process dies, however it dies, but not
+/// the worker's own children, and nothing of this process is left to signal their group. The
+/// kernel closes the pipe when this process dies, and the guardian does it. As long as the
+/// guardian lives, the group id cannot be reused, so its `kill` never hits another group.
+/// Without `/bin/sh` the worker runs without a lifeline (logged).
+fn spawn_guardian(pid: Pid) -> Option<Child> {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg("read -r _; kill -9 0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(i32::try_from(pid.get()).ok()?);
+    match command.spawn() {
+        Ok(guardian) => Some(guardian),
+        Err(err) => {
+            tracing::warn!(
+                "cannot start the lifeline of worker {}: its children may outlive this \
+                 process if it is killed: {err}",
+                pid.get()
+            );
+            None
+        }
+    }
 }
 
 impl ServiceLink {
@@ -558,8 +606,11 @@ impl ServiceLink {
         // After SIGKILL the exit is immediate unless the process is stuck in the kernel
         // (uninterruptible sleep); never wait for that without a bound.
         let bound = self.shared.config.kill_grace.max(Duration::from_secs(1));
+        let deadline = Instant::now() + bound;
         let status = self.wait_exit(bound).unwrap_or(ExitStatus::Unknown);
-        self.wait_threads(bound);
+        // One bound for both waits, so that close stays within close_grace + kill_grace +
+        // max(kill_grace, 1 s) even when a supervisor thread is stuck (in a debug sink).
+        self.wait_threads(deadline.saturating_duration_since(Instant::now()));
         status
     }
 
@@ -604,7 +655,7 @@ impl ServiceLink {
                 }
             }
             if let Err(err) = result {
-                if !matches!(next, Some(WriterMsg::Close)) && self.exit_status().is_none() {
+                if !matches!(next, Some(WriterMsg::Close)) && !self.exited_by_itself() {
                     // The worker closed its stdin while alive: it can take no more tasks,
                     // and those it was sent may never run. End it so they end too.
                     self.debug(DebugStream::Note, || {
@@ -622,6 +673,28 @@ impl ServiceLink {
         let _ = out.flush();
     }
 
+    /// Whether the worker has exited, waiting briefly: a worker that exits closes its stdin a
+    /// moment before the monitor sees it exit, so a broken pipe alone does not tell a worker
+    /// that exited (its tasks will crash with its own status) from one that closed its stdin
+    /// and lives on (which must be killed, or its tasks would wait forever).
+    fn exited_by_itself(&self) -> bool {
+        let bound = self.shared.config.drain_silence;
+        let deadline = Instant::now() + bound;
+        let mut drain = lock(&self.shared.drain);
+        while !drain.exited {
+            let Some(remaining) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            drain = self
+                .shared
+                .drained
+                .wait_timeout(drain, remaining)
+                .unwrap_or_else(|poison| poison.into_inner())
+                .0;
+        }
+        true
+    }
+
     fn run_stdout(&self, mut stdout: ChildStdout) {
         let mut framer = Framer::new(self.shared.config.max_line);
         let mut buf = vec![0u8; 64 * 1024];
@@ -636,18 +709,29 @@ impl ServiceLink {
                     break;
                 }
             };
+            self.set_stdout_busy(Some(n_read));
             framer.push(&buf[..n_read], |frame| self.on_frame(frame, &mut decoded));
-            self.note_progress(n_read);
+            self.set_stdout_busy(None);
         }
+        self.set_stdout_busy(Some(0));
         framer.finish(|frame| self.on_frame(frame, &mut decoded));
         self.debug(DebugStream::Note, || "<worker stdout closed>".to_owned());
         let mut drain = lock(&self.shared.drain);
         drain.stdout_eof = true;
+        drain.stdout_busy = false;
         self.shared.drained.notify_all();
     }
 
     fn note_progress(&self, n_read: usize) {
         lock(&self.shared.drain).bytes += n_read as u64;
+    }
+
+    /// `Some(n_read)`: the stdout reader read `n_read` bytes and is handling them; `None`:
+    /// it is done and about to read again.
+    fn set_stdout_busy(&self, read: Option<usize>) {
+        let mut drain = lock(&self.shared.drain);
+        drain.stdout_busy = read.is_some();
+        drain.bytes += read.unwrap_or(0) as u64;
     }
 
     fn on_frame(&self, frame: Frame<'_>, decoded: &mut Vec<Decoded>) {
@@ -825,6 +909,8 @@ impl ServiceLink {
         if let Err(err) = pid.wait_exited_keep_zombie() {
             tracing::error!("waiting for worker {}: {err}", pid.get());
         }
+        lock(&self.shared.drain).exited = true;
+        self.shared.drained.notify_all();
         // Whatever is left of the group (grandchildren) would hold our pipes open and
         // outlive the worker: end it before the leader is reaped and its id freed.
         self.signal_group(signals::KILL, None);
@@ -874,16 +960,47 @@ impl ServiceLink {
         lock(&self.shared.dispatcher).take();
         // The init script's file, if the worker never removed it, goes with the worker.
         lock(&self.shared.init_file).take();
+        // The group SIGKILL above ended the guardian; reaped last, off the crash's path.
+        self.reap_guardian();
     }
 
-    /// Waits until both pipes reached EOF, or stayed silent for `drain_silence`.
+    /// Reaps the guardian, which the group SIGKILL just ended (bounded: a process stuck in
+    /// the kernel is left behind rather than waited for).
+    fn reap_guardian(&self) {
+        let Some(mut guardian) = lock(&self.shared.guardian).take() else {
+            return;
+        };
+        drop(guardian.stdin.take());
+        let deadline = Instant::now() + self.shared.config.kill_grace.max(Duration::from_secs(1));
+        loop {
+            match guardian.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if Instant::now() >= deadline => {
+                    tracing::warn!("the lifeline of worker {} did not exit", self.pid());
+                    return;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
+    /// Waits until both pipes reached EOF, or stayed silent for `drain_silence`, or
+    /// `MAX_DRAIN` passed.
+    ///
+    /// Silence means no bytes read *and* the stdout reader idle: a reader still decoding the
+    /// last (possibly 16 MiB) line it read is making progress, and declaring the crash then
+    /// would lose the COMPLETION in that line.
     fn wait_drained(&self) {
         let silence = self.shared.config.drain_silence;
+        let started = Instant::now();
         let mut drain = lock(&self.shared.drain);
         let mut seen = drain.bytes;
         let mut quiet_since = Instant::now();
         while !(drain.stdout_eof && drain.stderr_eof) {
-            let Some(remaining) = silence.checked_sub(quiet_since.elapsed()) else {
+            let remaining = silence
+                .checked_sub(quiet_since.elapsed())
+                .filter(|_| started.elapsed() < MAX_DRAIN);
+            let Some(remaining) = remaining else {
                 self.debug(DebugStream::Note, || {
                     "<worker pipes still open after exit (held by an escaped process?)>".to_owned()
                 });
@@ -895,7 +1012,7 @@ impl ServiceLink {
                 .wait_timeout(drain, remaining.min(Duration::from_millis(20)))
                 .unwrap_or_else(|poison| poison.into_inner())
                 .0;
-            if drain.bytes != seen {
+            if drain.bytes != seen || drain.stdout_busy {
                 seen = drain.bytes;
                 quiet_since = Instant::now();
             }
