@@ -1,1 +1,118 @@
 //! Integration tests: one binary, one module per area.
+//!
+//! `framing`, `crash`, `close` and `concurrency` drive `fake_worker` (tests/bin), a worker
+//! that misbehaves on request; `python` drives the real appose 0.12.0 Python worker. Each test
+//! names the behaviour it pins down and runs under a [`Watchdog`].
+
+mod close;
+mod concurrency;
+mod crash;
+mod framing;
+mod python;
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use consort::{
+    Args, CrashReport, EventKind, Service, ServiceBuilder, Task, TaskError, TaskEvent, TaskState,
+};
+use consort_tests::{slowdown, Watchdog};
+
+/// The close and kill grace periods of test services: short, so an escalating close is quick.
+const GRACE: Duration = Duration::from_millis(200);
+
+/// How long any one test may run before its watchdog aborts the binary.
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// How long a test waits for a task that should end, before failing (not hanging).
+const TASK_LIMIT: Duration = Duration::from_secs(30);
+
+/// A recipe for `fake_worker` with `args`, and short grace periods.
+fn fake(args: &[&str]) -> ServiceBuilder {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fake_worker"));
+    command.args(args);
+    Service::new(command)
+        .with_close_grace(GRACE)
+        .with_kill_grace(GRACE)
+}
+
+/// Starts `fake_worker` with `args`.
+#[track_caller]
+fn start_fake(args: &[&str]) -> Service {
+    fake(args).start().expect("start the fake worker")
+}
+
+/// Submits `script` with no inputs.
+#[track_caller]
+fn submit(service: &Service, script: &str) -> Task {
+    service.task(script).submit().expect("submit")
+}
+
+/// Waits for `task` to end, failing the test instead of hanging.
+#[track_caller]
+fn finish(task: &Task) -> Result<Args, TaskError> {
+    match task.wait_timeout(TASK_LIMIT * slowdown()) {
+        Err(TaskError::Timeout(limit)) => panic!("task {} did not end within {limit:?}", task.id()),
+        result => result,
+    }
+}
+
+/// The crash report of a task that must have ended CRASHED.
+#[track_caller]
+fn crashed(task: &Task) -> CrashReport {
+    match finish(task) {
+        Err(TaskError::Crashed(report)) => {
+            assert_eq!(task.state(), TaskState::Crashed);
+            *report
+        }
+        other => panic!("task {} should have crashed, got {other:?}", task.id()),
+    }
+}
+
+/// The bound `close` promises: stdin EOF and `close_grace`, SIGTERM and `kill_grace`, then
+/// SIGKILL and at most `max(kill_grace, 1 s)` for the reap; plus slack for a loaded machine.
+fn close_bound() -> Duration {
+    (GRACE + GRACE + GRACE.max(Duration::from_secs(1)) + Duration::from_millis(500)) * slowdown()
+}
+
+/// Arms the watchdog of a test.
+fn watchdog(name: &str) -> Watchdog {
+    Watchdog::new(name, LIMIT)
+}
+
+/// Records every event a task's listeners see, with the time it was seen.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<(Instant, TaskEvent)>>>);
+
+impl Recorder {
+    fn listener(&self) -> impl Fn(&TaskEvent) + Send + Sync + 'static {
+        let events = Arc::clone(&self.0);
+        move |event| {
+            events
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .push((Instant::now(), event.clone()));
+        }
+    }
+
+    fn events(&self) -> Vec<(Instant, TaskEvent)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
+    /// The kinds of the events of `task`, in order.
+    fn kinds_of(&self, task: &Task) -> Vec<EventKind> {
+        self.events()
+            .into_iter()
+            .filter(|(_, event)| &event.task == task.id())
+            .map(|(_, event)| event.kind)
+            .collect()
+    }
+}
+
+fn is_terminal(kind: EventKind) -> bool {
+    !matches!(kind, EventKind::Launch | EventKind::Update)
+}

@@ -125,7 +125,11 @@ pub fn children() -> Vec<(u32, char)> {
         return found;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse().ok())
+        else {
             continue;
         };
         if let Some((ppid, state)) = ppid_and_state(pid) {
@@ -158,4 +162,40 @@ pub fn kill(pid: u32, signal: i32) {
     consort::sys::Pid::new(pid)
         .signal(signal)
         .unwrap_or_else(|err| panic!("signal {signal} to {pid}: {err}"));
+}
+
+/// The resident set size of this process, in bytes (0 when `/proc` cannot tell).
+pub fn rss_bytes() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// The command line of `pid`, one string per argument (empty once it has exited).
+pub fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|bytes| {
+            bytes
+                .split(|byte| *byte == 0)
+                .filter(|arg| !arg.is_empty())
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `pid` is a child of this process, running or zombie.
+pub fn is_my_child(pid: u32) -> bool {
+    matches!(ppid_and_state(pid), Some((ppid, _)) if ppid == std::process::id())
 }
