@@ -1,0 +1,285 @@
+//! `consort run`: one task, its progress, its outputs, and an exit code that says how it ended.
+//!
+//! Ctrl-C is never swallowed: the first one hard-cancels the task (CANCEL, then a kill
+//! after a grace period), a second kills the worker at once; either way the exit code is
+//! 130 and the worker is reaped before we exit.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use consort::{EventKind, TaskError, TaskEvent};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{exit, WorkerArgs};
+
+/// How long a cancelled task gets to stop before its worker is killed.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    worker: WorkerArgs,
+    /// An input variable, as NAME=JSON (e.g. `--input x=5 --input names='["a","b"]'`).
+    #[arg(long = "input", value_name = "NAME=JSON")]
+    inputs: Vec<String>,
+    /// Run on the worker's main thread (`main`).
+    #[arg(long)]
+    queue: Option<String>,
+    /// Cancel the task after this many seconds (with the kill escalation); exit 124.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Print every event as a JSON line on stdout instead of progress and outputs.
+    #[arg(long)]
+    events: bool,
+    /// Read the script from FILE (`-` for stdin).
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "script"
+    )]
+    file: Option<PathBuf>,
+    /// The script.
+    #[arg(required_unless_present = "file")]
+    script: Option<String>,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let script = match (&args.script, &args.file) {
+        (Some(script), _) => script.clone(),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut script = String::new();
+            std::io::stdin()
+                .read_to_string(&mut script)
+                .context("reading the script from stdin")?;
+            script
+        }
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the script from {}", path.display()))?,
+        (None, None) => bail!("no script given"),
+    };
+    let inputs = parse_inputs(&args.inputs)?;
+    let timeout = match args.timeout {
+        Some(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs)),
+        Some(secs) => bail!("--timeout must be a number of seconds >= 0, not {secs}"),
+        None => None,
+    };
+
+    let interrupts = Arc::new(AtomicUsize::new(0));
+    watch_interrupts(Arc::clone(&interrupts))?;
+
+    let service = args
+        .worker
+        .builder()?
+        .start()
+        .context("starting the worker")?;
+    let (events_tx, events) = mpsc::channel::<TaskEvent>();
+    let mut task = service.task(script).inputs(inputs);
+    if let Some(queue) = &args.queue {
+        task = task.queue(queue.clone());
+    }
+    let task = task
+        .listen(move |event| {
+            let _ = events_tx.send(event.clone());
+        })
+        .submit()?;
+
+    let mut display = Display::new(args.events);
+    let started = Instant::now();
+    let mut timed_out = false;
+    let mut seen_interrupts = 0;
+    loop {
+        match events.recv_timeout(Duration::from_millis(50)) {
+            Ok(event) => {
+                let terminal = !matches!(event.kind, EventKind::Launch | EventKind::Update);
+                display.show(&event)?;
+                if terminal {
+                    break;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let n_interrupts = interrupts.load(Ordering::SeqCst);
+        if n_interrupts > seen_interrupts {
+            if seen_interrupts == 0 {
+                display.note("interrupted: cancelling the task (Ctrl-C again to kill the worker)");
+                task.cancel_hard(CANCEL_GRACE);
+            }
+            if n_interrupts >= 2 {
+                display.note("interrupted again: killing the worker");
+                service.kill();
+            }
+            seen_interrupts = n_interrupts;
+        }
+        if let Some(timeout) = timeout {
+            if !timed_out && started.elapsed() >= timeout {
+                timed_out = true;
+                display.note(&format!("timed out after {timeout:?}: cancelling the task"));
+                task.cancel_hard(CANCEL_GRACE);
+            }
+        }
+    }
+    display.finish();
+    // The task has ended; wait() returns at once with its result.
+    let result = task.wait();
+    let code = if seen_interrupts > 0 {
+        exit::INTERRUPTED
+    } else if timed_out && result.is_err() {
+        exit::TIMED_OUT
+    } else {
+        match &result {
+            Ok(outputs) => {
+                if !args.events {
+                    let mut stdout = std::io::stdout().lock();
+                    serde_json::to_writer(&mut stdout, outputs)?;
+                    writeln!(stdout)?;
+                    stdout.flush()?;
+                }
+                exit::COMPLETE
+            }
+            Err(TaskError::Failed { message }) => {
+                eprintln!("consort: the task failed:\n{}", message.trim_end());
+                exit::FAILED
+            }
+            Err(TaskError::Canceled { .. }) => {
+                eprintln!("consort: the task was cancelled by its script");
+                exit::FAILED
+            }
+            Err(TaskError::Crashed(report)) => {
+                eprintln!("consort: the worker crashed: {report}");
+                for line in &report.stderr {
+                    eprintln!("  stderr: {line}");
+                }
+                for line in &report.stdout {
+                    eprintln!("  stdout: {line}");
+                }
+                exit::CRASHED
+            }
+            Err(other) => {
+                eprintln!("consort: {other}");
+                exit::FAILED
+            }
+        }
+    };
+    service.close();
+    Ok(code)
+}
+
+fn parse_inputs(specs: &[String]) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let (name, json) = spec
+                .split_once('=')
+                .with_context(|| format!("--input {spec:?}: expected NAME=JSON"))?;
+            if name.is_empty() {
+                bail!("--input {spec:?}: the name is empty");
+            }
+            if json.starts_with('@') {
+                bail!("--input {name}: reading a value from a file (@FILE) is not supported yet");
+            }
+            let value = serde_json::from_str(json)
+                .with_context(|| format!("--input {name}: {json:?} is not valid JSON"))?;
+            Ok((name.to_owned(), value))
+        })
+        .collect()
+}
+
+/// Counts SIGINT (Ctrl-C) and SIGTERM; the run loop reacts to the count.
+fn watch_interrupts(count: Arc<AtomicUsize>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("installing the Ctrl-C handler")?;
+    std::thread::Builder::new()
+        .name("consort-signals".to_owned())
+        .spawn(move || {
+            for _ in signals.forever() {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        })?;
+    Ok(())
+}
+
+/// Shows events: JSON lines (`--events`), a bar on a terminal, or plain lines.
+struct Display {
+    events: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl Display {
+    fn new(events: bool) -> Display {
+        let bar = (!events && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new_spinner();
+            if let Ok(style) = ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+            ) {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        });
+        Display { events, bar }
+    }
+
+    fn show(&mut self, event: &TaskEvent) -> anyhow::Result<()> {
+        if self.events {
+            let mut stdout = std::io::stdout().lock();
+            serde_json::to_writer(&mut stdout, event)?;
+            writeln!(stdout)?;
+            stdout.flush()?;
+            return Ok(());
+        }
+        if event.kind != EventKind::Update {
+            return Ok(());
+        }
+        match &self.bar {
+            Some(bar) => {
+                if let Some(maximum) = event.maximum() {
+                    bar.set_length(u64::try_from(maximum).unwrap_or(0));
+                }
+                if let Some(current) = event.current() {
+                    bar.set_position(u64::try_from(current).unwrap_or(0));
+                }
+                if let Some(message) = event.message() {
+                    bar.set_message(message.to_owned());
+                }
+            }
+            None => {
+                let mut line = String::from("progress:");
+                if let Some(message) = event.message() {
+                    line.push(' ');
+                    line.push_str(message);
+                }
+                match (event.current(), event.maximum()) {
+                    (Some(current), Some(maximum)) => {
+                        line.push_str(&format!(" [{current}/{maximum}]"))
+                    }
+                    (Some(current), None) => line.push_str(&format!(" [{current}]")),
+                    _ => {}
+                }
+                eprintln!("{line}");
+            }
+        }
+        Ok(())
+    }
+
+    fn note(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("consort: {text}")),
+            None => eprintln!("consort: {text}"),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}

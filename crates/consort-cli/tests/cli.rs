@@ -1,0 +1,274 @@
+//! The `consort` binary as scripts use it: outputs, events, exit codes, Ctrl-C.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use consort_tests::{python, wait_until, Watchdog};
+use serde_json::Value;
+
+fn consort() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_consort"))
+}
+
+/// Runs `consort run` with the given worker and arguments.
+fn run(worker: &str, args: &[&str]) -> Output {
+    consort()
+        .arg("run")
+        .arg("--worker")
+        .arg(worker)
+        .arg("--python")
+        .arg(python())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run consort")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_completed_task_prints_its_outputs_and_exits_0_on_both_python_workers() {
+    let _watchdog = Watchdog::new("cli-complete", Duration::from_secs(60));
+    for worker in ["consort", "appose"] {
+        let output = run(
+            worker,
+            &[
+                "--input",
+                "x=6",
+                "task.update('half', current=1, maximum=2); x*7",
+            ],
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{worker}: {}",
+            stderr(&output)
+        );
+        let outputs: Value = serde_json::from_slice(&output.stdout).expect("JSON outputs");
+        assert_eq!(outputs, serde_json::json!({"result": 42}), "{worker}");
+        assert!(
+            stderr(&output).contains("progress: half [1/2]"),
+            "{worker}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn a_failed_task_exits_1_with_the_traceback() {
+    let _watchdog = Watchdog::new("cli-failed", Duration::from_secs(60));
+    let output = run("appose", &["whee"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("NameError: name 'whee' is not defined"));
+}
+
+#[test]
+fn bad_usage_and_a_missing_worker_exit_2_naming_the_problem() {
+    let _watchdog = Watchdog::new("cli-usage", Duration::from_secs(60));
+    let output = run("consort", &["--input", "x=nope", "x"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("--input x"), "{}", stderr(&output));
+    let output = run("/nonexistent/worker", &["x"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("/nonexistent/worker"),
+        "{}",
+        stderr(&output)
+    );
+    let output = consort().arg("run").output().expect("run consort");
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn a_crashed_worker_exits_3_with_its_exit_code() {
+    let _watchdog = Watchdog::new("cli-crashed", Duration::from_secs(60));
+    let output = run(
+        "consort",
+        &["import os, sys; sys.stderr.write('bye\\n'); sys.stderr.flush(); os._exit(7)"],
+    );
+    assert_eq!(output.status.code(), Some(3));
+    let text = stderr(&output);
+    assert!(
+        text.contains("exit code 7") && text.contains("bye"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_timeout_cancels_with_the_escalation_and_exits_124() {
+    let _watchdog = Watchdog::new("cli-timeout", Duration::from_secs(60));
+    // time.sleep ignores the cooperative cancel, so this takes the kill path.
+    let output = run(
+        "consort",
+        &["--timeout", "0.2", "import time; time.sleep(600)"],
+    );
+    assert_eq!(output.status.code(), Some(124), "{}", stderr(&output));
+}
+
+#[test]
+fn events_are_json_lines_ending_with_the_completion() {
+    let _watchdog = Watchdog::new("cli-events", Duration::from_secs(60));
+    let output = run("consort", &["--events", "task.update('m', current=1); 5"]);
+    assert_eq!(output.status.code(), Some(0));
+    let events: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    let kinds: Vec<_> = events
+        .iter()
+        .map(|event| event["responseType"].clone())
+        .collect();
+    assert_eq!(kinds, ["LAUNCH", "UPDATE", "COMPLETION"]);
+    assert_eq!(events[1]["message"], "m");
+    assert_eq!(events[2]["outputs"]["result"], 5);
+}
+
+#[test]
+fn the_script_can_come_from_stdin() {
+    let _watchdog = Watchdog::new("cli-stdin", Duration::from_secs(60));
+    let mut child = consort()
+        .args(["run", "--python"])
+        .arg(python())
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn consort");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"a = 20\na + 22\n")
+        .expect("write script");
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        r#"{"result":42}"#
+    );
+}
+
+#[test]
+fn ctrl_c_cancels_exits_130_and_leaves_no_worker() {
+    let _watchdog = Watchdog::new("cli-ctrl-c", Duration::from_secs(60));
+    let script = "import os, sys, time\nsys.stderr.write('worker pid %d\\n' % os.getpid())\nsys.stderr.flush()\ntime.sleep(600)";
+    let mut child = consort()
+        .args(["run", "--python"])
+        .arg(python())
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn consort");
+    // The worker's stderr is not relayed, so find the worker as our child's child.
+    let consort_pid = child.id();
+    let mut worker = None;
+    assert!(wait_until(Duration::from_secs(30), || {
+        worker = worker_of(consort_pid);
+        worker.is_some()
+    }));
+    let worker = worker.expect("a worker process");
+    consort::sys::Pid::new(consort_pid)
+        .signal(2)
+        .expect("SIGINT");
+    let mut lines = Vec::new();
+    let stderr = child.stderr.take().expect("stderr");
+    for line in BufReader::new(stderr).lines() {
+        lines.push(line.expect("stderr line"));
+    }
+    let status = child.wait().expect("wait consort");
+    assert_eq!(status.code(), Some(130), "{lines:?}");
+    assert!(
+        !consort_tests::is_running(worker),
+        "worker {worker} survived"
+    );
+}
+
+/// A python process whose parent is `parent`.
+fn worker_of(parent: u32) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let (ppid, _) = consort_tests::ppid_and_state(pid)?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            (ppid == parent && String::from_utf8_lossy(&cmdline).contains("python")).then_some(pid)
+        })
+}
+
+#[test]
+fn bench_json_has_the_documented_keys() {
+    let _watchdog = Watchdog::new("cli-bench", Duration::from_secs(120));
+    let output = consort()
+        .args([
+            "bench",
+            "roundtrip",
+            "--tasks",
+            "20",
+            "--concurrency",
+            "4",
+            "--json",
+            "--python",
+        ])
+        .arg(python())
+        .output()
+        .expect("bench roundtrip");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    for key in [
+        "tasks_per_s",
+        "p50_us",
+        "p99_us",
+        "complete",
+        "failed",
+        "crashed",
+        "hung",
+        "start_ms",
+    ] {
+        assert!(report.get(key).is_some(), "missing {key} in {report}");
+    }
+    assert_eq!(report["complete"], 20);
+    let output = consort()
+        .args(["bench", "crash", "--kills", "2", "--json", "--python"])
+        .arg(python())
+        .output()
+        .expect("bench crash");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    for key in ["p50_ms", "p99_ms", "max_ms", "kills"] {
+        assert!(report.get(key).is_some(), "missing {key} in {report}");
+    }
+    assert_eq!(report["kills"], 2);
+}
+
+#[test]
+fn worker_python_serves_appose_requests_on_stdin_and_stdout() {
+    let _watchdog = Watchdog::new("cli-worker", Duration::from_secs(60));
+    let mut child = consort()
+        .args(["worker", "python", "--python"])
+        .arg(python())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn worker");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(b"{\"task\":\"t\",\"requestType\":\"EXECUTE\",\"script\":\"6*7\",\"inputs\":{},\"queue\":null}\n")
+        .expect("write request");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(
+        lines.next().expect("a line").expect("read"),
+        r#"{"task":"t","responseType":"LAUNCH"}"#
+    );
+    assert_eq!(
+        lines.next().expect("a line").expect("read"),
+        r#"{"outputs":{"result":42},"task":"t","responseType":"COMPLETION"}"#
+    );
+    drop(stdin);
+    assert!(child.wait().expect("wait").success());
+}
