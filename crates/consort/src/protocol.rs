@@ -370,28 +370,50 @@ fn write_python_float(out: &mut String, float: f64) {
 /// Decodes one line from a worker's stdout into the responses and noise it holds.
 ///
 /// The line may hold several JSON values back to back, with noise before, between or after
-/// them. Decoding resynchronises at each `{"`. Bytes that are not UTF-8 are replaced by
-/// U+FFFD; `NaN`, `Infinity` and `-Infinity` outside strings decode as `null`, since JSON
-/// values cannot hold them; integers beyond 64 bits decode as the nearest float.
+/// them. Decoding resynchronises at each `{` followed by `"`. Bytes that are not UTF-8 are
+/// replaced by U+FFFD; `NaN`, `Infinity`, `-Infinity` and numbers beyond the range of
+/// `f64` (Python writes `10**400` in full) decode as `null`, since JSON values cannot hold
+/// them; lone UTF-16 surrogate escapes (Python writes them for undecodable file names)
+/// decode as U+FFFD; other integers beyond 64 bits decode as the nearest float.
 pub fn decode_line(line: &[u8], out: &mut Vec<Decoded>) {
     let line = strip_line_end(line);
     if line.iter().all(u8::is_ascii_whitespace) {
         return;
     }
     let text = String::from_utf8_lossy(line);
-    let text = replace_non_finite(&text);
-    let text = text.as_ref();
+    let mark = out.len();
+    // The fast path: only Python's non-finite tokens need care, and only when present.
+    if decode_text(&replace_non_finite(&text), out) {
+        return;
+    }
+    // Some candidate did not parse: maybe noise, maybe a value serde_json refuses. Clean
+    // those values up everywhere and decode the line again, once.
+    out.truncate(mark);
+    decode_text(&sanitize(&text), out);
+}
+
+/// Decodes `text`; returns false if some `{"` candidate failed to parse.
+fn decode_text(text: &str, out: &mut Vec<Decoded>) -> bool {
+    let mut clean = true;
     let mut pos = 0;
     let mut noise_start = 0;
-    while let Some(offset) = text[pos..].find("{\"") {
-        let start = pos + offset;
+    while let Some(start) = next_candidate(text, pos) {
         let mut stream =
             serde_json::Deserializer::from_str(&text[start..]).into_iter::<Map<String, Value>>();
         let mut consumed = 0;
         let mut objects = Vec::new();
-        while let Some(Ok(object)) = stream.next() {
-            consumed = stream.byte_offset();
-            objects.push(object);
+        loop {
+            match stream.next() {
+                Some(Ok(object)) => {
+                    consumed = stream.byte_offset();
+                    objects.push(object);
+                }
+                Some(Err(_)) => {
+                    clean = false;
+                    break;
+                }
+                None => break,
+            }
         }
         if objects.is_empty() {
             // Not JSON from here: look for the next candidate after this brace.
@@ -409,6 +431,115 @@ pub fn decode_line(line: &[u8], out: &mut Vec<Decoded>) {
         noise_start = pos;
     }
     push_noise(out, &text[noise_start..]);
+    clean
+}
+
+/// The next `{` at or after `pos` whose next non-blank character is `"`.
+fn next_candidate(text: &str, mut pos: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    while let Some(offset) = text[pos..].find('{') {
+        let start = pos + offset;
+        let next = bytes[start + 1..]
+            .iter()
+            .find(|byte| !byte.is_ascii_whitespace());
+        if next == Some(&b'"') {
+            return Some(start);
+        }
+        pos = start + 1;
+    }
+    None
+}
+
+/// Rewrites, outside strings, non-finite tokens and out-of-range numbers as `null`, and,
+/// inside strings, unpaired surrogate escapes as `\ufffd`.
+fn sanitize(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut idx = 0;
+    let mut in_string = false;
+    while idx < bytes.len() {
+        let byte = bytes[idx];
+        if in_string {
+            match byte {
+                b'"' => {
+                    in_string = false;
+                    idx += 1;
+                }
+                b'\\' if bytes.get(idx + 1) == Some(&b'u') => {
+                    let unit = hex4(bytes, idx + 2);
+                    match unit {
+                        Some(0xD800..=0xDBFF)
+                            if bytes.get(idx + 6) == Some(&b'\\')
+                                && bytes.get(idx + 7) == Some(&b'u')
+                                && matches!(hex4(bytes, idx + 8), Some(0xDC00..=0xDFFF)) =>
+                        {
+                            idx += 12;
+                        }
+                        Some(0xD800..=0xDFFF) => {
+                            out.push_str(&text[copied..idx]);
+                            out.push_str("\\ufffd");
+                            idx += 6;
+                            copied = idx;
+                        }
+                        _ => idx += 2,
+                    }
+                }
+                b'\\' => idx += 2,
+                _ => idx += 1,
+            }
+            continue;
+        }
+        if byte == b'"' {
+            in_string = true;
+            idx += 1;
+            continue;
+        }
+        let word_before =
+            idx > 0 && (bytes[idx - 1].is_ascii_alphanumeric() || bytes[idx - 1] == b'_');
+        let token_len = if word_before {
+            0
+        } else if let Some(token) = [&b"-Infinity"[..], b"Infinity", b"NaN"]
+            .into_iter()
+            .find(|token| bytes[idx..].starts_with(token))
+        {
+            token.len()
+        } else if byte == b'-' || byte.is_ascii_digit() {
+            let len = bytes[idx..]
+                .iter()
+                .position(|b| {
+                    !(b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
+                })
+                .unwrap_or(bytes.len() - idx);
+            match text[idx..idx + len].parse::<f64>() {
+                Ok(number) if number.is_infinite() => len,
+                _ => {
+                    idx += len.max(1);
+                    continue;
+                }
+            }
+        } else {
+            0
+        };
+        let ends_word = bytes
+            .get(idx + token_len)
+            .is_some_and(|next| next.is_ascii_alphanumeric() || *next == b'_');
+        if token_len == 0 || ends_word {
+            idx += 1;
+            continue;
+        }
+        out.push_str(&text[copied..idx]);
+        out.push_str("null");
+        idx += token_len;
+        copied = idx;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+fn hex4(bytes: &[u8], at: usize) -> Option<u32> {
+    let digits = bytes.get(at..at + 4)?;
+    u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
 fn push_noise(out: &mut Vec<Decoded>, fragment: &str) {

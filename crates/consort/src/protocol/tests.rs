@@ -453,3 +453,41 @@ proptest! {
         prop_assert_eq!(out, vec![Decoded::Response(response)]);
     }
 }
+
+// Inputs found by the fault-injection tests that turned whole responses into noise.
+
+#[test]
+fn integers_beyond_f64_range_decode_as_null_not_noise() {
+    // Python writes 10**400 in full.
+    let line = format!(
+        r#"{{"outputs":{{"x":1{zeros},"y":-1{zeros},"z":1e400,"ok":2}},"task":"a","responseType":"COMPLETION"}}"#,
+        zeros = "0".repeat(400)
+    );
+    check_decode(
+        line.as_bytes(),
+        &[resp(
+            "a",
+            ResponseKind::Completion(args(json!({"x": null, "y": null, "z": null, "ok": 2}))),
+        )],
+    );
+}
+
+#[test]
+fn lone_surrogate_escapes_decode_as_replacement_characters() {
+    // Python writes these for surrogate-escaped file names; a valid pair stays as it is.
+    check_decode(
+        br#"{"outputs":{"x":"a\udcffb","y":"\ud83d\ude00","z":"\ud83d"},"task":"a","responseType":"COMPLETION"}"#,
+        &[resp(
+            "a",
+            ResponseKind::Completion(args(json!({"x": "a\u{fffd}b", "y": "\u{1f600}", "z": "\u{fffd}"}))),
+        )],
+    );
+}
+
+#[test]
+fn blanks_after_the_opening_brace_do_not_hide_a_response() {
+    check_decode(
+        br#"noise{ "task":"a","responseType":"LAUNCH"}"#,
+        &[noise("noise"), resp("a", ResponseKind::Launch)],
+    );
+}
