@@ -8,6 +8,7 @@ mod close;
 mod concurrency;
 mod crash;
 mod framing;
+mod interop;
 mod python;
 
 use std::process::Command;
