@@ -10,6 +10,7 @@ mod crash;
 mod framing;
 mod interop;
 mod python;
+mod worker_sdk;
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};
