@@ -225,10 +225,15 @@ fn crash(args: &CrashArgs) -> anyhow::Result<()> {
         ms(percentile(&delays, 0.99)),
         ms(*delays.last().unwrap_or(&Duration::ZERO)),
     );
+    // The floor, in the same run: SIGKILL to reap of a bare interpreter (or of `sleep`),
+    // with no supervisor in between. Most of a crash's latency is the kernel ending the
+    // process, which grows with the process.
+    let floor_ms = kill_to_reap_floor(&args.worker, args.kills.min(20))?.as_secs_f64() * 1e3;
     if args.json {
         println!(
             "{}",
-            json!({"p50_ms": p50, "p99_ms": p99, "max_ms": max, "kills": delays.len()})
+            json!({"p50_ms": p50, "p99_ms": p99, "max_ms": max, "kills": delays.len(),
+                   "floor_p50_ms": floor_ms})
         );
     } else {
         println!(
@@ -236,8 +241,43 @@ fn crash(args: &CrashArgs) -> anyhow::Result<()> {
             delays.len(),
             args.worker.worker
         );
+        println!(
+            "reference, SIGKILL to reap of a bare process, no supervisor: p50 {floor_ms:.3} ms"
+        );
     }
     Ok(())
+}
+
+/// The median time from SIGKILL to `waitpid` returning, for a bare process that waits:
+/// `python -c 'import time; time.sleep(3600)'` for Python workers, `sleep 3600` otherwise.
+fn kill_to_reap_floor(worker: &WorkerArgs, runs: usize) -> anyhow::Result<Duration> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let mut command = if worker.is_python() {
+            let mut command = Command::new(&worker.python);
+            command.args([
+                "-c",
+                "import sys, time; sys.stdout.write('up\\n'); sys.stdout.flush(); time.sleep(3600)",
+            ]);
+            command
+        } else {
+            let mut command = Command::new("sh");
+            command.args(["-c", "echo up; exec sleep 3600"]);
+            command
+        };
+        let mut child = command
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the reference process")?;
+        let mut up = String::new();
+        BufReader::new(child.stdout.take().context("reference stdout")?).read_line(&mut up)?;
+        let begin = Instant::now();
+        child.kill()?;
+        child.wait()?;
+        times.push(begin.elapsed());
+    }
+    times.sort_unstable();
+    Ok(percentile(&times, 0.5))
 }
 
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
