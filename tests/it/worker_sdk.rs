@@ -17,6 +17,20 @@ fn echo_worker() -> ServiceBuilder {
         .with_kill_grace(GRACE)
 }
 
+/// Submits a 600 s `sleep` and waits until it runs.
+#[track_caller]
+fn running_sleep(service: &Service) -> consort::Task {
+    let task = service
+        .task("sleep")
+        .input("seconds", 600)
+        .submit()
+        .expect("submit");
+    assert!(consort_tests::wait_until(Duration::from_secs(30), || {
+        task.state() == TaskState::Running
+    }));
+    task
+}
+
 #[test]
 fn echo_progress_fail_and_panic_end_as_they_should() {
     let _watchdog = watchdog("sdk-basics");
@@ -181,14 +195,7 @@ fn tasks_run_concurrently_and_the_main_queue_in_order() {
 fn stdin_eof_cancels_running_tasks_and_the_worker_exits() {
     let _watchdog = watchdog("sdk-eof");
     let service = echo_worker().start().expect("start");
-    let task = service
-        .task("sleep")
-        .input("seconds", 600)
-        .submit()
-        .expect("submit");
-    assert!(consort_tests::wait_until(Duration::from_secs(30), || task
-        .state()
-        == TaskState::Running));
+    let task = running_sleep(&service);
     // close() starts with stdin EOF and would escalate after 5 s: exit 0 means EOF did it.
     assert_eq!(service.close(), ExitStatus::Code(0));
     assert_eq!(finish(&task), Err(TaskError::Canceled { forced: false }));
@@ -198,14 +205,7 @@ fn stdin_eof_cancels_running_tasks_and_the_worker_exits() {
 fn sigterm_cancels_running_tasks_and_the_worker_exits() {
     let _watchdog = watchdog("sdk-sigterm");
     let service = echo_worker().start().expect("start");
-    let task = service
-        .task("sleep")
-        .input("seconds", 600)
-        .submit()
-        .expect("submit");
-    assert!(consort_tests::wait_until(Duration::from_secs(30), || task
-        .state()
-        == TaskState::Running));
+    let task = running_sleep(&service);
     consort_tests::kill(service.pid(), 15);
     assert_eq!(finish(&task), Err(TaskError::Canceled { forced: false }));
     assert_eq!(

@@ -79,10 +79,7 @@ class EchoWorkerTest(unittest.TestCase):
 
     def test_cancel(self):
         task = self.service.task("sleep", {"seconds": 600})
-        launched = threading.Event()
-        task.listen(lambda e: e.response_type == ResponseType.LAUNCH and launched.set())
-        task.start()
-        self.assertTrue(launched.wait(TIMEOUT))
+        start_and_wait_launch(self, task)
         task.cancel()
         with self.assertRaises(TaskException):
             wait(task)
@@ -123,10 +120,7 @@ class PythonWorkerTest(unittest.TestCase):
     def test_cooperative_cancel(self):
         script = "import time\nwhile not task.cancel_requested:\n    time.sleep(0.01)\ntask.cancel()"
         task = self.service.task(script)
-        launched = threading.Event()
-        task.listen(lambda e: e.response_type == ResponseType.LAUNCH and launched.set())
-        task.start()
-        self.assertTrue(launched.wait(TIMEOUT))
+        start_and_wait_launch(self, task)
         task.cancel()
         with self.assertRaises(TaskException):
             wait(task)
@@ -134,10 +128,7 @@ class PythonWorkerTest(unittest.TestCase):
 
     def test_busy_task_is_hard_cancelled(self):
         task = self.service.task("while True:\n    pass")
-        launched = threading.Event()
-        task.listen(lambda e: e.response_type == ResponseType.LAUNCH and launched.set())
-        task.start()
-        self.assertTrue(launched.wait(TIMEOUT))
+        start_and_wait_launch(self, task)
         task.cancel()
         with self.assertRaises(TaskException):
             wait(task)
@@ -151,6 +142,14 @@ class PythonWorkerTest(unittest.TestCase):
 
     def test_thread_death_stress(self):
         stress(self, self.service, "task.outputs['result'] = 1", {})
+
+
+def start_and_wait_launch(test, task):
+    """Starts a task and waits (bounded) until the worker reports it running."""
+    launched = threading.Event()
+    task.listen(lambda e: e.response_type == ResponseType.LAUNCH and launched.set())
+    task.start()
+    test.assertTrue(launched.wait(TIMEOUT))
 
 
 def stress(test, service, script, inputs):
