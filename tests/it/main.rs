@@ -10,6 +10,7 @@ mod crash;
 mod framing;
 mod interop;
 mod python;
+mod shm;
 mod worker_sdk;
 
 use std::process::Command;

@@ -26,7 +26,10 @@
 //! - [`cancel`]: `CancelToken`, one-way, with child tokens; there is no reset.
 //! - [`service`]: the supervisor: spawn, route, detect crashes, terminate within a bound.
 //! - [`worker`]: the worker SDK: serve Appose requests with a Rust function.
-//! - [`sys`]: thin wrappers over process system calls (the only `unsafe` here).
+//! - [`shm`]: named shared-memory blocks that Python and Appose attach to.
+//! - [`sys`]: thin wrappers over process system calls.
+//!
+//! `unsafe` is confined to `sys` (`pre_exec`) and `shm` (`mmap`).
 
 #[cfg(not(unix))]
 compile_error!("consort supports Unix (Linux and macOS) only for now");
@@ -34,6 +37,7 @@ compile_error!("consort supports Unix (Linux and macOS) only for now");
 pub mod cancel;
 pub mod protocol;
 pub mod service;
+pub mod shm;
 pub mod sys;
 pub mod task;
 pub mod worker;
