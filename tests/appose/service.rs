@@ -65,7 +65,11 @@ fn test_python() {
         assert_eq!(events[0].1, TaskState::Running);
         let mut v: u64 = 9999;
         for idx in 0..91 {
-            v = if v % 2 == 0 { v / 2 } else { 3 * v + 1 };
+            v = if v.is_multiple_of(2) {
+                v / 2
+            } else {
+                3 * v + 1
+            };
             let (update, state) = &events[idx + 1];
             assert_eq!(update.kind, EventKind::Update, "{worker}");
             assert_eq!(*state, TaskState::Running);
