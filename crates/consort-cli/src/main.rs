@@ -52,7 +52,7 @@ enum Cmd {
 }
 
 const RUN_LONG_ABOUT: &str = "\
-Run one task and print its outputs as one JSON object on stdout.
+Run one task and print its outputs as one JSON object on stdout (compact, one line).
 
 Progress goes to stderr: a bar on a terminal, plain lines otherwise. With --events,
 every event is printed as a JSON line on stdout instead (the COMPLETION event carries
@@ -65,7 +65,8 @@ Exit codes:
     3    the worker crashed before the task ended
   124    --timeout passed; the task was cancelled, with the kill escalation
   130    interrupted: the first Ctrl-C cancels the task (killing the worker if it does
-         not stop within 2 s), a second Ctrl-C kills the worker at once";
+         not stop within 2 s), a second Ctrl-C kills the worker at once; SIGTERM counts
+         as a Ctrl-C";
 
 const WORKER_LONG_ABOUT: &str = "\
 Serve as an Appose worker on this process's stdin and stdout.

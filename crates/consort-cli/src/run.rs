@@ -129,7 +129,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     display.finish();
     // The task has ended; wait() returns at once with its result.
     let result = task.wait();
-    let code = if seen_interrupts > 0 {
+    // A Ctrl-C that arrived with the terminal event still counts; one after this snapshot
+    // is caught by the teardown below.
+    let n_interrupts = interrupts.load(Ordering::SeqCst);
+    let code = if n_interrupts > 0 {
         exit::INTERRUPTED
     } else if timed_out && result.is_err() {
         exit::TIMED_OUT
@@ -168,8 +171,33 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
             }
         }
     };
-    service.close();
+    if close_or_kill_on_interrupt(&service, &interrupts, n_interrupts) {
+        return Ok(exit::INTERRUPTED);
+    }
     Ok(code)
+}
+
+/// Closes the service (stdin EOF, then SIGTERM, then SIGKILL, up to about 3 s), killing it
+/// at once if a new Ctrl-C arrives meanwhile, so that a teardown never swallows the user's
+/// interrupt. Returns whether one did (one counted after `seen`).
+fn close_or_kill_on_interrupt(
+    service: &consort::Service,
+    interrupts: &AtomicUsize,
+    seen: usize,
+) -> bool {
+    std::thread::scope(|scope| {
+        let closing = scope.spawn(|| service.close());
+        while !closing.is_finished() {
+            if interrupts.load(Ordering::SeqCst) > seen {
+                // Safe alongside close: both end in the same reaped exit status.
+                service.kill();
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The worker is gone either way; a Ctrl-C during the last slice still counts.
+        interrupts.load(Ordering::SeqCst) > seen
+    })
 }
 
 fn parse_inputs(specs: &[String]) -> anyhow::Result<Vec<(String, serde_json::Value)>> {

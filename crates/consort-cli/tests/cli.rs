@@ -78,6 +78,13 @@ fn bad_usage_and_a_missing_worker_exit_2_naming_the_problem() {
         "{}",
         stderr(&output)
     );
+    let output = run("appose", &["--input", "a=@data.npy", "a"]);
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(
+        text.contains("--input a") && text.contains("not supported yet"),
+        "{text}"
+    );
     let output = consort().arg("run").output().expect("run consort");
     assert_eq!(output.status.code(), Some(2));
 }
@@ -85,26 +92,45 @@ fn bad_usage_and_a_missing_worker_exit_2_naming_the_problem() {
 #[test]
 fn a_crashed_worker_exits_3_with_its_exit_code() {
     let _watchdog = Watchdog::new("cli-crashed", Duration::from_secs(60));
-    let output = run(
-        "consort",
-        &["import os, sys; sys.stderr.write('bye\\n'); sys.stderr.flush(); os._exit(7)"],
-    );
-    assert_eq!(output.status.code(), Some(3));
-    let text = stderr(&output);
-    assert!(
-        text.contains("exit code 7") && text.contains("bye"),
-        "{text}"
-    );
+    for worker in ["consort", "appose"] {
+        let output = run(
+            worker,
+            &["import os, sys; sys.stderr.write('bye\\n'); sys.stderr.flush(); os._exit(7)"],
+        );
+        assert_eq!(output.status.code(), Some(3), "{worker}");
+        let text = stderr(&output);
+        assert!(
+            text.contains("exit code 7") && text.contains("bye"),
+            "{worker}: {text}"
+        );
+    }
 }
 
 #[test]
 fn a_timeout_cancels_with_the_escalation_and_exits_124() {
     let _watchdog = Watchdog::new("cli-timeout", Duration::from_secs(60));
-    // time.sleep ignores the cooperative cancel, so this takes the kill path.
-    let output = run(
-        "consort",
-        &["--timeout", "0.2", "import time; time.sleep(600)"],
-    );
+    for worker in ["consort", "appose"] {
+        // time.sleep ignores the cooperative cancel, so this takes the kill path.
+        let output = run(
+            worker,
+            &["--timeout", "0.2", "import time; time.sleep(600)"],
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(124),
+            "{worker}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn a_timeout_honoured_by_the_script_also_exits_124() {
+    let _watchdog = Watchdog::new("cli-timeout-coop", Duration::from_secs(60));
+    // The script stops on its own when asked: the CANCEL path, without a kill.
+    let script =
+        "import time\nwhile not task.cancel_requested:\n    time.sleep(0.01)\ntask.cancel()";
+    let output = run("appose", &["--timeout", "0.2", script]);
     assert_eq!(output.status.code(), Some(124), "{}", stderr(&output));
 }
 
@@ -188,8 +214,104 @@ fn ctrl_c_cancels_exits_130_and_leaves_no_worker() {
     );
 }
 
+#[test]
+fn a_second_ctrl_c_kills_the_worker_and_still_exits_130() {
+    let _watchdog = Watchdog::new("cli-ctrl-c-twice", Duration::from_secs(60));
+    let mut child = consort()
+        .args(["run", "--worker", "appose", "--python"])
+        .arg(python())
+        .arg("import time\ntime.sleep(600)")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn consort");
+    let consort_pid = child.id();
+    let mut worker = None;
+    assert!(wait_until(Duration::from_secs(30), || {
+        worker = worker_of(consort_pid);
+        worker.is_some()
+    }));
+    let worker = worker.expect("a worker process");
+    let sigint = || {
+        consort::sys::Pid::new(consort_pid)
+            .signal(2)
+            .expect("SIGINT")
+    };
+    sigint();
+    // Send the second Ctrl-C once consort says it acted on the first.
+    let mut lines = Vec::new();
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    for line in stderr.by_ref() {
+        let line = line.expect("stderr line");
+        let first_seen = line.contains("interrupted: cancelling");
+        lines.push(line);
+        if first_seen {
+            sigint();
+            break;
+        }
+    }
+    lines.extend(stderr.map(|line| line.expect("stderr line")));
+    let status = child.wait().expect("wait consort");
+    assert_eq!(status.code(), Some(130), "{lines:?}");
+    // The second Ctrl-C normally lands while the task still runs ("interrupted again");
+    // if the 2 s grace ran out first it lands in the teardown, which kills just the same.
+    assert!(
+        !consort_tests::is_running(worker),
+        "worker {worker} survived: {lines:?}"
+    );
+}
+
+#[test]
+fn a_ctrl_c_during_the_teardown_kills_the_worker_and_exits_130() {
+    let _watchdog = Watchdog::new("cli-ctrl-c-teardown", Duration::from_secs(60));
+    // A worker that completes the task, then ignores stdin EOF and SIGTERM, so closing it
+    // takes the whole ladder (2 s + 1 s) unless a Ctrl-C cuts it short.
+    let script = r#"trap '' TERM
+read -r line
+id=$(printf '%s' "$line" | sed -n 's/.*"task":"\([^"]*\)".*/\1/p')
+printf '{"task":"%s","responseType":"LAUNCH"}\n' "$id"
+printf '{"task":"%s","responseType":"COMPLETION","outputs":{"done":true}}\n' "$id"
+exec sleep 600"#;
+    let worker_line = shell_words::join(["sh", "-c", script]);
+    let mut child = consort()
+        .args(["run", "--worker", &worker_line, "x"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn consort");
+    let consort_pid = child.id();
+    // The outputs are printed before the teardown starts.
+    let mut outputs = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut outputs)
+        .expect("read outputs");
+    assert_eq!(outputs.trim(), r#"{"done":true}"#);
+    let mut worker = None;
+    assert!(wait_until(Duration::from_secs(30), || {
+        worker = child_running(consort_pid, "sleep 600");
+        worker.is_some()
+    }));
+    let worker = worker.expect("the worker");
+    consort::sys::Pid::new(consort_pid)
+        .signal(2)
+        .expect("SIGINT");
+    let output = child.wait_with_output().expect("wait consort");
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
+    assert!(
+        !consort_tests::is_running(worker),
+        "worker {worker} survived"
+    );
+}
+
 /// A python process whose parent is `parent`.
 fn worker_of(parent: u32) -> Option<u32> {
+    child_running(parent, "python")
+}
+
+/// A process whose parent is `parent` and whose command line contains `needle`.
+fn child_running(parent: u32, needle: &str) -> Option<u32> {
     std::fs::read_dir("/proc")
         .ok()?
         .flatten()
@@ -197,7 +319,8 @@ fn worker_of(parent: u32) -> Option<u32> {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let (ppid, _) = consort_tests::ppid_and_state(pid)?;
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            (ppid == parent && String::from_utf8_lossy(&cmdline).contains("python")).then_some(pid)
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (ppid == parent && cmdline.contains(needle)).then_some(pid)
         })
 }
 
