@@ -16,17 +16,23 @@ import sys
 import threading
 import time
 
+import appose
 from appose.service import ResponseType, Service, TaskStatus
 
 SCRIPT = "task.outputs['result'] = 1"
 
 
-def worker_args(worker):
+def new_service(worker):
+    """A Service as an appose user makes one, on the interpreter running this script."""
     if worker == "appose":
-        return [sys.executable, "-c", "import appose.python_worker; appose.python_worker.main()"]
+        # appose.system() looks `python` up on PATH; put this interpreter's directory first
+        # so that the worker is this venv's Python (the one with appose), unresolved.
+        bin_dir = os.path.dirname(sys.executable)
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+        return appose.system().python()
     # consort's Python worker, through the consort binary.
     consort = os.environ.get("CONSORT", "target/release/consort")
-    return [consort, "worker", "python", "--python", sys.executable]
+    return Service(os.getcwd(), None, consort, "worker", "python", "--python", sys.executable)
 
 
 def bounded_wait(task, deadline):
@@ -38,9 +44,12 @@ def bounded_wait(task, deadline):
 
 def roundtrip(args):
     began = time.monotonic()
-    service = Service(os.getcwd(), None, *worker_args(args.worker))
+    service = new_service(args.worker)
     warm = service.task(SCRIPT)
     bounded_wait(warm, time.monotonic() + 60)
+    if warm.status != TaskStatus.COMPLETE:
+        service.kill()
+        raise SystemExit(f"the warm-up task ended {warm.status}: {warm.error}\n" + "\n".join(service.error_lines()))
     start_ms = (time.monotonic() - began) * 1e3
     deadline = time.monotonic() + args.give_up
     submit_lock = threading.Lock()  # appose's Service is not thread-safe to submit from
@@ -48,6 +57,7 @@ def roundtrip(args):
     counter_lock = threading.Lock()
     latencies, counts = [], {"complete": 0, "failed": 0, "crashed": 0, "hung": 0}
     record = threading.Lock()
+    hung_states = []
 
     def run():
         while True:
@@ -62,6 +72,7 @@ def roundtrip(args):
             with record:
                 if not ended:
                     counts["hung"] += 1
+                    hung_states.append(task.status.name)
                 elif task.status == TaskStatus.COMPLETE:
                     counts["complete"] += 1
                     latencies.append(time.monotonic() - submitted)
@@ -77,6 +88,10 @@ def roundtrip(args):
     for thread in threads:
         thread.join(args.give_up + 30)
     elapsed = time.monotonic() - t0
+    if hung_states:
+        # Where the hung tasks stopped, and whether the worker's output got garbled.
+        print(f"hung tasks by status: {sorted(hung_states)}; invalid stdout lines: "
+              f"{len(service.invalid_lines())}: {service.invalid_lines()[:3]}", file=sys.stderr)
     latencies.sort()
     pct = lambda p: latencies[round((len(latencies) - 1) * p)] * 1e6 if latencies else 0.0
     print(json.dumps({"tasks_per_s": counts["complete"] / elapsed, "p50_us": pct(0.5), "p99_us": pct(0.99),
@@ -87,7 +102,7 @@ def roundtrip(args):
 def crash(args):
     delays = []
     for _ in range(args.kills):
-        service = Service(os.getcwd(), None, *worker_args(args.worker))
+        service = new_service(args.worker)
         task = service.task("import time\ntime.sleep(3600)")
         launched, crashed = threading.Event(), []
 
@@ -102,11 +117,13 @@ def crash(args):
         if not launched.wait(60):
             raise SystemExit("the waiting task did not start")
         killed = time.monotonic()
-        service._process.kill()
+        service.kill()
         bounded_wait(task, time.monotonic() + 60)
         if crashed:
             delays.append(crashed[0] - killed)
         service.wait_for()
+    if not delays:
+        raise SystemExit("no task reported CRASHED")
     delays.sort()
     pct = lambda p: delays[round((len(delays) - 1) * p)] * 1e3
     print(json.dumps({"p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": delays[-1] * 1e3, "kills": len(delays)}))
