@@ -26,7 +26,8 @@
 //! - [`cancel`]: `CancelToken`, one-way, with child tokens; there is no reset.
 //! - [`service`]: the supervisor: spawn, route, detect crashes, terminate within a bound.
 //! - [`worker`]: the worker SDK: serve Appose requests with a Rust function.
-//! - [`shm`]: named shared-memory blocks that Python and Appose attach to.
+//! - [`shm`]: named shared-memory blocks and zero-copy n-d arrays that Python and Appose
+//!   attach to; `.npy` files; the creator registry behind `consort shm ls` and `shm gc`.
 //! - [`sys`]: thin wrappers over process system calls.
 //!
 //! `unsafe` is confined to `sys` (`pre_exec`) and `shm` (`mmap`).
@@ -45,4 +46,5 @@ pub mod worker;
 pub use cancel::CancelToken;
 pub use protocol::{Args, TaskId};
 pub use service::{DebugLine, DebugStream, Service, ServiceBuilder, StartError, SubmitError};
+pub use shm::{DType, NDArray, SharedMemory};
 pub use task::{CrashReport, EventKind, ExitStatus, Task, TaskError, TaskEvent, TaskState};

@@ -11,7 +11,24 @@
 //! 2. A name reaches `shm_open` only after [`validate_name`]: no `/`, no `..`, no NUL.
 //! 3. `rsize` never exceeds the mapped size: an attach whose wire `rsize` does not fit
 //!    the object is an error, never an out-of-bounds view.
+//! 4. Every block [`SharedMemory::create`] makes is recorded in the creator [`registry`]
+//!    before it exists and forgotten after it is unlinked, so a creator that dies leaves a
+//!    record that `registry::gc` can act on.
+//!
+//! Submodules:
+//! - [`array`](mod@array): [`NDArray`] and [`DType`], zero-copy `ndarray` views of a block.
+//! - [`npy`]: NumPy's `.npy` files into and out of blocks.
+//! - [`registry`]: who created which block, for `consort shm ls` and `consort shm gc`.
+//!
+//! `unsafe` lives here (`mmap`) and in `array` (typed views of the mapping); the other
+//! submodules deny it.
+//! - [`bench`](mod@bench): the shared-memory versus inline-JSON handoff benchmark.
 #![allow(unsafe_code)]
+
+pub mod array;
+pub mod bench;
+pub mod npy;
+pub mod registry;
 
 use std::fmt;
 use std::fs::File;
@@ -20,6 +37,10 @@ use memmap2::{MmapMut, MmapOptions};
 use rustix::fs::Mode;
 use rustix::shm::OFlags;
 use serde_json::{json, Value};
+
+pub use array::{DType, Element, NDArray};
+pub use ndarray;
+pub use num_complex;
 
 /// Why a shared-memory operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +73,41 @@ pub enum ShmError {
     /// A JSON value is not a shared-memory descriptor.
     #[error("not a shared-memory descriptor: {0}")]
     BadDescriptor(String),
+    /// A dtype name that is not one of Appose's.
+    #[error("unknown dtype {0:?} (expected one of int8, int16, int32, int64, uint8, uint16, uint32, uint64, float32, float64, complex64, complex128, bool)")]
+    UnknownDType(String),
+    /// An n-d array's shape needs more bytes than its block holds, or overflows.
+    #[error("an ndarray of dtype {dtype} and shape {shape:?} needs {needed} bytes, but its block {name:?} has {rsize}")]
+    ShapeMismatch {
+        /// The block's name.
+        name: String,
+        /// The element type.
+        dtype: DType,
+        /// The shape, in C order.
+        shape: Vec<usize>,
+        /// The bytes the shape needs (`usize::MAX` when the product overflows).
+        needed: usize,
+        /// The bytes the block offers.
+        rsize: usize,
+    },
+    /// A view was asked for with an element type that is not the array's dtype.
+    #[error("the array holds {actual}, not {requested}")]
+    DTypeMismatch {
+        /// The array's dtype.
+        actual: DType,
+        /// The element type of the view asked for.
+        requested: DType,
+    },
+    /// A `bool` array holds a byte that is neither 0 nor 1, which Rust's `bool` cannot hold.
+    #[error("the bool array in {name:?} holds the byte {byte} at offset {offset}; only 0 and 1 are booleans")]
+    InvalidBool {
+        /// The block's name.
+        name: String,
+        /// Where the byte is.
+        offset: usize,
+        /// Its value.
+        byte: u8,
+    },
     /// The operating system refused.
     #[error("shared memory {op} {name:?}: {source}")]
     Io {
@@ -76,6 +132,8 @@ pub struct SharedMemory {
     rsize: usize,
     map: MmapMut,
     unlink_on_drop: bool,
+    /// The creator-registry record of a block this handle created, until it is unlinked.
+    record: Option<registry::Record>,
 }
 
 impl fmt::Debug for SharedMemory {
@@ -126,8 +184,17 @@ impl SharedMemory {
     /// Creates a new block of `rsize` bytes, zeroed, named `psm_<8 random hex>`; it is
     /// unlinked when this handle is dropped, unless [`SharedMemory::keep`] is called.
     ///
+    /// The block is 0600 whatever the umask, its memory is reserved up front where the
+    /// system allows (so a full `/dev/shm` fails here, not with SIGBUS on first touch), and
+    /// it is recorded in the creator [`registry`] with this process's id.
+    ///
     /// # Errors
     /// [`ShmError::ZeroSize`], or [`ShmError::Io`] when the system refuses.
+    ///
+    /// # Caveats
+    /// Only processes of the same user can attach (mode 0600, as in Python).
+    /// A registry that cannot be written is logged and skipped: the block still works, but
+    /// `consort shm ls` will not show it.
     pub fn create(rsize: usize) -> Result<SharedMemory, ShmError> {
         if rsize == 0 {
             return Err(ShmError::ZeroSize);
@@ -139,32 +206,50 @@ impl SharedMemory {
                 source,
             })?;
             let name = format!("psm_{:08x}", random as u32);
+            // The record comes first, so that no block of ours ever exists unrecorded.
+            let record = match registry::Record::begin(&name, rsize) {
+                Ok(record) => Some(record),
+                Err(registry::BeginError::Taken) => continue,
+                Err(registry::BeginError::Unavailable(err)) => {
+                    tracing::warn!("shared memory {name:?} will not be in the registry: {err}");
+                    None
+                }
+            };
             let flags = OFlags::CREATE | OFlags::EXCL | OFlags::RDWR;
             let fd = match rustix::shm::open(format!("/{name}").as_str(), flags, Mode::from(0o600))
             {
                 Ok(fd) => fd,
-                Err(rustix::io::Errno::EXIST) => continue,
-                Err(err) => return Err(io_error("create", &name, err)),
+                Err(err) => {
+                    if let Some(record) = record {
+                        record.remove();
+                    }
+                    if err == rustix::io::Errno::EXIST {
+                        continue;
+                    }
+                    return Err(io_error("create", &name, err));
+                }
             };
-            let file = File::from(fd);
             // From here on the object exists: unlink it if we fail to set it up.
-            let block = file
-                .set_len(rsize as u64)
-                .map_err(|source| ShmError::Io {
-                    op: "resize",
-                    name: name.clone(),
-                    source,
-                })
-                .and_then(|()| map(&file, &name, rsize));
+            let block = set_up(&File::from(fd), &name, rsize);
             return match block {
-                Ok(map) => Ok(SharedMemory {
-                    name,
-                    rsize,
-                    map,
-                    unlink_on_drop: true,
-                }),
+                Ok((map, ino)) => {
+                    let record = record.map(|mut record| {
+                        record.commit(ino);
+                        record
+                    });
+                    Ok(SharedMemory {
+                        name,
+                        rsize,
+                        map,
+                        unlink_on_drop: true,
+                        record,
+                    })
+                }
                 Err(err) => {
                     let _ = rustix::shm::unlink(format!("/{name}").as_str());
+                    if let Some(record) = record {
+                        record.remove();
+                    }
                     Err(err)
                 }
             };
@@ -214,6 +299,7 @@ impl SharedMemory {
             rsize: size,
             map: map(&file, name, size)?,
             unlink_on_drop: false,
+            record: None,
         })
     }
 
@@ -286,20 +372,46 @@ impl SharedMemory {
     }
 
     /// Keeps the block after this handle is dropped: someone else will unlink it.
+    ///
+    /// A kept block that consort created stays in the creator registry, marked kept:
+    /// `consort shm ls` shows it, and `registry::gc` leaves it alone unless asked to
+    /// include kept blocks.
     pub fn keep(&mut self) {
         self.unlink_on_drop = false;
+        if let Some(record) = self.record.take() {
+            record.mark_kept();
+        }
+    }
+
+    /// Takes charge of a block attached by name: this handle unlinks it when dropped.
+    ///
+    /// This is how a service takes ownership of a block a worker created and handed over
+    /// (Appose's rule: the service cleans up, the worker never does).
+    pub fn adopt(&mut self) {
+        self.unlink_on_drop = true;
     }
 
     /// Removes the block named `name` (mapped views elsewhere stay valid until unmapped).
     ///
     /// # Errors
     /// [`ShmError::InvalidName`], [`ShmError::NotFound`], or [`ShmError::Io`].
+    ///
+    /// A creator-registry record of the block, if any, is removed too.
     pub fn unlink(name: &str) -> Result<(), ShmError> {
         validate_name(name)?;
-        rustix::shm::unlink(format!("/{name}").as_str()).map_err(|err| match err {
+        let unlinked = rustix::shm::unlink(format!("/{name}").as_str()).map_err(|err| match err {
             rustix::io::Errno::NOENT => ShmError::NotFound(name.to_owned()),
             err => io_error("unlink", name, err),
-        })
+        });
+        registry::forget(name);
+        unlinked
+    }
+}
+
+impl serde::Serialize for SharedMemory {
+    /// Serializes as the wire descriptor, so a block can be a task input as it is.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(serializer)
     }
 }
 
@@ -309,8 +421,36 @@ impl Drop for SharedMemory {
             if let Err(err) = rustix::shm::unlink(format!("/{}", self.name).as_str()) {
                 tracing::warn!("unlinking shared memory {:?}: {err}", self.name);
             }
+            // The record goes after the block: a crash in between leaves a record whose
+            // block is gone, which `gc` clears, never a block without a record.
+            match self.record.take() {
+                Some(record) => record.remove(),
+                None => registry::forget(&self.name),
+            }
         }
     }
+}
+
+/// Sizes a freshly created object, makes it 0600, reserves its memory and maps it; returns
+/// the mapping and the object's inode number (for the registry).
+fn set_up(file: &File, name: &str, rsize: usize) -> Result<(MmapMut, u64), ShmError> {
+    let os_error = |op| move |err: rustix::io::Errno| io_error(op, name, err);
+    // The umask may have cleared bits of 0600 or the platform may ignore the mode: set it.
+    rustix::fs::fchmod(file, Mode::from(0o600)).map_err(os_error("chmod"))?;
+    file.set_len(rsize as u64).map_err(|source| ShmError::Io {
+        op: "resize",
+        name: name.to_owned(),
+        source,
+    })?;
+    #[cfg(target_os = "linux")]
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, rsize as u64) {
+        // Some file systems cannot reserve: then a full disk shows on first touch, as in
+        // Python.
+        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => {}
+        Err(err) => return Err(io_error("reserve", name, err)),
+    }
+    let ino = rustix::fs::fstat(file).map_err(os_error("stat"))?.st_ino;
+    Ok((map(file, name, rsize)?, ino as u64))
 }
 
 fn io_error(op: &'static str, name: &str, err: rustix::io::Errno) -> ShmError {

@@ -52,13 +52,21 @@ _auto_lock = threading.Lock()
 
 
 def _encode_default(obj):
-    # Shared memory and n-d arrays travel as Appose's flat appose_type objects.
+    # Shared memory and n-d arrays travel as Appose's flat appose_type objects: ours, and
+    # appose's or multiprocessing's made by a script.
     shm = getattr(obj, "shm", None)
     if shm is not None and hasattr(obj, "dtype") and hasattr(obj, "shape"):
-        return {"appose_type": "ndarray", "dtype": str(obj.dtype), "shape": list(obj.shape),
-                "shm": _encode_default(shm)}
-    if hasattr(obj, "rsize") and hasattr(obj, "name") and hasattr(obj, "buf"):
+        return {"appose_type": "ndarray", "dtype": str(obj.dtype),
+                "shape": [int(dim) for dim in obj.shape], "shm": _encode_default(shm)}
+    if isinstance(obj, SharedMemory):
         return {"appose_type": "shm", "name": obj.name, "rsize": obj.rsize}
+    mp_shm = sys.modules.get("multiprocessing.shared_memory")
+    if mp_shm is not None and isinstance(obj, mp_shm.SharedMemory):
+        # Handed to the service, which owns cleanup from now on (Appose's rule): this
+        # process's resource tracker must not unlink it when the worker exits.
+        _untrack(obj)
+        return {"appose_type": "shm", "name": obj.name,
+                "rsize": int(getattr(obj, "rsize", obj.size))}
     # Anything else JSON cannot hold stays in the worker, as Appose's auto-proxy does.
     with _auto_lock:
         name = "_appose_auto_%d" % _auto_counter[0]
@@ -67,40 +75,132 @@ def _encode_default(obj):
     return {"appose_type": "worker_object", "var_name": name}
 
 
-class SharedMemory:
-    """A block of shared memory attached by name; it never unlinks what it attaches."""
+_SHM_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+_DTYPE_SIZES = {"int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4,
+                "int64": 8, "uint64": 8, "float32": 4, "float64": 8, "complex64": 8,
+                "complex128": 16, "bool": 1}
+_untracked = set()
+_untracked_lock = threading.Lock()
+_no_register = threading.local()
 
-    def __init__(self, name, rsize):
+
+def _without_tracking(make):
+    """Runs make() so that the shared memory it opens is not registered with this process's
+    resource tracker, which would unlink it when the worker exits (CPython gh-82300).
+
+    Python 3.13+ has SharedMemory(track=False). Before, both create and attach call
+    resource_tracker.register; unregistering afterwards works but starts the tracker
+    process and races its exit, so instead register is skipped for this thread only.
+    """
+    from multiprocessing import resource_tracker
+
+    register = resource_tracker.register
+    if not getattr(register, "_consort", False):
+        def register_unless_suppressed(name, rtype, _register=register):
+            if rtype == "shared_memory" and getattr(_no_register, "active", False):
+                return None
+            return _register(name, rtype)
+
+        register_unless_suppressed._consort = True
+        resource_tracker.register = register_unless_suppressed
+    _no_register.active = True
+    try:
+        return make()
+    finally:
+        _no_register.active = False
+
+
+def _untrack(block):
+    """Unregisters a multiprocessing block a script made, once, if it was registered."""
+    if isinstance(block, SharedMemory) or getattr(block, "_track", True) is False:
+        return
+    key = getattr(block, "_name", None)
+    with _untracked_lock:
+        if key is None or key in _untracked:
+            return
+        _untracked.add(key)
+    try:
+        from multiprocessing import resource_tracker
+
+        resource_tracker.unregister(key, "shared_memory")
+    except Exception:
+        pass
+
+
+def _check_shm_name(name):
+    if (not isinstance(name, str) or not 0 < len(name) <= 30 or ".." in name
+            or not set(name) <= _SHM_NAME_CHARS):
+        raise ValueError("invalid shared-memory name %r: 1 to 30 characters from "
+                         "[A-Za-z0-9_.-], no '/' and no '..'" % (name,))
+
+
+class SharedMemory:
+    """A block of shared memory, as Appose's: name, rsize, size, buf.
+
+    SharedMemory(name, rsize) attaches; SharedMemory(rsize=n, create=True) creates a block
+    named psm_<8 hex>. Either way this worker never unlinks it and never lets Python's
+    resource tracker do so at exit: the service that receives it owns cleanup (Appose's
+    rule), as consort's Rust side does with SharedMemory.adopt().
+    """
+
+    def __init__(self, name=None, rsize=None, create=False):
         from multiprocessing import shared_memory
 
-        if sys.version_info >= (3, 13):
-            self._shm = shared_memory.SharedMemory(name=name, track=False)
+        if create:
+            if rsize is None or int(rsize) < 1:
+                raise ValueError("a new shared-memory block needs rsize >= 1")
+            kwargs = {"create": True, "size": int(rsize)}
         else:
-            self._shm = shared_memory.SharedMemory(name=name)
-            # Python < 3.13 registers attached blocks with the resource tracker, which
-            # unlinks them when this process exits (CPython gh-82300): undo that.
-            try:
-                from multiprocessing import resource_tracker
-
-                resource_tracker.unregister(self._shm._name, "shared_memory")
-            except Exception:
-                pass
-        self.name = name
-        self.rsize = rsize
+            _check_shm_name(name)
+            kwargs = {"name": name}
+        if sys.version_info >= (3, 13):
+            self._shm = shared_memory.SharedMemory(track=False, **kwargs)
+        else:
+            self._shm = _without_tracking(lambda: shared_memory.SharedMemory(**kwargs))
+        self.name = self._shm.name
         self.size = self._shm.size
+        self.rsize = self.size if rsize is None else int(rsize)
+        if self.rsize > self.size:
+            self.close()
+            raise ValueError("shared memory %r has %d bytes, fewer than the rsize %d it was "
+                             "described with" % (self.name, self.size, self.rsize))
         self.buf = self._shm.buf
 
     def close(self):
+        """Unmaps the block (numpy views of it must be gone); never unlinks it."""
         self.buf = None
         self._shm.close()
 
+    def __repr__(self):
+        return "SharedMemory(name=%r, rsize=%d, size=%d)" % (self.name, self.rsize, self.size)
+
 
 class NDArray:
-    """An n-d array in shared memory, as Appose's NDArray: dtype, shape, shm, ndarray()."""
+    """An n-d array in shared memory, as Appose's NDArray: dtype, shape, shm, ndarray().
 
-    def __init__(self, dtype, shape, shm):
-        self.dtype = dtype
-        self.shape = list(shape)
+    NDArray(dtype, shape) creates a block of the right size; ndarray() is a zero-copy
+    numpy view (C order, native byte order).
+    """
+
+    def __init__(self, dtype, shape, shm=None):
+        self.dtype = str(dtype)
+        import operator
+
+        self.shape = [operator.index(dim) for dim in shape]
+        if any(dim < 0 for dim in self.shape):
+            raise ValueError("negative dimension in shape %r" % (self.shape,))
+        size = _DTYPE_SIZES.get(self.dtype)
+        if size is None:
+            raise ValueError("unknown dtype %r (expected one of %s)"
+                             % (self.dtype, ", ".join(_DTYPE_SIZES)))
+        for dim in self.shape:
+            size *= dim
+        if shm is None:
+            shm = SharedMemory(rsize=max(size, 1), create=True)
+        elif size > shm.rsize:
+            raise ValueError("an ndarray of dtype %s and shape %r needs %d bytes, but its "
+                             "block %r has %d" % (self.dtype, self.shape, size, shm.name,
+                                                  shm.rsize))
         self.shm = shm
 
     def ndarray(self):
@@ -111,16 +211,42 @@ class NDArray:
             count *= dim
         return numpy.ndarray(count, dtype=self.dtype, buffer=self.shm.buf).reshape(self.shape)
 
+    def __repr__(self):
+        return "NDArray(dtype=%r, shape=%r, shm=%r)" % (self.dtype, self.shape, self.shm)
+
+
+class _Invalid:
+    """An input that could not be decoded: using it raises the reason.
+
+    The decode hook must not raise: json.loads would lose the whole request, task id and
+    all, and the task would never be answered.
+    """
+
+    def __init__(self, error):
+        object.__setattr__(self, "_error", error)
+
+    def __getattr__(self, name):
+        raise ValueError("this input could not be decoded: %s" % self._error)
+
+    def __repr__(self):
+        return "<invalid input: %s>" % self._error
+
 
 def _decode_hook(obj):
     kind = obj.get("appose_type")
-    if kind == "shm":
-        return SharedMemory(obj["name"], obj.get("rsize", obj.get("size")))
-    if kind == "ndarray":
-        shm = obj["shm"]
-        if not isinstance(shm, SharedMemory):
-            shm = _decode_hook(shm)
-        return NDArray(obj["dtype"], obj["shape"], shm)
+    try:
+        if kind == "shm":
+            rsize = obj.get("rsize", obj.get("size"))
+            return SharedMemory(obj.get("name"), None if rsize is None else int(rsize))
+        if kind == "ndarray":
+            shm = obj.get("shm")
+            if isinstance(shm, _Invalid):
+                return shm
+            if not isinstance(shm, SharedMemory):
+                raise ValueError("ndarray without a shared-memory block: %r" % (shm,))
+            return NDArray(obj["dtype"], obj["shape"], shm)
+    except Exception as error:
+        return _Invalid("%s: %s" % (type(error).__name__, error))
     return obj
 
 
