@@ -30,7 +30,7 @@
 //!   attach to; `.npy` files; the creator registry behind `consort shm ls` and `shm gc`.
 //! - [`sys`]: thin wrappers over process system calls.
 //!
-//! `unsafe` is confined to `sys` (`pre_exec`) and `shm` (`mmap`).
+//! `unsafe` is confined to `sys` (`pre_exec`), `shm` (`mmap`) and `shm::array` (typed views).
 
 #[cfg(not(unix))]
 compile_error!("consort supports Unix (Linux and macOS) only for now");
