@@ -1,7 +1,9 @@
 //! The threads that run one worker: a writer, two readers, a monitor and a dispatcher.
 //!
-//! - The **writer** is the only code that writes to the worker's stdin. Requests reach it
-//!   through a channel, so submitting never blocks on a full pipe, and lines never interleave.
+//! - Requests are written to the worker's stdin by the submitting thread itself, through a
+//!   non-blocking pipe under one lock, so lines never interleave and a round trip costs no
+//!   thread handoff. What the pipe does not take at once is queued for the **writer**,
+//!   which waits for the pipe to drain: submitting never blocks on a full pipe.
 //! - The **stdout reader** frames and decodes lines and routes responses to tasks.
 //! - The **stderr reader** keeps a bounded tail of stderr.
 //! - The **monitor** waits for the process to exit (without reaping it), kills what is left
@@ -20,7 +22,8 @@
 //!    is either in the table when the monitor empties it, or sees the exit when submitted.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read};
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,7 +78,9 @@ struct Shared {
     proc: Mutex<Proc>,
     /// The worker's lifeline (see `spawn_guardian`), reaped by the monitor.
     guardian: Mutex<Option<Child>>,
-    writer: Mutex<Option<Sender<WriterMsg>>>,
+    /// The worker's stdin and what is queued for it; `stdin_ready` wakes the writer.
+    stdin: Mutex<StdinState>,
+    stdin_ready: Condvar,
     dispatcher: Mutex<Option<Sender<Dispatch>>>,
     drain: Mutex<Drain>,
     drained: Condvar,
@@ -118,9 +123,38 @@ struct Drain {
 /// much they keep producing (a process that escaped the group may flood them forever).
 const MAX_DRAIN: Duration = Duration::from_secs(10);
 
-enum WriterMsg {
-    Line(String),
-    Close,
+/// The worker's stdin, shared by the submitting threads and the writer.
+struct StdinState {
+    /// Non-blocking; `None` once closed (EOF sent) or given up.
+    pipe: Option<ChildStdin>,
+    /// Bytes the pipe has not taken yet, in order; written before any new line.
+    pending: Vec<u8>,
+    /// `close` was asked for: write what is pending, then close the pipe (EOF).
+    close: bool,
+    /// The worker has exited: drop what is pending and close the pipe.
+    exited: bool,
+    /// A write failed (the worker closed its stdin): the writer decides what it means.
+    failed: Option<io::Error>,
+}
+
+/// How a non-blocking write went.
+enum Wrote {
+    All,
+    Part(usize),
+    Failed(io::Error),
+}
+
+fn write_nonblocking(pipe: &ChildStdin, bytes: &[u8]) -> Wrote {
+    let mut done = 0;
+    while done < bytes.len() {
+        match rustix::io::write(pipe, &bytes[done..]) {
+            Ok(n_written) => done += n_written,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => return Wrote::Part(done),
+            Err(errno) => return Wrote::Failed(errno.into()),
+        }
+    }
+    Wrote::All
 }
 
 struct Dispatch {
@@ -272,7 +306,16 @@ pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
     else {
         unreachable!("all three pipes were requested");
     };
-    let (writer_tx, writer_rx) = mpsc::channel();
+    // Our end only (the worker's end is another open file description): a full pipe
+    // makes a write return EAGAIN instead of blocking the submitting thread.
+    let flags = rustix::fs::fcntl_getfl(&stdin).map_err(io::Error::from);
+    if let Err(err) = flags.and_then(|flags| {
+        rustix::fs::fcntl_setfl(&stdin, flags | rustix::fs::OFlags::NONBLOCK).map_err(Into::into)
+    }) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(StartError::Thread(err));
+    }
     let (dispatch_tx, dispatch_rx) = mpsc::channel();
     let shared = Arc::new(Shared {
         id,
@@ -288,7 +331,14 @@ pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
             reaped: false,
         }),
         guardian: Mutex::new(guardian),
-        writer: Mutex::new(Some(writer_tx)),
+        stdin: Mutex::new(StdinState {
+            pipe: Some(stdin),
+            pending: Vec::new(),
+            close: false,
+            exited: false,
+            failed: None,
+        }),
+        stdin_ready: Condvar::new(),
         dispatcher: Mutex::new(Some(dispatch_tx)),
         drain: Mutex::new(Drain::default()),
         drained: Condvar::new(),
@@ -308,7 +358,7 @@ pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
         .spawn_thread("monitor", |link| link.run_monitor())
         .and_then(|()| link.spawn_thread("stdout", move |link| link.run_stdout(stdout)))
         .and_then(|()| link.spawn_thread("stderr", move |link| link.run_stderr(stderr)))
-        .and_then(|()| link.spawn_thread("writer", move |link| link.run_writer(stdin, writer_rx)))
+        .and_then(|()| link.spawn_thread("writer", |link| link.run_writer()))
         .and_then(|()| link.spawn_thread("dispatch", move |link| link.run_dispatcher(dispatch_rx)));
     if let Err(err) = spawned {
         link.kill_now("a supervisor thread could not be started");
@@ -460,13 +510,34 @@ impl ServiceLink {
         }
     }
 
+    /// Writes one request line: directly when the pipe takes it, else queued for the writer.
+    ///
+    /// Nothing is lost by not writing: once the pipe is gone, the worker is gone or going,
+    /// and the monitor crashes every registered task.
     fn send(&self, request: Request) {
-        let writer = lock(&self.shared.writer);
-        if let Some(writer) = writer.as_ref() {
-            // A send error means the writer thread has ended because the worker is gone; the
-            // monitor crashes every registered task, so nothing waits on this line.
-            let _ = writer.send(WriterMsg::Line(request.encode()));
+        let mut line = request.encode();
+        self.debug(DebugStream::Stdin, || line.clone());
+        line.push('\n');
+        let mut stdin = lock(&self.shared.stdin);
+        let state = &mut *stdin;
+        let Some(pipe) = state.pipe.as_ref() else {
+            return;
+        };
+        if state.close || state.failed.is_some() {
+            return;
         }
+        if !state.pending.is_empty() {
+            state.pending.extend_from_slice(line.as_bytes());
+            return;
+        }
+        match write_nonblocking(pipe, line.as_bytes()) {
+            Wrote::All => return,
+            Wrote::Part(n_written) => state
+                .pending
+                .extend_from_slice(&line.as_bytes()[n_written..]),
+            Wrote::Failed(err) => state.failed = Some(err),
+        }
+        self.shared.stdin_ready.notify_one();
     }
 
     pub(crate) fn cancel(&self, task: &TaskId) {
@@ -573,9 +644,8 @@ impl ServiceLink {
         let config = Arc::clone(&self.shared.config);
         lock(&self.shared.kill_cause).get_or_insert_with(|| "service closed".to_owned());
         self.debug(DebugStream::Note, || "<closing worker stdin>".to_owned());
-        if let Some(writer) = lock(&self.shared.writer).take() {
-            let _ = writer.send(WriterMsg::Close);
-        }
+        lock(&self.shared.stdin).close = true;
+        self.shared.stdin_ready.notify_one();
         if let Some(status) = self.wait_exit(config.close_grace) {
             self.wait_threads(config.kill_grace);
             return status;
@@ -638,24 +708,26 @@ impl ServiceLink {
 
     // -- the threads -------------------------------------------------------------------
 
-    fn run_writer(&self, stdin: ChildStdin, requests: Receiver<WriterMsg>) {
-        let mut out = BufWriter::with_capacity(64 * 1024, stdin);
-        let mut next = requests.recv().ok();
-        while let Some(WriterMsg::Line(line)) = next {
-            self.debug(DebugStream::Stdin, || line.clone());
-            let mut result = out
-                .write_all(line.as_bytes())
-                .and_then(|()| out.write_all(b"\n"));
-            // Batch whatever is already queued into one flush.
-            next = requests.try_recv().ok();
-            if next.is_none() && result.is_ok() {
-                result = out.flush();
-                if result.is_ok() {
-                    next = requests.recv().ok();
-                }
+    /// Writes what the pipe did not take at once, closes stdin on `close`, and decides
+    /// what a failed write means.
+    fn run_writer(&self) {
+        // A second handle on the pipe, to wait for room without holding the lock; closed
+        // with the pipe, so that the worker sees EOF.
+        let mut poll_fd = None;
+        let mut stdin = lock(&self.shared.stdin);
+        loop {
+            if stdin.exited {
+                stdin.pipe = None;
+                stdin.pending = Vec::new();
+                return;
             }
-            if let Err(err) = result {
-                if !matches!(next, Some(WriterMsg::Close)) && !self.exited_by_itself() {
+            if let Some(err) = stdin.failed.take() {
+                stdin.pipe = None;
+                stdin.pending = Vec::new();
+                let closing = stdin.close;
+                drop(stdin);
+                drop(poll_fd);
+                if !closing && !self.exited_by_itself() {
                     // The worker closed its stdin while alive: it can take no more tasks,
                     // and those it was sent may never run. End it so they end too.
                     self.debug(DebugStream::Note, || {
@@ -668,9 +740,55 @@ impl ServiceLink {
                 }
                 return;
             }
+            let state = &mut *stdin;
+            let Some(pipe) = state.pipe.as_ref() else {
+                return;
+            };
+            if !state.pending.is_empty() {
+                match write_nonblocking(pipe, &state.pending) {
+                    Wrote::All => state.pending.clear(),
+                    Wrote::Failed(err) => state.failed = Some(err),
+                    Wrote::Part(n_written) => {
+                        state.pending.drain(..n_written);
+                        if poll_fd.is_none() {
+                            match pipe.as_fd().try_clone_to_owned() {
+                                Ok(fd) => poll_fd = Some(fd),
+                                Err(err) => {
+                                    state.failed = Some(err);
+                                    continue;
+                                }
+                            }
+                        }
+                        drop(stdin);
+                        if let Some(fd) = &poll_fd {
+                            // Bounded, so that `exited` and `close` are seen even if the
+                            // worker never reads again.
+                            let mut fds = [rustix::event::PollFd::new(
+                                fd,
+                                rustix::event::PollFlags::OUT,
+                            )];
+                            let timeout = rustix::event::Timespec {
+                                tv_sec: 0,
+                                tv_nsec: 50_000_000,
+                            };
+                            let _ = rustix::event::poll(&mut fds, Some(&timeout));
+                        }
+                        stdin = lock(&self.shared.stdin);
+                    }
+                }
+                continue;
+            }
+            if stdin.close {
+                stdin.pipe = None;
+                drop(poll_fd);
+                return;
+            }
+            stdin = self
+                .shared
+                .stdin_ready
+                .wait(stdin)
+                .unwrap_or_else(|poison| poison.into_inner());
         }
-        // Close (or every sender gone): flush what is queued, then drop stdin (EOF).
-        let _ = out.flush();
     }
 
     /// Whether the worker has exited, waiting briefly: a worker that exits closes its stdin a
@@ -956,7 +1074,8 @@ impl ServiceLink {
         }
         self.shared.exited.notify_all();
         // Let the writer and the dispatcher run out once their queues are empty.
-        lock(&self.shared.writer).take();
+        lock(&self.shared.stdin).exited = true;
+        self.shared.stdin_ready.notify_one();
         lock(&self.shared.dispatcher).take();
         // The init script's file, if the worker never removed it, goes with the worker.
         lock(&self.shared.init_file).take();
