@@ -36,6 +36,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -489,14 +490,24 @@ struct Pool {
 struct PoolInner {
     state: Mutex<PoolState>,
     ready: Condvar,
+    /// `state.queue.len()`, readable without the lock by spinning threads.
+    queued: AtomicUsize,
     max: usize,
 }
 
 struct PoolState {
     queue: VecDeque<Job>,
     threads: usize,
+    /// Threads parked on `ready`.
     idle: usize,
+    /// Threads that just finished a job and look for the next one before they park; each
+    /// takes one queued job without being woken.
+    spinning: usize,
 }
+
+/// How long a task thread that ran out of work yields before it parks: a job that arrives
+/// meanwhile starts without a wake-up, which costs tens of microseconds on a virtual machine.
+const SPIN_BEFORE_PARK: Duration = Duration::from_micros(100);
 
 impl Pool {
     fn new(max: usize) -> Pool {
@@ -506,8 +517,10 @@ impl Pool {
                     queue: VecDeque::new(),
                     threads: 0,
                     idle: 0,
+                    spinning: 0,
                 }),
                 ready: Condvar::new(),
+                queued: AtomicUsize::new(0),
                 max,
             }),
         }
@@ -516,6 +529,12 @@ impl Pool {
     fn submit(&self, job: Job) {
         let mut state = lock(&self.inner.state);
         state.queue.push_back(job);
+        self.inner
+            .queued
+            .store(state.queue.len(), Ordering::Release);
+        if state.queue.len() <= state.spinning {
+            return;
+        }
         if state.idle > 0 {
             self.inner.ready.notify_one();
             return;
@@ -533,6 +552,9 @@ impl Pool {
                     eprintln!("consort worker: cannot start a task thread: {err}");
                     if state.threads == 0 {
                         let job = state.queue.pop_back();
+                        self.inner
+                            .queued
+                            .store(state.queue.len(), Ordering::Release);
                         drop(state);
                         if let Some(job) = job {
                             job.run();
@@ -547,11 +569,26 @@ impl Pool {
 impl PoolInner {
     fn run(&self) {
         let mut state = lock(&self.state);
+        let mut spun = false;
         loop {
             if let Some(job) = state.queue.pop_front() {
+                self.queued.store(state.queue.len(), Ordering::Release);
                 drop(state);
                 job.run();
                 state = lock(&self.state);
+                spun = false;
+                continue;
+            }
+            if !spun {
+                spun = true;
+                state.spinning += 1;
+                drop(state);
+                let until = Instant::now() + SPIN_BEFORE_PARK;
+                while self.queued.load(Ordering::Acquire) == 0 && Instant::now() < until {
+                    std::thread::yield_now();
+                }
+                state = lock(&self.state);
+                state.spinning -= 1;
                 continue;
             }
             state.idle += 1;
