@@ -30,8 +30,13 @@ pub fn command(python: impl AsRef<OsStr>) -> Command {
                 .to_string_lossy()
                 .replace('\\', "\\\\")
                 .replace('\'', "\\'");
+            // Bytecode is cached for the worker's module even where the environment says
+            // PYTHONDONTWRITEBYTECODE (compiling it costs more than the rest of the start);
+            // the setting is restored before any script runs.
             command.arg("-c").arg(format!(
-                "import sys; sys.path.insert(0, '{dir}'); import {module}; {module}.main()"
+                "import sys; sys.path.insert(0, '{dir}'); b = sys.dont_write_bytecode; \
+                 sys.dont_write_bytecode = False; import {module}; \
+                 sys.dont_write_bytecode = b; del b; {module}.main()"
             ));
         }
         Err(err) => {
