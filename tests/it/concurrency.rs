@@ -286,3 +286,73 @@ fn tasks_submitted_while_the_service_closes_all_end() {
         assert!(!service.is_alive());
     }
 }
+
+#[test]
+fn lines_larger_than_the_pipe_never_interleave_with_other_threads_lines() {
+    let _watchdog = watchdog("lines_larger_than_the_pipe_never_interleave");
+    let service = start_fake(&["serve"]);
+    // 200 KiB is over the pipe's 64 KiB: those writes are partial and finished by the
+    // writer thread while other threads keep submitting small lines.
+    let big = "x".repeat(200 * 1024);
+    std::thread::scope(|scope| {
+        for thread_idx in 0..6 {
+            let (service, big) = (&service, &big);
+            scope.spawn(move || {
+                let tasks: Vec<(usize, Task)> = (0..60)
+                    .map(|task_idx| {
+                        let payload = if task_idx % 3 == 0 {
+                            big.as_str()
+                        } else {
+                            "small"
+                        };
+                        let task = service
+                            .task("echo")
+                            .input("thread", thread_idx)
+                            .input("payload", payload)
+                            .submit()
+                            .expect("submit");
+                        (task_idx, task)
+                    })
+                    .collect();
+                for (task_idx, task) in tasks {
+                    let outputs = finish(&task).expect("complete");
+                    assert_eq!(outputs["thread"], thread_idx);
+                    let expected = if task_idx % 3 == 0 { big.len() } else { 5 };
+                    assert_eq!(outputs["payload"].as_str().map(str::len), Some(expected));
+                }
+            });
+        }
+    });
+    assert!(
+        service.invalid_lines().is_empty(),
+        "requests never interleave"
+    );
+}
+
+#[test]
+fn submitting_to_a_stopped_worker_never_blocks_and_nothing_is_lost() {
+    let _watchdog = watchdog("submitting_to_a_stopped_worker_never_blocks");
+    let service = start_fake(&["serve"]);
+    let pid = service.pid();
+    consort_tests::kill(pid, 19); // SIGSTOP: the worker reads nothing.
+    let big = "y".repeat(100 * 1024);
+    // 8 MiB of requests, a hundred times the pipe: if a submit blocked on the full pipe,
+    // this loop would never end and the watchdog would fail the test.
+    let tasks: Vec<Task> = (0..80)
+        .map(|idx| {
+            service
+                .task("echo")
+                .input("idx", idx)
+                .input("payload", big.as_str())
+                .submit()
+                .expect("submit")
+        })
+        .collect();
+    assert!(tasks.iter().all(|task| !task.state().is_finished()));
+    consort_tests::kill(pid, 18); // SIGCONT
+    for (idx, task) in tasks.iter().enumerate() {
+        let outputs = finish(task).expect("complete");
+        assert_eq!(outputs["idx"], idx);
+    }
+    assert!(service.invalid_lines().is_empty());
+}
