@@ -186,6 +186,12 @@ fn a_task_submitted_after_the_worker_died_ends_crashed_at_once() {
     assert!(matches!(task.error(), Some(TaskError::Crashed(_))));
     assert_eq!(recorder.kinds_of(&task), [EventKind::Crash]);
     assert_eq!(crashed(&task).status, ExitStatus::Code(5));
+    // The CRASH event says what the task's error says, as for a task the crash caught
+    // pending.
+    let crash_event = recorder.events().into_iter().map(|(_, event)| event).last();
+    let error = task.error().map(|err| err.to_string());
+    assert_eq!(crash_event.and_then(|event| event.error), error);
+    assert!(error.is_some_and(|error| error.starts_with("task crashed: ")));
 }
 
 #[test]

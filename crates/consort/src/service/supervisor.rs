@@ -478,13 +478,12 @@ impl ServiceLink {
         };
         match refused {
             Some(report) => {
-                let error = report.to_string();
-                if core.finish(
-                    TaskState::Crashed,
-                    Err(TaskError::Crashed(Box::new(report))),
-                ) {
+                // The same text as a task the monitor crashes (`finish_task`).
+                let error = TaskError::Crashed(Box::new(report));
+                let text = error.to_string();
+                if core.finish(TaskState::Crashed, Err(error)) {
                     let mut event = TaskEvent::new(id, EventKind::Crash);
-                    event.error = Some(error);
+                    event.error = Some(text);
                     // No dispatcher may be left: deliver on this thread.
                     core.deliver(&event);
                     core.release_waiters();
