@@ -8,18 +8,22 @@ use consort_tests::{is_running, wait_until};
 
 use super::*;
 
-#[test]
-fn tasks_submitted_from_many_threads_all_complete() {
-    let _watchdog = watchdog("tasks_submitted_from_many_threads_all_complete");
-    let service = start_fake(&["serve"]);
-    let n_threads = 8;
-    let n_tasks = 250;
+/// From `n_threads` threads at once, submits `n_tasks` echo tasks (some delayed) each whose `payload` input
+/// is `payload(task_idx)`, and checks that each gets its own inputs back and that no request
+/// line was mangled by another.
+fn echo_from_threads(
+    service: &Service,
+    n_threads: usize,
+    n_tasks: usize,
+    payload: impl Fn(usize) -> String + Sync,
+) {
     std::thread::scope(|scope| {
         for thread_idx in 0..n_threads {
-            let service = &service;
+            let payload = &payload;
             scope.spawn(move || {
                 let tasks: Vec<(usize, Task)> = (0..n_tasks)
                     .map(|task_idx| {
+                        // Some answer later, on their own thread: out of order.
                         let script = if task_idx % 10 == 0 {
                             "sleep 1"
                         } else {
@@ -29,6 +33,7 @@ fn tasks_submitted_from_many_threads_all_complete() {
                             .task(script)
                             .input("thread", thread_idx)
                             .input("task", task_idx)
+                            .input("payload", payload(task_idx))
                             .submit()
                             .expect("submit");
                         (task_idx, task)
@@ -38,6 +43,7 @@ fn tasks_submitted_from_many_threads_all_complete() {
                     let outputs = finish(&task).expect("complete");
                     assert_eq!(outputs["thread"], thread_idx);
                     assert_eq!(outputs["task"], task_idx);
+                    assert_eq!(outputs["payload"], payload(task_idx).as_str());
                 }
             });
         }
@@ -47,6 +53,28 @@ fn tasks_submitted_from_many_threads_all_complete() {
         service.invalid_lines().is_empty(),
         "requests never interleave"
     );
+}
+
+#[test]
+fn tasks_submitted_from_many_threads_all_complete() {
+    let _watchdog = watchdog("tasks_submitted_from_many_threads_all_complete");
+    let service = start_fake(&["serve"]);
+    echo_from_threads(&service, 8, 250, |task_idx| format!("small {task_idx}"));
+}
+
+#[test]
+fn lines_larger_than_the_pipe_never_interleave_with_other_threads_lines() {
+    let _watchdog = watchdog("lines_larger_than_the_pipe_never_interleave");
+    let service = start_fake(&["serve"]);
+    // 200 KiB is over the pipe's 64 KiB: those writes are partial and finished by the
+    // writer thread while other threads keep submitting small lines.
+    echo_from_threads(&service, 6, 60, |task_idx| {
+        if task_idx % 3 == 0 {
+            "x".repeat(200 * 1024)
+        } else {
+            format!("small {task_idx}")
+        }
+    });
 }
 
 #[test]
@@ -285,48 +313,6 @@ fn tasks_submitted_while_the_service_closes_all_end() {
         }
         assert!(!service.is_alive());
     }
-}
-
-#[test]
-fn lines_larger_than_the_pipe_never_interleave_with_other_threads_lines() {
-    let _watchdog = watchdog("lines_larger_than_the_pipe_never_interleave");
-    let service = start_fake(&["serve"]);
-    // 200 KiB is over the pipe's 64 KiB: those writes are partial and finished by the
-    // writer thread while other threads keep submitting small lines.
-    let big = "x".repeat(200 * 1024);
-    std::thread::scope(|scope| {
-        for thread_idx in 0..6 {
-            let (service, big) = (&service, &big);
-            scope.spawn(move || {
-                let tasks: Vec<(usize, Task)> = (0..60)
-                    .map(|task_idx| {
-                        let payload = if task_idx % 3 == 0 {
-                            big.as_str()
-                        } else {
-                            "small"
-                        };
-                        let task = service
-                            .task("echo")
-                            .input("thread", thread_idx)
-                            .input("payload", payload)
-                            .submit()
-                            .expect("submit");
-                        (task_idx, task)
-                    })
-                    .collect();
-                for (task_idx, task) in tasks {
-                    let outputs = finish(&task).expect("complete");
-                    assert_eq!(outputs["thread"], thread_idx);
-                    let expected = if task_idx % 3 == 0 { big.len() } else { 5 };
-                    assert_eq!(outputs["payload"].as_str().map(str::len), Some(expected));
-                }
-            });
-        }
-    });
-    assert!(
-        service.invalid_lines().is_empty(),
-        "requests never interleave"
-    );
 }
 
 #[test]

@@ -52,18 +52,7 @@ fn sigkill_with_pending_tasks_crashes_them_within_50ms_with_the_signal_name() {
     for _round in 0..5 {
         let service = start_fake(&["serve"]);
         let recorder = Recorder::default();
-        let tasks: Vec<Task> = (0..8)
-            .map(|_| {
-                service
-                    .task("hang")
-                    .listen(recorder.listener())
-                    .submit()
-                    .expect("submit")
-            })
-            .collect();
-        assert!(wait_until(TASK_LIMIT, || tasks
-            .iter()
-            .all(|task| task.state() == TaskState::Running)));
+        let tasks = submit_running(&service, 8, "hang", Some(&recorder));
         let killed_at = Instant::now();
         consort_tests::kill(service.pid(), SIGKILL);
         for task in &tasks {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use consort::{
     Args, CrashReport, EventKind, Service, ServiceBuilder, Task, TaskError, TaskEvent, TaskState,
 };
-use consort_tests::{slowdown, Watchdog};
+use consort_tests::{slowdown, wait_until, Watchdog};
 
 /// The close and kill grace periods of test services: short, so an escalating close is quick.
 const GRACE: Duration = Duration::from_millis(200);
@@ -50,6 +50,33 @@ fn start_fake(args: &[&str]) -> Service {
 #[track_caller]
 fn submit(service: &Service, script: &str) -> Task {
     service.task(script).submit().expect("submit")
+}
+
+/// Submits `script` `n` times (each with `listener`, if any) and waits until all run.
+#[track_caller]
+fn submit_running(
+    service: &Service,
+    n: usize,
+    script: &str,
+    recorder: Option<&Recorder>,
+) -> Vec<Task> {
+    let tasks: Vec<Task> = (0..n)
+        .map(|_| {
+            let builder = service.task(script);
+            let builder = match recorder {
+                Some(recorder) => builder.listen(recorder.listener()),
+                None => builder,
+            };
+            builder.submit().expect("submit")
+        })
+        .collect();
+    assert!(
+        wait_until(TASK_LIMIT * slowdown(), || tasks
+            .iter()
+            .all(|task| task.state() == TaskState::Running)),
+        "{n} tasks did not all start"
+    );
+    tasks
 }
 
 /// Waits for `task` to end, failing the test instead of hanging.

@@ -75,17 +75,8 @@ fn python_tasks_with_interleaved_updates_all_complete() {
 fn python_worker_sigkilled_with_pending_tasks_ends_them_crashed() {
     let _watchdog = watchdog("python_worker_sigkilled_with_pending_tasks_ends_them_crashed");
     let service = python().start().expect("start python");
-    let tasks: Vec<Task> = (0..8)
-        .map(|_| {
-            service
-                .task("import sys, time\nprint('about to sleep')\nsys.stderr.write('sleeping\\n')\ntime.sleep(600)")
-                .submit()
-                .expect("submit")
-        })
-        .collect();
-    assert!(wait_until(TASK_LIMIT, || tasks
-        .iter()
-        .all(|task| task.state() == TaskState::Running)));
+    let script = "import sys, time\nprint('about to sleep')\nsys.stderr.write('sleeping\\n')\ntime.sleep(600)";
+    let tasks = submit_running(&service, 8, script, None);
     assert!(wait_until(TASK_LIMIT, || service.stderr_lines().len() >= 8));
     let killed_at = Instant::now();
     consort_tests::kill(service.pid(), 9);
