@@ -177,7 +177,11 @@ fn a_task_submitted_after_the_worker_died_ends_crashed_at_once() {
     assert_eq!(crashed(&task).status, ExitStatus::Code(5));
     // The CRASH event says what the task's error says, as for a task the crash caught
     // pending.
-    let crash_event = recorder.events().into_iter().map(|(_, event)| event).last();
+    let crash_event = recorder
+        .events()
+        .into_iter()
+        .map(|(_, event)| event)
+        .next_back();
     let error = task.error().map(|err| err.to_string());
     assert_eq!(crash_event.and_then(|event| event.error), error);
     assert!(error.is_some_and(|error| error.starts_with("task crashed: ")));
