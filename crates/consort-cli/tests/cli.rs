@@ -181,23 +181,8 @@ fn the_script_can_come_from_stdin() {
 fn ctrl_c_cancels_exits_130_and_leaves_no_worker() {
     let _watchdog = Watchdog::new("cli-ctrl-c", Duration::from_secs(60));
     let script = "import os, sys, time\nsys.stderr.write('worker pid %d\\n' % os.getpid())\nsys.stderr.flush()\ntime.sleep(600)";
-    let mut child = consort()
-        .args(["run", "--python"])
-        .arg(python())
-        .arg(script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn consort");
-    // The worker's stderr is not relayed, so find the worker as our child's child.
+    let (mut child, worker) = spawn_run(&["run", "--python"], script);
     let consort_pid = child.id();
-    let mut worker = None;
-    assert!(wait_until(Duration::from_secs(30), || {
-        worker = worker_of(consort_pid);
-        worker.is_some()
-    }));
-    let worker = worker.expect("a worker process");
     consort::sys::Pid::new(consort_pid)
         .signal(2)
         .expect("SIGINT");
@@ -217,22 +202,11 @@ fn ctrl_c_cancels_exits_130_and_leaves_no_worker() {
 #[test]
 fn a_second_ctrl_c_kills_the_worker_and_still_exits_130() {
     let _watchdog = Watchdog::new("cli-ctrl-c-twice", Duration::from_secs(60));
-    let mut child = consort()
-        .args(["run", "--worker", "appose", "--python"])
-        .arg(python())
-        .arg("import time\ntime.sleep(600)")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn consort");
+    let (mut child, worker) = spawn_run(
+        &["run", "--worker", "appose", "--python"],
+        "import time\ntime.sleep(600)",
+    );
     let consort_pid = child.id();
-    let mut worker = None;
-    assert!(wait_until(Duration::from_secs(30), || {
-        worker = worker_of(consort_pid);
-        worker.is_some()
-    }));
-    let worker = worker.expect("a worker process");
     let sigint = || {
         consort::sys::Pid::new(consort_pid)
             .signal(2)
@@ -305,9 +279,24 @@ exec sleep 600"#;
     );
 }
 
-/// A python process whose parent is `parent`.
-fn worker_of(parent: u32) -> Option<u32> {
-    child_running(parent, "python")
+/// Starts `consort ARGS PYTHON SCRIPT` with stderr piped, and finds its Python worker
+/// (the worker's stderr is not relayed, so as the child's child).
+fn spawn_run(args: &[&str], script: &str) -> (std::process::Child, u32) {
+    let child = consort()
+        .args(args)
+        .arg(python())
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn consort");
+    let mut worker = None;
+    assert!(wait_until(Duration::from_secs(30), || {
+        worker = child_running(child.id(), "python");
+        worker.is_some()
+    }));
+    (child, worker.expect("a worker process"))
 }
 
 /// A process whose parent is `parent` and whose command line contains `needle`.
