@@ -6,6 +6,7 @@
 
 mod close;
 mod concurrency;
+mod consort_python;
 mod crash;
 mod framing;
 mod interop;

@@ -15,7 +15,8 @@ Where appose's worker is fragile, this one is not:
   (CONSORT_HARD_CANCEL_SECS after the CANCEL, default 1 s); code blocked in C ignores it,
   and the supervisor's kill escalation is what ends it then;
 - print() goes to stderr: the protocol has a private copy of stdout;
-- tasks run on a pool of reused threads, and compiled scripts are cached.
+- tasks run on a pool of reused threads that take turns reading stdin (a task runs on the
+  thread that read it: no handoff), and compiled scripts are cached.
 
 stdin EOF or SIGTERM: every task is asked to cancel, queued main-queue tasks are answered
 CANCELATION, running ones get CONSORT_SHUTDOWN_SECS (default 1 s), then the process exits.
@@ -406,9 +407,11 @@ def _compile(script):
 
 _tasks = {}
 _tasks_lock = threading.Condition()
-_pool_lock = threading.Condition()
+_pool_lock = threading.Lock()
 _pool_queue = []
-_pool_state = {"threads": 0, "idle": 0}
+_pool_state = {"threads": 0, "free": 0}
+_reader_lock = threading.Lock()
+_eof = [False]
 _main_queue = []
 _main_cv = threading.Condition()
 _shutdown = threading.Event()
@@ -421,33 +424,63 @@ def _tasks_done(task):
             _tasks_lock.notify_all()
 
 
-def _pool_thread():
+# Leader/followers: the task threads take turns reading stdin. The reader runs the task it
+# read itself, on the spot, and the next free thread becomes the reader: handing a request
+# to another thread would cost a wake-up on the critical path of every task. One thread
+# not running a task is always kept, so that a CANCEL is read however many tasks run.
+
+
+def _start_thread():
+    # Called with _pool_lock held.
+    _pool_state["threads"] += 1
+    _pool_state["free"] += 1
+    threading.Thread(target=_serve, name="consort-task", daemon=True).start()
+
+
+def _serve():
+    stdin = sys.stdin.buffer
     while True:
-        with _pool_lock:
-            while not _pool_queue:
-                _pool_state["idle"] += 1
-                _pool_lock.wait()
-                _pool_state["idle"] -= 1
-            task = _pool_queue.pop(0)
-        try:
-            task._run()
-        except BaseException:
-            # A late asynchronous exception must not kill a pool thread.
-            pass
-
-
-def _submit(task):
+        with _reader_lock:
+            if _eof[0]:
+                break
+            line = stdin.readline()
+            if not line:
+                _eof[0] = True
+                _begin_shutdown()
+                break
+        task = _handle(line) if line.strip() else None
+        while task is not None:
+            try:
+                task._run()
+            except BaseException:
+                # A late asynchronous exception must not kill a task thread.
+                pass
+            with _pool_lock:
+                if _pool_queue:
+                    task = _pool_queue.pop(0)
+                else:
+                    task = None
+                    _pool_state["free"] += 1
     with _pool_lock:
-        _pool_queue.append(task)
-        if _pool_state["idle"] > 0:
-            _pool_lock.notify()
-            return
-        if _pool_state["threads"] < _MAX_THREADS:
-            _pool_state["threads"] += 1
-            threading.Thread(target=_pool_thread, name="consort-task", daemon=True).start()
+        _pool_state["threads"] -= 1
+        _pool_state["free"] -= 1
+
+
+def _take(task):
+    """The reader got `task`: returns it to run on this thread, or None if it was queued."""
+    with _pool_lock:
+        if _pool_state["free"] < 2:
+            if _pool_state["threads"] > _MAX_THREADS:
+                # _MAX_THREADS run tasks and one reads: a thread that finishes takes it.
+                _pool_queue.append(task)
+                return None
+            _start_thread()
+        _pool_state["free"] -= 1
+        return task
 
 
 def _handle(line):
+    """Acts on one request line; returns the task to run on this thread, if any."""
     uuid = None
     try:
         request = json.loads(line, object_hook=_decode_hook)
@@ -469,7 +502,7 @@ def _handle(line):
                     _main_queue.append(task)
                     _main_cv.notify()
             else:
-                _submit(task)
+                return _take(task)
         elif kind == "CANCEL":
             with _tasks_lock:
                 task = _tasks.get(uuid)
@@ -485,16 +518,6 @@ def _handle(line):
                          "responseType": "FAILURE"})
         else:
             print("consort worker: bad request ignored: %s" % error, file=sys.stderr)
-
-
-def _read_stdin():
-    stdin = sys.stdin.buffer
-    try:
-        for line in stdin:
-            if line.strip():
-                _handle(line)
-    finally:
-        _begin_shutdown()
 
 
 def _begin_shutdown(*_signal_args):
@@ -535,7 +558,10 @@ def main():
     import signal
 
     signal.signal(signal.SIGTERM, _begin_shutdown)
-    threading.Thread(target=_read_stdin, name="consort-stdin", daemon=True).start()
+    with _pool_lock:
+        # A reader, and a follower to take over reading while the first task runs.
+        _start_thread()
+        _start_thread()
     # The main thread runs main-queue tasks, first in first out.
     while True:
         with _main_cv:
