@@ -169,6 +169,26 @@ fn pixi_environment_yml_is_imported() {
         yml
     );
     assert!(PixiBuilder::new().manifest("setup.cfg").is_err());
+
+    // A folder the user made is never wiped to build in it.
+    let mine = tmp.path().join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "keep").unwrap();
+    let err = PixiBuilder::new()
+        .conda(["numpy"])
+        .with_dir(&mine)
+        .with_tool(&pixi)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, EnvError::Refused { path, .. } if *path == mine),
+        "{err:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mine.join("notes.txt")).unwrap(),
+        "keep"
+    );
+    assert!(!tmp.path().join(".mine.lock").exists());
 }
 
 #[test]

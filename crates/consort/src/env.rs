@@ -702,8 +702,13 @@ pub fn built_state(dir: &Path) -> Option<Value> {
 /// [`EnvError::Refused`] for a directory consort did not build; [`EnvError::Io`] when
 /// removing fails.
 pub fn delete(dir: impl AsRef<Path>) -> Result<(), EnvError> {
-    let guard = tool::BuildGuard::lock(&absolute(dir.as_ref()))?;
-    guard.wipe()
+    let dir = absolute(dir.as_ref());
+    if !dir.exists() {
+        return Ok(());
+    }
+    // Refuse before taking the lock, so a refused directory gets no lock file beside it.
+    tool::BuildGuard::check_ours(&dir)?;
+    tool::BuildGuard::lock(&dir)?.wipe()
 }
 
 #[cfg(test)]

@@ -271,6 +271,23 @@ impl BuildGuard {
         })
     }
 
+    /// Fails with [`EnvError::Refused`] when `dir` is a non-empty directory consort did
+    /// not build (no marker, no `.building` file beside it).
+    pub(crate) fn check_ours(dir: &Path) -> Result<(), EnvError> {
+        let building = building_path(dir);
+        let ours = dir.join(MARKER).exists() || building.is_some_and(|path| path.exists());
+        let empty = std::fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_none());
+        if ours || empty {
+            return Ok(());
+        }
+        Err(EnvError::Refused {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "the directory is not empty and consort did not build it (no {MARKER})"
+            ),
+        })
+    }
+
     /// Whether the environment is built with exactly `state`.
     pub(crate) fn is_current(&self, state: &Value) -> bool {
         !self.building.exists() && super::built_state(&self.dir).as_ref() == Some(state)
@@ -281,16 +298,8 @@ impl BuildGuard {
         match std::fs::read_dir(&self.dir) {
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(err) => return Err(EnvError::io("reading", &self.dir, err)),
-            Ok(mut entries) => {
-                let ours = self.dir.join(MARKER).exists() || self.building.exists();
-                if !ours && entries.next().is_some() {
-                    return Err(EnvError::Refused {
-                        path: self.dir.clone(),
-                        reason: format!(
-                            "the directory is not empty and consort did not build it (no {MARKER})"
-                        ),
-                    });
-                }
+            Ok(_) => {
+                BuildGuard::check_ours(&self.dir)?;
                 std::fs::remove_dir_all(&self.dir)
                     .map_err(|err| EnvError::io("removing", &self.dir, err))?;
             }
@@ -342,6 +351,10 @@ pub(crate) fn build(
     force: bool,
     steps: impl FnOnce() -> Result<(), EnvError>,
 ) -> Result<(), EnvError> {
+    if dir.exists() {
+        // A user's directory is refused before a lock file is put beside it.
+        BuildGuard::check_ours(dir)?;
+    }
     let guard = BuildGuard::lock(dir)?;
     if !force && guard.is_current(state) {
         common.emit(&BuildEvent::UpToDate);
@@ -371,4 +384,10 @@ pub(crate) fn write(path: &Path, content: &str) -> Result<(), EnvError> {
 /// Creates `dir` and its parents.
 pub(crate) fn create_dir(dir: &Path) -> Result<(), EnvError> {
     std::fs::create_dir_all(dir).map_err(|err| EnvError::io("creating", dir, err))
+}
+
+/// The `.<name>.building` file beside `dir`.
+fn building_path(dir: &Path) -> Option<PathBuf> {
+    let name = dir.file_name()?.to_string_lossy();
+    Some(dir.parent()?.join(format!(".{name}.building")))
 }
