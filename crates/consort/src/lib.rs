@@ -26,7 +26,7 @@
 //! - [`cancel`]: `CancelToken`, one-way, with child tokens; there is no reset.
 //! - [`service`]: the supervisor: spawn, route, detect crashes, terminate within a bound.
 //! - [`worker`]: the worker SDK: serve Appose requests with a Rust function.
-//! - [`env`]: Python environments (uv, pixi, micromamba, a venv, the system's) to run
+//! - [`env`](mod@env): Python environments (uv, pixi, micromamba, a venv, the system's) to run
 //!   workers in, built once and rebuilt when their recipe changes.
 //! - [`shm`]: named shared-memory blocks and zero-copy n-d arrays that Python and Appose
 //!   attach to; `.npy` files; the creator registry behind `consort shm ls` and `shm gc`.
