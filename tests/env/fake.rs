@@ -316,3 +316,97 @@ fn which(name: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(name))
         .find(|path| path.is_file())
 }
+
+#[test]
+fn concurrent_builds_of_one_environment_take_turns() {
+    let _watchdog = watchdog("concurrent_builds");
+    let tmp = TempDir::new("concurrent");
+    let log = tmp.path().join("log");
+    // A slow install, so the two builds overlap unless the lock serialises them.
+    let pixi = tmp.path().join("bin/pixi");
+    write_script(
+        &pixi,
+        &format!(
+            "printf 'pixi %s\\n' \"$*\" >> '{log}'\n\
+             case \"$1\" in init) for arg; do dir=\"$arg\"; done; mkdir -p \"$dir\";; install) sleep 0.3;; esac\n",
+            log = log.display()
+        ),
+    );
+    let events = Events::default();
+    let recipe = PixiBuilder::new()
+        .conda(["numpy"])
+        .with_dir(tmp.path().join("shared"))
+        .with_tool(&pixi)
+        .subscribe(events.subscriber());
+    let barrier = std::sync::Barrier::new(2);
+    std::thread::scope(|scope| {
+        let builds: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    recipe.build()
+                })
+            })
+            .collect();
+        for build in builds {
+            build.join().unwrap().unwrap();
+        }
+    });
+    let installs = log_lines(tmp.path())
+        .iter()
+        .filter(|line| line.starts_with("pixi install"))
+        .count();
+    assert_eq!(installs, 1, "{:?}", log_lines(tmp.path()));
+    let seen = events.take();
+    assert!(
+        seen.contains(&BuildEvent::Built) && seen.contains(&BuildEvent::UpToDate),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn a_tool_past_its_timeout_is_killed_with_its_children() {
+    let _watchdog = watchdog("tool_timeout");
+    let tmp = TempDir::new("timeout");
+    let pids = tmp.path().join("pids");
+    // `install` starts a grandchild that would run for long, and waits for it.
+    let micromamba = tmp.path().join("bin/micromamba");
+    write_script(
+        &micromamba,
+        &format!(
+            "echo 'solving...'\nsleep 1000 &\necho $! > '{pids}'\nwait\n",
+            pids = pids.display()
+        ),
+    );
+    let dir = tmp.path().join("prefix");
+    let err = MambaBuilder::new()
+        .packages(["numpy"])
+        .with_dir(&dir)
+        .with_tool(&micromamba)
+        .with_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap_err();
+    match &err {
+        EnvError::ToolFailed {
+            tool,
+            status,
+            message,
+            ..
+        } => {
+            assert_eq!(*tool, "micromamba");
+            assert!(status.contains("timeout"), "{status}");
+            assert_eq!(message, "solving...");
+        }
+        other => panic!("expected ToolFailed, got {other:?}"),
+    }
+    let sleeper: u32 = std::fs::read_to_string(&pids)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !is_running(sleeper)),
+        "the tool's child survived the timeout"
+    );
+    assert!(built_state(&dir).is_none());
+}

@@ -23,6 +23,10 @@ use serde_json::{json, Value};
 use super::{content_hash, BuildEvent, Common, EnvError, Stream, MARKER};
 use crate::sys::{signals, Pgid, Pid};
 
+/// How long the output of a tool that has exited may stay open (held by a process that
+/// left its group) before the build goes on without it.
+const READER_GRACE: Duration = Duration::from_secs(5);
+
 /// How many lines of a failing tool's output its error quotes.
 const TAIL_LINES: usize = 40;
 
@@ -108,17 +112,43 @@ impl Run<'_> {
         })?;
         let stdout_tail = Arc::new(Mutex::new(VecDeque::new()));
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
-        let outcome = std::thread::scope(|scope| {
-            if let Some(stdout) = child.stdout.take() {
-                let tail = Arc::clone(&stdout_tail);
-                scope.spawn(move || pump(stdout, Stream::Stdout, common, &tail));
+        let (done_tx, done) = mpsc::channel::<()>();
+        let mut n_readers = 0;
+        for (output, stream, tail) in [
+            (
+                child
+                    .stdout
+                    .take()
+                    .map(|out| Box::new(out) as Box<dyn Read + Send>),
+                Stream::Stdout,
+                &stdout_tail,
+            ),
+            (
+                child
+                    .stderr
+                    .take()
+                    .map(|err| Box::new(err) as Box<dyn Read + Send>),
+                Stream::Stderr,
+                &stderr_tail,
+            ),
+        ] {
+            let Some(output) = output else { continue };
+            let (common, tail, done_tx) = (common.clone(), Arc::clone(tail), done_tx.clone());
+            n_readers += 1;
+            std::thread::spawn(move || {
+                pump(output, stream, &common, &tail);
+                let _ = done_tx.send(());
+            });
+        }
+        let outcome = wait(&mut child, common.timeout);
+        // The group is dead, so the pipes close unless a process escaped the group (a
+        // daemon): then stop waiting for its output after a while rather than hang.
+        for _ in 0..n_readers {
+            if done.recv_timeout(READER_GRACE).is_err() {
+                tracing::debug!(target: "consort::env", "{} output still open after exit", self.tool);
+                break;
             }
-            if let Some(stderr) = child.stderr.take() {
-                let tail = Arc::clone(&stderr_tail);
-                scope.spawn(move || pump(stderr, Stream::Stderr, common, &tail));
-            }
-            wait(&mut child, common.timeout)
-        });
+        }
         let status = match outcome {
             Ok(status) if status.success() => return Ok(()),
             Ok(status) => status.to_string(),
