@@ -84,7 +84,7 @@ pub struct BuildArgs {
 pub struct EnvArgs {
     /// Run the worker in this environment: a venv, a uv project, a pixi project or a
     /// conda prefix.
-    #[arg(long = "env", value_name = "DIR", conflicts_with = "with")]
+    #[arg(long = "env", value_name = "DIR", conflicts_with_all = ["with", "python"])]
     env: Option<PathBuf>,
     /// Run the worker in a uv environment with these PyPI packages (built the first
     /// time, under the environments folder, and reused while the list is the same).
@@ -116,13 +116,18 @@ pub fn service_builder(worker: &WorkerArgs, env: &EnvArgs) -> anyhow::Result<Ser
                 .packages(env.with.iter().cloned())
                 .python(worker.python.to_string_lossy());
             let bar = progress(false);
-            let built = recipe.subscribe(subscriber(bar.clone(), false)).build();
+            let built = recipe
+                .subscribe(subscriber(bar.clone(), false, false))
+                .build();
             bar.finish_and_clear();
             built.context("building the --with environment")?
         }
         (None, true) => return worker.builder(),
     };
-    Ok(match worker.worker.as_str() {
+    // Appose starts workers in the environment's folder; a command line keeps the
+    // user's, so relative paths in a script mean what they mean in the shell.
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let builder = match worker.worker.as_str() {
         "consort" => environment.python_service()?,
         "appose" => environment.appose_service()?,
         line => {
@@ -135,12 +140,13 @@ pub fn service_builder(worker: &WorkerArgs, env: &EnvArgs) -> anyhow::Result<Ser
             command.args(args);
             environment.service(command)
         }
-    })
+    };
+    Ok(builder.with_cwd(cwd))
 }
 
 fn build(args: &BuildArgs) -> anyhow::Result<Environment> {
     let bar = progress(args.verbose);
-    let events = subscriber(bar.clone(), args.verbose);
+    let events = subscriber(bar.clone(), args.verbose, true);
     macro_rules! common {
         ($builder:expr) => {{
             let mut builder = $builder.subscribe(events);
@@ -230,9 +236,13 @@ fn progress(verbose: bool) -> ProgressBar {
     bar
 }
 
-/// Shows steps on the bar (or as lines when there is no terminal) and, when `verbose`,
-/// the tool's output lines.
-fn subscriber(bar: ProgressBar, verbose: bool) -> impl Fn(&BuildEvent) + Send + Sync + 'static {
+/// Shows steps on the bar (or as lines when there is no terminal), the tool's output
+/// lines when `verbose`, and a line for an environment already built when `say_up_to_date`.
+fn subscriber(
+    bar: ProgressBar,
+    verbose: bool,
+    say_up_to_date: bool,
+) -> impl Fn(&BuildEvent) + Send + Sync + 'static {
     move |event| match event {
         BuildEvent::Step {
             title,
@@ -254,7 +264,7 @@ fn subscriber(bar: ProgressBar, verbose: bool) -> impl Fn(&BuildEvent) + Send + 
             };
             bar.suspend(|| eprintln!("  {tag}: {line}"));
         }
-        BuildEvent::UpToDate if bar.is_hidden() => eprintln!("consort: up to date"),
+        BuildEvent::UpToDate if say_up_to_date => bar.suspend(|| eprintln!("consort: up to date")),
         BuildEvent::Built => bar.set_position(bar.length().unwrap_or(0)),
         _ => {}
     }
