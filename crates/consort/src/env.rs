@@ -247,7 +247,8 @@ impl EnvError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BuildEvent {
-    /// Step `current` of `maximum` begins (1-based), e.g. "creating the venv".
+    /// Step `current` of `maximum` begins (1-based), e.g. "creating the venv"; `0 of 0`
+    /// for work outside the count (installing uv itself).
     Step {
         /// What the step does.
         title: String,

@@ -156,6 +156,11 @@ impl UvBuilder {
                 "a uv environment needs packages, a requirements.txt or a pyproject.toml".into(),
             ));
         }
+        if !self.packages.is_empty() && matches!(self.source, Some((Kind::Pyproject, _))) {
+            return Err(EnvError::Invalid(
+                "packages cannot be added to a pyproject.toml environment; list them in its dependencies".into(),
+            ));
+        }
         let state = self.state()?;
         let dir = self.dir()?;
         let mut common = self.common.clone();
@@ -168,10 +173,9 @@ impl UvBuilder {
                 .vars
                 .push(("UV_PYTHON_DOWNLOADS".into(), "never".into()));
         }
-        let mut uv: Option<PathBuf> = None;
         tool::build(&common, &dir, &state, force, || {
-            let uv = uv.insert(self.find_uv(&common)?);
-            self.run_steps(&common, uv, &dir, &state)
+            let uv = self.find_uv(&common)?;
+            self.run_steps(&common, &uv, &dir, &state)
         })?;
         Ok(environment(&dir))
     }
