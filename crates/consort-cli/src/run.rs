@@ -25,6 +25,8 @@ const CANCEL_GRACE: Duration = Duration::from_secs(2);
 pub struct RunArgs {
     #[command(flatten)]
     worker: WorkerArgs,
+    #[command(flatten)]
+    env: crate::env::EnvArgs,
     /// An input variable, as NAME=JSON (e.g. `--input x=5 --input names='["a","b"]'`).
     #[arg(long = "input", value_name = "NAME=JSON")]
     inputs: Vec<String>,
@@ -74,9 +76,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let interrupts = Arc::new(AtomicUsize::new(0));
     watch_interrupts(Arc::clone(&interrupts))?;
 
-    let service = args
-        .worker
-        .builder()?
+    let service = crate::env::service_builder(&args.worker, &args.env)?
         .start()
         .context("starting the worker")?;
     let (events_tx, events) = mpsc::channel::<TaskEvent>();

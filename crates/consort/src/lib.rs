@@ -26,6 +26,8 @@
 //! - [`cancel`]: `CancelToken`, one-way, with child tokens; there is no reset.
 //! - [`service`]: the supervisor: spawn, route, detect crashes, terminate within a bound.
 //! - [`worker`]: the worker SDK: serve Appose requests with a Rust function.
+//! - [`env`](mod@env): Python environments (uv, pixi, micromamba, a venv, the system's) to run
+//!   workers in, built once and rebuilt when their recipe changes.
 //! - [`shm`]: named shared-memory blocks and zero-copy n-d arrays that Python and Appose
 //!   attach to; `.npy` files; the creator registry behind `consort shm ls` and `shm gc`.
 //! - [`sys`]: thin wrappers over process system calls.
@@ -36,6 +38,7 @@
 compile_error!("consort supports Unix (Linux and macOS) only for now");
 
 pub mod cancel;
+pub mod env;
 pub mod protocol;
 pub mod service;
 pub mod shm;
@@ -44,6 +47,7 @@ pub mod task;
 pub mod worker;
 
 pub use cancel::CancelToken;
+pub use env::{EnvError, Environment};
 pub use protocol::{Args, TaskId};
 pub use service::{DebugLine, DebugStream, Service, ServiceBuilder, StartError, SubmitError};
 pub use shm::{DType, NDArray, SharedMemory};
