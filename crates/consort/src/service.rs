@@ -35,14 +35,6 @@ pub(crate) use supervisor::ServiceLink;
 /// The command line of appose's own Python worker.
 pub const APPOSE_PYTHON_WORKER: &str = "import appose.python_worker; appose.python_worker.main()";
 
-/// Conda variables a Python worker must not inherit, as appose-python strips them.
-const CONDA_VARS: [&str; 4] = [
-    "CONDA_PREFIX",
-    "CONDA_DEFAULT_ENV",
-    "CONDA_SHLVL",
-    "PYTHONEXECUTABLE",
-];
-
 /// A line of debug output from a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DebugLine {
@@ -207,7 +199,7 @@ impl Service {
     pub fn python(python: impl AsRef<OsStr>) -> ServiceBuilder {
         let mut command = Command::new(python);
         command.arg("-c").arg(APPOSE_PYTHON_WORKER);
-        for var in CONDA_VARS {
+        for var in crate::env::CONDA_VARS {
             command.env_remove(var);
         }
         Service::new(command)

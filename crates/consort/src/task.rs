@@ -2,7 +2,7 @@
 //! one-way state machine that guarantees a single terminal state.
 //!
 //! # Invariants
-//! 1. A task reaches exactly one terminal state. [`TaskCore::finish`] is the only way there
+//! 1. A task reaches exactly one terminal state. `TaskCore::finish` is the only way there
 //!    and it is a compare-and-set under the task's lock: the first caller wins (a COMPLETION,
 //!    a FAILURE, a crash, a hard cancel), every later one is told it lost and does nothing.
 //! 2. Waiters are woken only once the terminal event has been delivered to every listener,

@@ -40,7 +40,7 @@ fn the_python_recipe_runs_appose_worker_without_conda_variables() {
         config.args,
         vec![OsString::from("-c"), OsString::from(APPOSE_PYTHON_WORKER)]
     );
-    for var in CONDA_VARS {
+    for var in crate::env::CONDA_VARS {
         assert!(
             config.env.contains(&(OsString::from(var), None)),
             "{var} is removed"

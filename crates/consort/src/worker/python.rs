@@ -44,12 +44,7 @@ pub fn command(python: impl AsRef<OsStr>) -> Command {
             command.arg("-c").arg(SOURCE);
         }
     }
-    for var in [
-        "CONDA_PREFIX",
-        "CONDA_DEFAULT_ENV",
-        "CONDA_SHLVL",
-        "PYTHONEXECUTABLE",
-    ] {
+    for var in crate::env::CONDA_VARS {
         command.env_remove(var);
     }
     command
