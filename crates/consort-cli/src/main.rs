@@ -9,7 +9,9 @@ use std::process::{Command, ExitCode};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod bench_ndarray;
 mod run;
+mod shm;
 
 /// Documented exit codes.
 pub mod exit {
@@ -49,6 +51,9 @@ enum Cmd {
     /// Serve as an Appose worker on this process's stdin and stdout.
     #[command(subcommand, long_about = WORKER_LONG_ABOUT)]
     Worker(WorkerCmd),
+    /// Shared-memory blocks consort created: list them, remove those of dead creators.
+    #[command(subcommand)]
+    Shm(shm::ShmCmd),
 }
 
 const RUN_LONG_ABOUT: &str = "\
@@ -134,6 +139,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run::run(args),
         Cmd::Bench(cmd) => bench::run(cmd).map(|()| exit::COMPLETE),
         Cmd::Worker(WorkerCmd::Python { python }) => serve_python(&python),
+        Cmd::Shm(cmd) => shm::run(cmd).map(|()| exit::COMPLETE),
     };
     match result {
         Ok(code) => ExitCode::from(code),
