@@ -32,8 +32,9 @@ pub struct RunArgs {
     /// Appose NDArray, and unlinked when the run ends.
     #[arg(long = "input", value_name = "NAME=JSON|NAME=@FILE.npy")]
     inputs: Vec<String>,
-    /// Also save each n-d array output as DIR/NAME.npy. Either way, output blocks the
-    /// worker made are unlinked when the run ends (the service cleans up, as in Appose).
+    /// Also save each n-d array output as DIR/NAME.npy (exit 2 if one cannot be saved).
+    /// Either way, output blocks the worker made are unlinked when the run ends (the
+    /// service cleans up, as in Appose).
     #[arg(long, value_name = "DIR")]
     save_arrays: Option<PathBuf>,
     /// Run on the worker's main thread (`main`).
