@@ -62,10 +62,19 @@ fn gc_removes_exactly_the_blocks_of_a_sigkilled_creator() {
             .iter()
             .any(|info| info.name == doomed_names[0] && !info.creator_alive)
     }));
-    let mut collected = registry.gc().expect("gc");
-    collected.sort();
     let mut expected = doomed_names[..2].to_vec();
     expected.sort();
+    let mut collectable = registry.collectable().expect("collectable");
+    collectable.sort();
+    assert_eq!(collectable, expected, "what gc would unlink");
+    for name in &doomed_names {
+        assert!(
+            exists(name),
+            "{name}: naming what gc would do unlinks nothing"
+        );
+    }
+    let mut collected = registry.gc().expect("gc");
+    collected.sort();
     assert_eq!(
         collected, expected,
         "exactly the dead creator's unkept blocks"

@@ -21,6 +21,8 @@ pub enum BenchCmd {
     Roundtrip(RoundtripArgs),
     /// N times: start a worker, run a task that waits, SIGKILL the worker, time the CRASH.
     Crash(CrashArgs),
+    /// An N MiB float32 array handed to a worker through shared memory, then inline as JSON.
+    Ndarray(crate::bench_ndarray::NdarrayArgs),
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +67,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Roundtrip(args) => roundtrip(&args),
         BenchCmd::Crash(args) => crash(&args),
+        BenchCmd::Ndarray(args) => crate::bench_ndarray::run(&args),
     }
 }
 

@@ -9,8 +9,10 @@ use std::process::{Command, ExitCode};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod bench_ndarray;
 mod env;
 mod run;
+mod shm;
 
 /// Documented exit codes.
 pub mod exit {
@@ -53,6 +55,9 @@ enum Cmd {
     /// Build or delete Python environments (uv, pixi, micromamba) for workers.
     #[command(subcommand)]
     Env(env::EnvCmd),
+    /// Shared-memory blocks consort created: list them, remove those of dead creators.
+    #[command(subcommand)]
+    Shm(shm::ShmCmd),
 }
 
 const RUN_LONG_ABOUT: &str = "\
@@ -139,6 +144,7 @@ fn main() -> ExitCode {
         Cmd::Bench(cmd) => bench::run(cmd).map(|()| exit::COMPLETE),
         Cmd::Worker(WorkerCmd::Python { python }) => serve_python(&python),
         Cmd::Env(cmd) => env::run(cmd),
+        Cmd::Shm(cmd) => shm::run(cmd).map(|()| exit::COMPLETE),
     };
     match result {
         Ok(code) => ExitCode::from(code),

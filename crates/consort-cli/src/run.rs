@@ -18,6 +18,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{exit, WorkerArgs};
 
+mod arrays;
+
 /// How long a cancelled task gets to stop before its worker is killed.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
@@ -27,9 +29,16 @@ pub struct RunArgs {
     worker: WorkerArgs,
     #[command(flatten)]
     env: crate::env::EnvArgs,
-    /// An input variable, as NAME=JSON (e.g. `--input x=5 --input names='["a","b"]'`).
-    #[arg(long = "input", value_name = "NAME=JSON")]
+    /// An input variable, as NAME=JSON (e.g. `--input x=5 --input names='["a","b"]'`), or
+    /// NAME=@FILE.npy: the array is loaded into a new shared-memory block, passed as an
+    /// Appose NDArray, and unlinked when the run ends.
+    #[arg(long = "input", value_name = "NAME=JSON|NAME=@FILE.npy")]
     inputs: Vec<String>,
+    /// Also save each n-d array output as DIR/NAME.npy (exit 2 if one cannot be saved).
+    /// Either way, output blocks the worker made are unlinked when the run ends (the
+    /// service cleans up, as in Appose).
+    #[arg(long, value_name = "DIR")]
+    save_arrays: Option<PathBuf>,
     /// Run on the worker's main thread (`main`).
     #[arg(long)]
     queue: Option<String>,
@@ -66,15 +75,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
             .with_context(|| format!("reading the script from {}", path.display()))?,
         (None, None) => bail!("no script given"),
     };
-    let inputs = parse_inputs(&args.inputs)?;
     let timeout = match args.timeout {
         Some(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs)),
         Some(secs) => bail!("--timeout must be a number of seconds >= 0, not {secs}"),
         None => None,
     };
+    if let Some(dir) = &args.save_arrays {
+        arrays::check_save_dir(dir)?;
+    }
 
+    // Before any block exists: from here on a Ctrl-C is counted, never fatal, so every
+    // way out returns through the drop of `input_arrays`, which unlinks them.
     let interrupts = Arc::new(AtomicUsize::new(0));
     watch_interrupts(Arc::clone(&interrupts))?;
+    let (inputs, input_arrays) = parse_inputs(&args.inputs)?;
+    if interrupts.load(Ordering::SeqCst) > 0 {
+        return Ok(exit::INTERRUPTED);
+    }
 
     let service = crate::env::service_builder(&args.worker, &args.env)?
         .start()
@@ -132,6 +149,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     // A Ctrl-C that arrived with the terminal event still counts; one after this snapshot
     // is caught by the teardown below.
     let n_interrupts = interrupts.load(Ordering::SeqCst);
+    // Output blocks are ours to unlink, whatever the exit code; they are saved only when
+    // the outputs are reported.
+    let taken = match &result {
+        Ok(outputs) => {
+            let save_dir = args.save_arrays.as_deref().filter(|_| n_interrupts == 0);
+            arrays::take_outputs(outputs, &input_arrays, save_dir)
+        }
+        Err(_) => arrays::TakenOutputs::default(),
+    };
+    for warning in &taken.warnings {
+        eprintln!("consort: warning: {warning}");
+    }
     let code = if n_interrupts > 0 {
         exit::INTERRUPTED
     } else if timed_out && result.is_err() {
@@ -145,7 +174,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
                     writeln!(stdout)?;
                     stdout.flush()?;
                 }
-                exit::COMPLETE
+                for error in &taken.errors {
+                    eprintln!("consort: {error}");
+                }
+                if taken.errors.is_empty() {
+                    exit::COMPLETE
+                } else {
+                    exit::USAGE
+                }
             }
             Err(TaskError::Failed { message }) => {
                 eprintln!("consort: the task failed:\n{}", message.trim_end());
@@ -200,24 +236,34 @@ fn close_or_kill_on_interrupt(
     })
 }
 
-fn parse_inputs(specs: &[String]) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
-    specs
-        .iter()
-        .map(|spec| {
-            let (name, json) = spec
-                .split_once('=')
-                .with_context(|| format!("--input {spec:?}: expected NAME=JSON"))?;
-            if name.is_empty() {
-                bail!("--input {spec:?}: the name is empty");
+/// Task inputs, by name.
+type Inputs = Vec<(String, serde_json::Value)>;
+
+/// The inputs, and the arrays loaded for `NAME=@FILE.npy` (their blocks live as long as
+/// the returned arrays).
+fn parse_inputs(specs: &[String]) -> anyhow::Result<(Inputs, Vec<consort::NDArray>)> {
+    let mut inputs = Vec::new();
+    let mut input_arrays = Vec::new();
+    for spec in specs {
+        let (name, json) = spec
+            .split_once('=')
+            .with_context(|| format!("--input {spec:?}: expected NAME=JSON"))?;
+        if name.is_empty() {
+            bail!("--input {spec:?}: the name is empty");
+        }
+        let value = match json.strip_prefix('@') {
+            Some(path) => {
+                let array = arrays::load_input(name, path)?;
+                let value = array.to_json();
+                input_arrays.push(array);
+                value
             }
-            if json.starts_with('@') {
-                bail!("--input {name}: reading a value from a file (@FILE) is not supported yet");
-            }
-            let value = serde_json::from_str(json)
-                .with_context(|| format!("--input {name}: {json:?} is not valid JSON"))?;
-            Ok((name.to_owned(), value))
-        })
-        .collect()
+            None => serde_json::from_str(json)
+                .with_context(|| format!("--input {name}: {json:?} is not valid JSON"))?,
+        };
+        inputs.push((name.to_owned(), value));
+    }
+    Ok((inputs, input_arrays))
 }
 
 /// Counts SIGINT (Ctrl-C) and SIGTERM; the run loop reacts to the count.

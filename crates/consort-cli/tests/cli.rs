@@ -78,11 +78,11 @@ fn bad_usage_and_a_missing_worker_exit_2_naming_the_problem() {
         "{}",
         stderr(&output)
     );
-    let output = run("appose", &["--input", "a=@data.npy", "a"]);
+    let output = run("appose", &["--input", "a=@/nonexistent/data.npy", "a"]);
     assert_eq!(output.status.code(), Some(2));
     let text = stderr(&output);
     assert!(
-        text.contains("--input a") && text.contains("not supported yet"),
+        text.contains("--input a=@/nonexistent/data.npy") && text.contains("No such file"),
         "{text}"
     );
     let output = consort().arg("run").output().expect("run consort");

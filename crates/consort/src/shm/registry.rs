@@ -84,6 +84,14 @@ pub fn gc() -> io::Result<Vec<String>> {
     Registry::at(default_dir()).gc()
 }
 
+/// The names [`gc`] would unlink now in the default registry, unlinking nothing.
+///
+/// # Errors
+/// As [`gc`].
+pub fn collectable() -> io::Result<Vec<String>> {
+    Registry::at(default_dir()).collectable()
+}
+
 /// The default registry directory (see the module documentation); it may not exist yet.
 pub fn default_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CONSORT_SHM_REGISTRY").filter(|dir| !dir.is_empty()) {
@@ -135,7 +143,16 @@ impl Registry {
     /// # Errors
     /// When the directory cannot be read or is not private to this user.
     pub fn gc(&self) -> io::Result<Vec<String>> {
-        self.collect(false)
+        self.collect(false, true)
+    }
+
+    /// The names [`Registry::gc`] would unlink now, by the same checks; nothing is unlinked
+    /// and no record is removed (for `consort shm gc --dry-run`).
+    ///
+    /// # Errors
+    /// As [`Registry::gc`].
+    pub fn collectable(&self) -> io::Result<Vec<String>> {
+        self.collect(false, false)
     }
 
     /// As [`Registry::gc`], but kept blocks of dead creators are unlinked too.
@@ -143,10 +160,12 @@ impl Registry {
     /// # Errors
     /// As [`Registry::gc`].
     pub fn gc_including_kept(&self) -> io::Result<Vec<String>> {
-        self.collect(true)
+        self.collect(true, true)
     }
 
-    fn collect(&self, include_kept: bool) -> io::Result<Vec<String>> {
+    /// Finds the blocks of dead creators and, when `act`, unlinks them and removes their
+    /// records; otherwise only names what it would unlink.
+    fn collect(&self, include_kept: bool, act: bool) -> io::Result<Vec<String>> {
         let mut unlinked = Vec::new();
         let uid = rustix::process::getuid().as_raw();
         for (name, entry) in self.records()? {
@@ -166,6 +185,10 @@ impl Registry {
                     None => object.uid == uid,
                 };
                 if ours {
+                    if !act {
+                        unlinked.push(name.clone());
+                        continue;
+                    }
                     match rustix::shm::unlink(format!("/{name}").as_str()) {
                         Ok(()) => unlinked.push(name.clone()),
                         // Another gc got there first.
@@ -176,6 +199,9 @@ impl Registry {
                         }
                     }
                 }
+            }
+            if !act {
+                continue;
             }
             // The block is gone (or the name now belongs to someone else): the record
             // describes nothing any more.

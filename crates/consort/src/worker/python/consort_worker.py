@@ -216,6 +216,47 @@ class NDArray:
         return "NDArray(dtype=%r, shape=%r, shm=%r)" % (self.dtype, self.shape, self.shm)
 
 
+class _ApposeFallback:
+    """Makes `import appose` / `from appose import NDArray, SharedMemory` work in scripts
+    when appose is not installed, with this worker's classes, so that Appose scripts that
+    create arrays run unchanged on a bare python3.
+
+    It is the last finder on sys.meta_path, so an installed appose always wins (its arrays
+    are encoded and untracked like ours). Scripts also see NDArray and SharedMemory as
+    plain names, without importing anything.
+    """
+
+    _NAMES = ("appose", "appose.shm")
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name not in cls._NAMES:
+            return None
+        import importlib.machinery
+
+        return importlib.machinery.ModuleSpec(name, cls, is_package=name == "appose")
+
+    @staticmethod
+    def create_module(spec):
+        return None
+
+    @staticmethod
+    def exec_module(module):
+        module.NDArray = NDArray
+        module.SharedMemory = SharedMemory
+        module.__all__ = ["NDArray", "SharedMemory"]
+
+        def missing(name, _module=module.__name__):
+            raise AttributeError(
+                "module %r has no attribute %r: appose is not installed, and consort's "
+                "worker provides only NDArray and SharedMemory" % (_module, name))
+
+        module.__getattr__ = missing
+
+
+sys.meta_path.append(_ApposeFallback)
+
+
 class _Invalid:
     """An input that could not be decoded: using it raises the reason.
 
@@ -358,7 +399,7 @@ class Task:
             self._thread_id = threading.get_ident()
         try:
             self._respond("LAUNCH", None)
-            binding = {"task": self}
+            binding = {"task": self, "NDArray": NDArray, "SharedMemory": SharedMemory}
             binding.update(_exports)
             if self._inputs:
                 binding.update(self._inputs)
