@@ -185,7 +185,10 @@ impl Cache {
         for _ in 0..100 {
             match attach(&path, Some((&layout, config))) {
                 Err(Error::NotFound(_)) => {}
-                Err(Error::Retired(_)) => continue,
+                Err(Error::Retired(_)) => {
+                    std::thread::yield_now();
+                    continue;
+                }
                 other => return other,
             }
             match create(&dir, &path, &layout, config, false) {
@@ -218,12 +221,14 @@ impl Cache {
         };
         check_dir(&dir)?;
         let path = dir.join(format!("{name}.cache"));
-        loop {
+        // A retired file at the path means a recreate is renaming over it right now.
+        for _ in 0..100 {
             match attach(&path, None) {
-                Err(Error::Retired(_)) => continue,
+                Err(Error::Retired(_)) => std::thread::yield_now(),
                 other => return other,
             }
         }
+        Err(Error::Retired(path))
     }
 
     /// Removes the cache file `name` (processes that have it open keep using their mapping).
