@@ -9,6 +9,7 @@ use std::process::{Command, ExitCode};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod cache;
 mod run;
 
 /// Documented exit codes.
@@ -49,6 +50,9 @@ enum Cmd {
     /// Serve as an Appose worker on this process's stdin and stdout.
     #[command(subcommand, long_about = WORKER_LONG_ABOUT)]
     Worker(WorkerCmd),
+    /// Inspect or torture a shared-memory cache (consort-cache).
+    #[command(subcommand)]
+    Cache(cache::CacheCmd),
 }
 
 const RUN_LONG_ABOUT: &str = "\
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run::run(args),
         Cmd::Bench(cmd) => bench::run(cmd).map(|()| exit::COMPLETE),
         Cmd::Worker(WorkerCmd::Python { python }) => serve_python(&python),
+        Cmd::Cache(cmd) => cache::run(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),
