@@ -21,6 +21,8 @@ pub enum BenchCmd {
     Roundtrip(RoundtripArgs),
     /// N times: start a worker, run a task that waits, SIGKILL the worker, time the CRASH.
     Crash(CrashArgs),
+    /// consort-cache gets and inserts against LMDB, moka and Redis, side by side.
+    Cache(crate::bench_cache::CacheBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +67,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Roundtrip(args) => roundtrip(&args),
         BenchCmd::Crash(args) => crash(&args),
+        BenchCmd::Cache(args) => crate::bench_cache::run(&args),
     }
 }
 

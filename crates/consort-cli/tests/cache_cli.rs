@@ -143,3 +143,32 @@ fn check_exits_1_on_a_corrupt_cache_and_errors_name_the_problem() {
         "{out:?}"
     );
 }
+
+#[test]
+fn bench_cache_json_has_every_key() {
+    let _dog = Watchdog::new("bench cache", Duration::from_secs(120));
+    let out = consort()
+        .args(["bench", "cache", "--gets", "20000", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "consort_get_per_s",
+        "lmdb_get_per_s",
+        "moka_get_per_s",
+        "redis_get_per_s", // null when redis-server is not installed
+        "consort_get_p99_ns",
+        "consort_insert_per_s",
+    ] {
+        assert!(report.get(key).is_some(), "no {key} in {report}");
+    }
+    assert!(
+        report["consort_get_per_s"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(
+        report["consort_insert_per_s"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+}
