@@ -759,14 +759,23 @@ impl Cache {
     /// Calls `f` with the value of `key` (a validated private copy; `f` runs outside any
     /// lock and may take its time).
     pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
-        let mut small = [0u8; 256];
-        let mut large = Vec::new();
-        let buf: &mut [u8] = if self.layout.value_words * 8 <= small.len() {
-            &mut small
+        // A stack buffer no larger than needed (it is zeroed on every call).
+        let bytes = self.layout.value_words * 8;
+        if bytes <= 64 {
+            self.get_into(key, &mut [0u8; 64], f)
+        } else if bytes <= 512 {
+            self.get_into(key, &mut [0u8; 512], f)
         } else {
-            large.resize(self.layout.value_words * 8, 0);
-            &mut large
-        };
+            self.get_into(key, &mut vec![0u8; bytes], f)
+        }
+    }
+
+    fn get_into<R>(
+        &self,
+        key: &[u8],
+        buf: &mut [u8],
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>> {
         match self.read(key, buf)? {
             Some(len) => {
                 self.count(part::HITS, 1);
