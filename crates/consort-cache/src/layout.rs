@@ -7,7 +7,7 @@
 /// `b"CNSCACH1"` as a little-endian word.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"CNSCACH1");
 /// Bumped on any change to the layout below.
-pub(crate) const LAYOUT_VERSION: u64 = 1;
+pub(crate) const LAYOUT_VERSION: u64 = 2;
 /// Identifies the hash function (xxh3-64 with a per-region seed).
 pub(crate) const HASH_XXH3: u64 = 1;
 /// Ties the layout to this build's word size and byte order.
@@ -79,24 +79,27 @@ pub(crate) const J_ACTIVE: u64 = 1;
 pub(crate) const J_CLEARING: u64 = 2;
 
 /// Slot header words (offsets inside a slot); key bytes then value bytes follow.
+/// Writer-only words come first; the words a reader loads start at `VER` on a 64-byte
+/// boundary and run contiguously into the key and value, so a small entry's read touches
+/// as few cache lines as possible.
 pub(crate) mod slot {
-    /// Odd while being written; only ever grows.
-    pub const VER: usize = 0;
-    /// 1 while reachable from a bucket.
-    pub const LIVE: usize = 8;
-    /// Next slot in the bucket's chain.
-    pub const CHAIN: usize = 16;
     /// SIEVE list neighbours (towards the head = newer, towards the tail = older).
-    pub const PREV: usize = 24;
-    pub const NEXT: usize = 32;
-    pub const FREE_NEXT: usize = 40;
-    pub const EXPIRES: usize = 48;
+    pub const PREV: usize = 0;
+    pub const NEXT: usize = 8;
+    pub const FREE_NEXT: usize = 16;
+    /// The key's hash (picks the bucket; writers check it before the key bytes).
+    pub const HASH: usize = 24;
+    /// Odd while being written; only ever grows. 64-byte aligned.
+    pub const VER: usize = 32;
+    /// 1 while reachable from a bucket.
+    pub const LIVE: usize = 40;
+    /// Next slot in the bucket's chain.
+    pub const CHAIN: usize = 48;
     /// key_len << 32 | value_len.
     pub const LENS: usize = 56;
+    pub const EXPIRES: usize = 64;
     /// SIEVE visited bit; the only word a reader writes.
-    pub const VISITED: usize = 64;
-    /// The key's hash (picks the bucket; checked before the key bytes).
-    pub const HASH: usize = 72;
+    pub const VISITED: usize = 72;
     pub const HEADER: usize = 80;
 }
 
@@ -118,6 +121,8 @@ pub(crate) struct Layout {
     pub key_words: usize,
     pub value_words: usize,
     pub slot_bytes: usize,
+    /// Shard-relative offset of slot 0 (so every slot's `VER` is 64-byte aligned).
+    pub slots_base: usize,
     pub shard_bytes: usize,
     pub shards_base: usize,
     pub region_len: usize,
@@ -153,11 +158,16 @@ impl Layout {
             .ok_or(too_big)?;
         let key_words = max_key.div_ceil(8);
         let value_words = max_value.div_ceil(8);
-        let slot_bytes = slot::HEADER + 8 * (key_words + value_words);
-        let shard_bytes = buckets
+        let slot_bytes = (slot::HEADER + 8 * (key_words + value_words)).next_multiple_of(64);
+        let slots_base = buckets
             .checked_mul(8)
             .and_then(|b| b.checked_add(sh::BUCKETS))
-            .and_then(|b| b.checked_add(slot_bytes.checked_mul(capacity_per_shard + 1)?))
+            .and_then(|b| b.checked_next_multiple_of(64))
+            .and_then(|b| b.checked_add(slot::VER))
+            .ok_or(too_big)?;
+        let shard_bytes = slot_bytes
+            .checked_mul(capacity_per_shard + 1)
+            .and_then(|b| b.checked_add(slots_base))
             .and_then(|b| b.checked_next_multiple_of(PAGE))
             .ok_or(too_big)?;
         let shards_base = PART_BASE + PARTICIPANTS * part::SIZE;
@@ -176,6 +186,7 @@ impl Layout {
             key_words,
             value_words,
             slot_bytes,
+            slots_base,
             shard_bytes,
             shards_base,
             region_len,
@@ -194,7 +205,7 @@ impl Layout {
 
     #[inline]
     pub(crate) fn slot(&self, shard: usize, slot: usize) -> usize {
-        self.shard(shard) + sh::BUCKETS + self.buckets * 8 + slot * self.slot_bytes
+        self.shard(shard) + self.slots_base + slot * self.slot_bytes
     }
 
     #[inline]

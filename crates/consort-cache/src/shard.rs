@@ -820,11 +820,8 @@ impl Cache {
                 let expires = load(slot::EXPIRES);
                 let (klen, vlen) = ((lens >> 32) as usize, (lens & 0xFFFF_FFFF) as usize);
                 let sane = klen <= self.layout.max_key && vlen <= self.layout.max_value;
-                let matched = sane
-                    && live == 1
-                    && load(slot::HASH) == hash
-                    && klen == key.len()
-                    && self.key_matches_at(base, key);
+                let matched =
+                    sane && live == 1 && klen == key.len() && self.key_matches_at(base, key);
                 if matched {
                     let data = base + slot::HEADER + self.layout.key_words * 8;
                     for (i, out) in buf[..vlen.div_ceil(8) * 8].chunks_mut(8).enumerate() {
