@@ -51,6 +51,27 @@ impl Region {
         unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().add(off).cast::<u64>()) }
     }
 
+    /// `count` consecutive 8-byte words starting at byte offset `off` (one bounds check
+    /// for a whole slot on the read path).
+    #[inline]
+    pub(crate) fn words(&self, off: usize, count: usize) -> &[AtomicU64] {
+        assert!(
+            off % 8 == 0
+                && count
+                    .checked_mul(8)
+                    .and_then(|len| len.checked_add(off))
+                    .is_some_and(|end| end <= self.len),
+            "cache layout bug: {count} words at {off} outside the {} byte region",
+            self.len
+        );
+        // SAFETY: as in `u64`, for every word of the range: in bounds (checked above),
+        // 8-byte aligned, alive as long as `&self`, only ever accessed atomically.
+        // `AtomicU64` has the size and alignment of `u64`, so the words form a valid slice.
+        unsafe {
+            std::slice::from_raw_parts(self.map.as_mut_ptr().add(off).cast::<AtomicU64>(), count)
+        }
+    }
+
     /// The 4-byte word at byte offset `off` (same rules as [`Region::u64`]).
     #[inline]
     pub(crate) fn u32(&self, off: usize) -> &AtomicU32 {

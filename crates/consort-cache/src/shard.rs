@@ -244,7 +244,8 @@ impl Cache {
     }
 
     fn place(&self, hash: u64) -> (usize, usize) {
-        let shard = ((hash >> 32) % self.layout.shards as u64) as usize;
+        // Lemire's multiply-shift range reduction: no division on the read path.
+        let shard = (((hash >> 32) * self.layout.shards as u64) >> 32) as usize;
         let bucket = (hash as usize) & (self.layout.buckets - 1);
         (shard, bucket)
     }
@@ -807,26 +808,34 @@ impl Cache {
                     return Err(self.corrupt("bucket points outside the shard"));
                 }
                 let base = self.layout.slot(shard, raw as usize);
-                let ver = self.region.u64(base + slot::VER);
+                // One bounds check for the whole slot; fields are indexed words.
+                let words = self.region.words(base, self.layout.slot_bytes / 8);
+                let w = |off: usize| &words[off / 8];
+                let ver = w(slot::VER);
                 let v1 = ver.load(Acquire);
                 if v1 & 1 != 0 {
                     std::hint::spin_loop();
                     continue 'retry;
                 }
-                let load = |field: usize| self.region.u64(base + field).load(Relaxed);
-                let live = load(slot::LIVE);
-                let chain = load(slot::CHAIN);
-                let lens = load(slot::LENS);
-                let expires = load(slot::EXPIRES);
+                let live = w(slot::LIVE).load(Relaxed);
+                let chain = w(slot::CHAIN).load(Relaxed);
+                let lens = w(slot::LENS).load(Relaxed);
+                let expires = w(slot::EXPIRES).load(Relaxed);
                 let (klen, vlen) = ((lens >> 32) as usize, (lens & 0xFFFF_FFFF) as usize);
                 let sane = klen <= self.layout.max_key && vlen <= self.layout.max_value;
-                let matched =
-                    sane && live == 1 && klen == key.len() && self.key_matches_at(base, key);
+                let data = &words[slot::HEADER / 8..];
+                let matched = sane
+                    && live == 1
+                    && klen == key.len()
+                    && key.chunks(8).zip(data).all(|(chunk, word)| {
+                        let mut bytes = [0u8; 8];
+                        bytes[..chunk.len()].copy_from_slice(chunk);
+                        word.load(Relaxed) == u64::from_ne_bytes(bytes)
+                    });
                 if matched {
-                    let data = base + slot::HEADER + self.layout.key_words * 8;
-                    for (i, out) in buf[..vlen.div_ceil(8) * 8].chunks_mut(8).enumerate() {
-                        let word = self.region.u64(data + i * 8).load(Relaxed);
-                        out.copy_from_slice(&word.to_ne_bytes());
+                    let value = &data[self.layout.key_words..];
+                    for (out, word) in buf[..vlen.div_ceil(8) * 8].chunks_exact_mut(8).zip(value) {
+                        out.copy_from_slice(&word.load(Relaxed).to_ne_bytes());
                     }
                 }
                 // Boehm's seqlock reader: data loads, acquire fence, recheck the version.
@@ -844,7 +853,7 @@ impl Cache {
                     if expires != 0 && now_ns() >= expires {
                         return Ok(None);
                     }
-                    let visited = self.region.u64(base + slot::VISITED);
+                    let visited = w(slot::VISITED);
                     if visited.load(Relaxed) == 0 {
                         visited.store(1, Relaxed);
                     }
@@ -854,15 +863,6 @@ impl Cache {
             }
         }
         Ok(None)
-    }
-
-    fn key_matches_at(&self, base: usize, key: &[u8]) -> bool {
-        let data = base + slot::HEADER;
-        key.chunks(8).enumerate().all(|(i, chunk)| {
-            let mut bytes = [0u8; 8];
-            bytes[..chunk.len()].copy_from_slice(chunk);
-            self.region.u64(data + i * 8).load(Relaxed) == u64::from_ne_bytes(bytes)
-        })
     }
 
     /// Checks every structural invariant of every shard (under each shard's lock):
