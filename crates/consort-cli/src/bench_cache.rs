@@ -27,6 +27,9 @@ pub struct CacheBenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Internal: be one reader process of the two-process run, on this cache directory.
+    #[arg(long, hide = true)]
+    reader_of: Option<PathBuf>,
 }
 
 const KEYS: usize = 10_000;
@@ -101,6 +104,9 @@ impl Drop for TempDir {
 
 pub fn run(args: &CacheBenchArgs) -> anyhow::Result<()> {
     let order = order(args.gets.max(1000));
+    if let Some(dir) = &args.reader_of {
+        return reader_process(dir, &order);
+    }
     let dir = TempDir::new("cache")?;
 
     // consort-cache
@@ -159,7 +165,10 @@ pub fn run(args: &CacheBenchArgs) -> anyhow::Result<()> {
     }
     let consort_insert = inserts as f64 / start.elapsed().as_secs_f64();
     let evictions = small.stats().evictions;
-    drop((cache, small));
+    drop(small);
+    let two = two_processes(&dir.0, args.gets.max(1000))?;
+    drop(cache);
+    let (zipf_consort, zipf_sieve) = zipf_hit_ratios(&dir.0)?;
 
     let lmdb_get = lmdb(&dir.0.join("lmdb"), &order)?;
     let moka_get = moka(&order)?;
@@ -182,6 +191,10 @@ pub fn run(args: &CacheBenchArgs) -> anyhow::Result<()> {
         "timer_overhead_ns": timer_ns,
         "consort_insert_per_s": consort_insert.round(),
         "insert_evictions": evictions,
+        "consort_get_2proc_per_s": two.round(),
+        "two_proc_vs_one": (two / consort_get * 100.0).round() / 100.0,
+        "zipf_hit_ratio": (zipf_consort * 1e4).round() / 1e4,
+        "zipf_hit_ratio_sieve_reference": (zipf_sieve * 1e4).round() / 1e4,
         "get_vs_lmdb": (consort_get / lmdb_get * 100.0).round() / 100.0,
         "get_vs_moka": (consort_get / moka_get * 100.0).round() / 100.0,
     });
@@ -218,6 +231,16 @@ pub fn run(args: &CacheBenchArgs) -> anyhow::Result<()> {
         println!(
             "consort insert      {:>12.0}/s with eviction ({evictions} evictions)",
             consort_insert
+        );
+        println!(
+            "consort get, 2 processes {:>7.0}/s in total ({:.2}x one process)",
+            two,
+            two / consort_get
+        );
+        println!(
+            "Zipf(1) hit ratio, 10% capacity: consort {:.2}%, in-process SIEVE {:.2}%",
+            zipf_consort * 100.0,
+            zipf_sieve * 100.0
         );
     }
     Ok(())
@@ -365,4 +388,181 @@ fn redis(order: &[u32]) -> anyhow::Result<(f64, f64)> {
     }
     drop(server);
     Ok((one, pipelined))
+}
+
+/// One of the two reader processes: attach, say "ready", wait for "go", run the gets,
+/// print the rate.
+fn reader_process(dir: &Path, order: &[u32]) -> anyhow::Result<()> {
+    let cache = Cache::attach("bench", Some(dir))?;
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let rate = rate(order, |k| {
+        cache
+            .get_with(k, |v| usize::from(black_box(v[0]) < 255) | 1)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    })?;
+    println!("{rate}");
+    Ok(())
+}
+
+/// Two processes reading the same cache at once: their summed rate.
+fn two_processes(dir: &Path, gets: usize) -> anyhow::Result<f64> {
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for _ in 0..2 {
+        let mut child = Command::new(&exe)
+            .args(["bench", "cache", "--gets", &gets.to_string(), "--reader-of"])
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut out = BufReader::new(child.stdout.take().context("reader stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!("a reader process did not start: {line:?}");
+        }
+        children.push((child, out));
+    }
+    for (child, _) in &mut children {
+        child
+            .stdin
+            .as_mut()
+            .context("reader stdin")?
+            .write_all(b"go\n")?;
+    }
+    let mut total = 0.0;
+    for (mut child, mut out) in children {
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        total += line.trim().parse::<f64>().context("a reader's rate")?;
+        child.wait()?;
+    }
+    Ok(total)
+}
+
+/// Hit ratios on a Zipf(1) trace over 10K keys with a cache of 1,000 (one shard, so the
+/// same policy) against a plain in-process SIEVE: `(consort, reference)`.
+fn zipf_hit_ratios(dir: &Path) -> anyhow::Result<(f64, f64)> {
+    const CAPACITY: usize = 1000;
+    const REQUESTS: usize = 1_000_000;
+    let weights: Vec<f64> = (0..KEYS).map(|i| 1.0 / (i + 1) as f64).collect();
+    let total: f64 = weights.iter().sum();
+    let mut cdf = Vec::with_capacity(KEYS);
+    let mut acc = 0.0;
+    for w in &weights {
+        acc += w / total;
+        cdf.push(acc);
+    }
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let trace: Vec<usize> = (0..REQUESTS)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+            cdf.partition_point(|&c| c < u).min(KEYS - 1)
+        })
+        .collect();
+    let cache = Cache::open(
+        "bench-zipf",
+        &Config {
+            capacity: CAPACITY,
+            shards: 1,
+            max_key: 16,
+            max_value: VALUE,
+            default_ttl: None,
+            dir: Some(dir.to_path_buf()),
+        },
+    )?;
+    let mut hits = 0;
+    for &i in &trace {
+        if cache.get_with(&key(i), |_| ())?.is_some() {
+            hits += 1;
+        } else {
+            cache.insert(&key(i), &value(i), None)?;
+        }
+    }
+    let consort = hits as f64 / REQUESTS as f64;
+    let mut sieve = Sieve::new(CAPACITY);
+    let reference = trace.iter().filter(|&&i| sieve.access(i)).count() as f64 / REQUESTS as f64;
+    Ok((consort, reference))
+}
+
+/// A textbook SIEVE (Zhang et al., NSDI '24): new entries at the head, the hand walks from
+/// the tail towards the head clearing visited bits and evicts the first unvisited entry.
+struct Sieve {
+    capacity: usize,
+    map: std::collections::HashMap<usize, usize>,
+    key: Vec<usize>,
+    visited: Vec<bool>,
+    prev: Vec<Option<usize>>, // towards the head
+    next: Vec<Option<usize>>, // towards the tail
+    head: Option<usize>,
+    tail: Option<usize>,
+    hand: Option<usize>,
+    free: Vec<usize>,
+}
+
+impl Sieve {
+    fn new(capacity: usize) -> Sieve {
+        Sieve {
+            capacity,
+            map: Default::default(),
+            key: vec![0; capacity],
+            visited: vec![false; capacity],
+            prev: vec![None; capacity],
+            next: vec![None; capacity],
+            head: None,
+            tail: None,
+            hand: None,
+            free: (0..capacity).rev().collect(),
+        }
+    }
+
+    /// `true` on a hit; on a miss the key is inserted.
+    fn access(&mut self, k: usize) -> bool {
+        if let Some(&at) = self.map.get(&k) {
+            self.visited[at] = true;
+            return true;
+        }
+        if self.map.len() == self.capacity {
+            let mut at = self.hand.or(self.tail).expect("full cache has a tail");
+            while self.visited[at] {
+                self.visited[at] = false;
+                at = self.prev[at].or(self.tail).expect("non-empty");
+            }
+            self.hand = self.prev[at];
+            self.unlink(at);
+            self.map.remove(&self.key[at]);
+            self.free.push(at);
+        }
+        let at = self.free.pop().expect("a free slot");
+        self.key[at] = k;
+        self.visited[at] = false;
+        self.prev[at] = None;
+        self.next[at] = self.head;
+        if let Some(head) = self.head {
+            self.prev[head] = Some(at);
+        } else {
+            self.tail = Some(at);
+        }
+        self.head = Some(at);
+        self.map.insert(k, at);
+        false
+    }
+
+    fn unlink(&mut self, at: usize) {
+        match self.prev[at] {
+            Some(p) => self.next[p] = self.next[at],
+            None => self.head = self.next[at],
+        }
+        match self.next[at] {
+            Some(n) => self.prev[n] = self.prev[at],
+            None => self.tail = self.prev[at],
+        }
+    }
 }
