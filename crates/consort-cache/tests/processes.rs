@@ -116,6 +116,78 @@ fn a_stopped_live_holder_keeps_its_lock() {
     cache.check_invariants().unwrap();
 }
 
+/// The holder runs in its own PID namespace (where it is pid 1 and its pid means nothing
+/// to us): it must keep its lock exactly as well. Needs `unshare --pid` (root or user
+/// namespaces); where that is refused the test says so and checks nothing else.
+#[test]
+fn a_stopped_holder_in_another_pid_namespace_keeps_its_lock() {
+    let _dog = Watchdog::new("no false steal across namespaces", Duration::from_secs(60));
+    let probe = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .output();
+    if !probe.is_ok_and(|out| out.status.success()) {
+        eprintln!("SKIPPED: `unshare --pid --fork` is not available here");
+        return;
+    }
+    let dir = TempDir::new("pidns");
+    let cache = open(dir.path(), "ns", 8, 1);
+    // Under a shell, because the namespace's pid 1 ignores its own SIGSTOP.
+    let mut unshare = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "sh", "-c", "\"$@\"; exit $?", "sh"])
+        .arg(env!("CARGO_BIN_EXE_consort-cache-helper"))
+        .arg(dir.path())
+        .args(["ns", "8/1", "insert", "held", "--stop", "12"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The helper is unshare's grandchild; find it from here and wait until it has stopped.
+    let child_of = |pid: u32| -> Option<u32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let mut holder = 0;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            holder = child_of(unshare.id()).and_then(child_of).unwrap_or(0);
+            holder != 0 && proc_state(holder) == Some('T')
+        }),
+        "the namespaced holder never stopped"
+    );
+    let mut contender = helper()
+        .arg(dir.path())
+        .args(["ns", "8/1", "insert", "other"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_millis(1500) {
+        assert!(
+            contender.try_wait().unwrap().is_none(),
+            "the contender stole a live lock"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(holder as i32).unwrap(),
+        rustix::process::Signal::CONT,
+    )
+    .unwrap();
+    assert!(unshare.wait().unwrap().success());
+    assert!(contender.wait().unwrap().success());
+    assert_eq!(
+        cache.stats().recoveries,
+        0,
+        "a live holder's work was rolled back"
+    );
+    assert!(cache.get(b"held").unwrap().is_some());
+    assert!(cache.get(b"other").unwrap().is_some());
+    cache.check_invariants().unwrap();
+}
+
 #[test]
 fn a_killed_holder_is_recovered_promptly() {
     let _dog = Watchdog::new("dead holder", Duration::from_secs(60));

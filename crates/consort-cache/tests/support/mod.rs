@@ -108,3 +108,17 @@ pub fn run_helper(dir: &Path, name: &str, capacity: usize, shards: usize, args: 
         .output()
         .unwrap()
 }
+
+/// SIGKILLs a process (if still there) when dropped, so a failing test leaves no stopped
+/// helper behind.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0 != 0 {
+            if let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
