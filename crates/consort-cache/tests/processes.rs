@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use consort_cache::{torture, Cache, Error, Insert};
-use support::{config, helper, open, run_helper, wait_until, TempDir, Watchdog};
+use support::{config, helper, open, run_helper, wait_until, KillOnDrop, TempDir, Watchdog};
 
 #[test]
 fn sigkill_storm_leaves_no_violation_and_no_wrong_value() {
@@ -71,6 +71,7 @@ fn a_stopped_live_holder_keeps_its_lock() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    let _reaper = KillOnDrop(holder.id());
     assert!(
         wait_until(Duration::from_secs(10), || proc_state(holder.id())
             == Some('T')),
@@ -157,6 +158,7 @@ fn a_stopped_holder_in_another_pid_namespace_keeps_its_lock() {
         }),
         "the namespaced holder never stopped"
     );
+    let _reaper = KillOnDrop(holder);
     let mut contender = helper()
         .arg(dir.path())
         .args(["ns", "8/1", "insert", "other"])
