@@ -71,7 +71,7 @@ fn a_stopped_live_holder_keeps_its_lock() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let _reaper = KillOnDrop(holder.id());
+    let mut reaper = KillOnDrop(holder.id());
     assert!(
         wait_until(Duration::from_secs(10), || proc_state(holder.id())
             == Some('T')),
@@ -99,7 +99,9 @@ fn a_stopped_live_holder_keeps_its_lock() {
         rustix::process::Signal::CONT,
     )
     .unwrap();
-    assert!(holder.wait().unwrap().success());
+    let status = holder.wait().unwrap();
+    reaper.0 = 0; // reaped: its pid may be reused now
+    assert!(status.success());
     assert!(contender.wait().unwrap().success());
     assert_eq!(
         cache.stats().recoveries,
@@ -158,7 +160,7 @@ fn a_stopped_holder_in_another_pid_namespace_keeps_its_lock() {
         }),
         "the namespaced holder never stopped"
     );
-    let _reaper = KillOnDrop(holder);
+    let mut reaper = KillOnDrop(holder);
     let mut contender = helper()
         .arg(dir.path())
         .args(["ns", "8/1", "insert", "other"])
@@ -178,7 +180,9 @@ fn a_stopped_holder_in_another_pid_namespace_keeps_its_lock() {
         rustix::process::Signal::CONT,
     )
     .unwrap();
-    assert!(unshare.wait().unwrap().success());
+    let status = unshare.wait().unwrap();
+    reaper.0 = 0; // the holder was reaped inside the namespace before unshare exited
+    assert!(status.success());
     assert!(contender.wait().unwrap().success());
     assert_eq!(
         cache.stats().recoveries,

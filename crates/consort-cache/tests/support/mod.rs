@@ -109,8 +109,8 @@ pub fn run_helper(dir: &Path, name: &str, capacity: usize, shards: usize, args: 
         .unwrap()
 }
 
-/// SIGKILLs a process (if still there) when dropped, so a failing test leaves no stopped
-/// helper behind.
+/// SIGKILLs a process when dropped, so a failing test leaves no stopped helper behind.
+/// Set the pid to 0 once the process is reaped (its pid may then be reused).
 pub struct KillOnDrop(pub u32);
 
 impl Drop for KillOnDrop {
