@@ -318,6 +318,53 @@ fn other_parameters_are_a_typed_error_and_recreate_never_pulls_the_rug() {
 }
 
 #[test]
+fn recreate_under_four_busy_writers_retires_them_without_sigbus() {
+    let _dog = Watchdog::new("recreate under load", Duration::from_secs(60));
+    let dir = TempDir::new("busy");
+    let cache = open(dir.path(), "busy", 64, 2);
+    let mut writers: Vec<_> = (0..4)
+        .map(|i| {
+            helper()
+                .arg(dir.path())
+                .args(["busy", "64/2", "storm", &(i + 1).to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let start = cache.stats().inserts;
+    assert!(
+        wait_until(Duration::from_secs(20), || cache.stats().inserts
+            > start + 1000),
+        "the writers never got going"
+    );
+    let mut bigger = config(dir.path(), 64, 2);
+    bigger.max_value = 128;
+    let new = Cache::recreate("busy", &bigger).unwrap();
+    for writer in &mut writers {
+        let mut status = None;
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                status = writer.try_wait().unwrap();
+                status.is_some()
+            }),
+            "a writer kept writing to a retired cache"
+        );
+        let status = status.unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), None, "a writer died of a signal (SIGBUS?)");
+        assert_eq!(status.code(), Some(2));
+    }
+    for writer in writers {
+        let err = String::from_utf8(writer.wait_with_output().unwrap().stderr).unwrap();
+        assert!(err.contains("recreated by another process"), "{err}");
+    }
+    assert_eq!(new.check_invariants().unwrap().live, 0);
+    cache.check_invariants().unwrap_err(); // the old handle is retired too
+}
+
+#[test]
 fn files_are_private_and_names_validated() {
     let _dog = Watchdog::new("files", Duration::from_secs(60));
     let dir = TempDir::new("files");
