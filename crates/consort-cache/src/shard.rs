@@ -1014,12 +1014,4 @@ impl Cache {
         }
         Ok(())
     }
-
-    /// Holds shard `shard`'s writer lock while `f` runs (for tests of lock liveness).
-    #[doc(hidden)]
-    pub fn with_shard_locked<R>(&self, shard: usize, f: impl FnOnce() -> R) -> Result<R> {
-        let shard = shard.min(self.layout.shards - 1);
-        let _guard = self.lock(shard)?;
-        Ok(f())
-    }
 }
