@@ -23,6 +23,8 @@ pub enum BenchCmd {
     Crash(CrashArgs),
     /// An N MiB float32 array handed to a worker through shared memory, then inline as JSON.
     Ndarray(crate::bench_ndarray::NdarrayArgs),
+    /// consort-cache gets and inserts against LMDB, moka and Redis, side by side.
+    Cache(crate::bench_cache::CacheBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +70,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Roundtrip(args) => roundtrip(&args),
         BenchCmd::Crash(args) => crash(&args),
         BenchCmd::Ndarray(args) => crate::bench_ndarray::run(&args),
+        BenchCmd::Cache(args) => crate::bench_cache::run(&args),
     }
 }
 

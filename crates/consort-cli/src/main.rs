@@ -9,7 +9,9 @@ use std::process::{Command, ExitCode};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod bench_cache;
 mod bench_ndarray;
+mod cache;
 mod env;
 mod run;
 mod shm;
@@ -58,6 +60,9 @@ enum Cmd {
     /// Shared-memory blocks consort created: list them, remove those of dead creators.
     #[command(subcommand)]
     Shm(shm::ShmCmd),
+    /// Inspect or torture a shared-memory cache (consort-cache).
+    #[command(subcommand)]
+    Cache(cache::CacheCmd),
 }
 
 const RUN_LONG_ABOUT: &str = "\
@@ -145,6 +150,7 @@ fn main() -> ExitCode {
         Cmd::Worker(WorkerCmd::Python { python }) => serve_python(&python),
         Cmd::Env(cmd) => env::run(cmd),
         Cmd::Shm(cmd) => shm::run(cmd).map(|()| exit::COMPLETE),
+        Cmd::Cache(cmd) => cache::run(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),

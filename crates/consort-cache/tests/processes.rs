@@ -1,0 +1,436 @@
+//! Real processes on one cache: the SIGKILL storm, a stopped (live) holder that must keep
+//! its lock, 16 processes creating the same cache at once, reconfiguring under a live
+//! mapping, and the file-safety rules.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use consort_cache::{torture, Cache, Error, Insert};
+use support::{config, helper, open, run_helper, wait_until, KillOnDrop, TempDir, Watchdog};
+
+#[test]
+fn sigkill_storm_leaves_no_violation_and_no_wrong_value() {
+    let _dog = Watchdog::new("storm", Duration::from_secs(120));
+    let dir = TempDir::new("storm");
+    let (capacity, shards) = (256, 4);
+    let cache = open(dir.path(), "storm", capacity, shards);
+    let mut spawn = |i: usize| {
+        helper()
+            .arg(dir.path())
+            .arg("storm")
+            .arg(format!("{capacity}/{shards}"))
+            .args([
+                "storm",
+                &(i as u64 * 7919 + Instant::now().elapsed().as_nanos() as u64 + 1).to_string(),
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+    };
+    let report = torture::storm(
+        &cache,
+        2 * capacity as u64,
+        2,
+        Duration::from_secs(3),
+        &mut spawn,
+    )
+    .unwrap();
+    eprintln!("{report:?}");
+    assert!(report.kills >= 10, "{report:?}");
+    assert_eq!(report.violations, 0, "{report:?}");
+    assert_eq!(report.wrong_values, 0, "{report:?}");
+    let stats = cache.stats();
+    assert!(stats.inserts > 100, "writers made no progress: {stats:?}");
+    // No lost capacity: the cache still fills up completely.
+    for id in 0..4 * capacity as u64 {
+        cache
+            .insert(&torture::key(id), &torture::value(id, 1), None)
+            .unwrap();
+    }
+    let report = cache.check_invariants().unwrap();
+    assert_eq!(report.live, cache.capacity(), "{report:?}");
+}
+
+/// User plus system CPU seconds of a live process, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    // after the command: state is field 3, utime 14, stime 15 (1-based in proc(5))
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    ticks / rustix::param::clock_ticks_per_second() as f64
+}
+
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+#[test]
+fn a_stopped_live_holder_keeps_its_lock() {
+    let _dog = Watchdog::new("no false steal", Duration::from_secs(60));
+    let dir = TempDir::new("stopped");
+    let cache = open(dir.path(), "stopped", 8, 1);
+    cache.insert(b"a", b"1", None).unwrap();
+    // Stops itself in the middle of its insert transaction, holding the shard lock.
+    let mut holder = helper()
+        .arg(dir.path())
+        .args(["stopped", "8/1", "insert", "held", "--stop", "12"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reaper = KillOnDrop(holder.id());
+    assert!(
+        wait_until(Duration::from_secs(10), || proc_state(holder.id())
+            == Some('T')),
+        "the holder never stopped"
+    );
+    // Four contenders; for 1.5 s none may finish (it would only finish by stealing), and
+    // together they must sleep on the futex rather than spin.
+    let mut contenders: Vec<_> = (0..4)
+        .map(|i| {
+            helper()
+                .arg(dir.path())
+                .args(["stopped", "8/1", "insert", &format!("other{i}")])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_millis(1500) {
+        for contender in &mut contenders {
+            assert!(
+                contender.try_wait().unwrap().is_none(),
+                "a contender stole a live lock"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let cpu: f64 = contenders.iter().map(|c| cpu_seconds(c.id())).sum();
+    let window = watch.elapsed().as_secs_f64();
+    // Spinning would cost about a core each (at least 2 cores' worth here); futex waits
+    // with a 2 ms probe cost about 1%.
+    assert!(
+        cpu < 0.5 * window,
+        "4 waiters used {cpu:.2} s of CPU in {window:.2} s: spinning instead of sleeping"
+    );
+    // Readers are never blocked by the held lock.
+    assert_eq!(cache.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(holder.id() as i32).unwrap(),
+        rustix::process::Signal::CONT,
+    )
+    .unwrap();
+    let status = holder.wait().unwrap();
+    reaper.0 = 0; // reaped: its pid may be reused now
+    assert!(status.success());
+    for (i, mut contender) in contenders.into_iter().enumerate() {
+        assert!(contender.wait().unwrap().success());
+        let key = format!("other{i}");
+        assert!(cache.get(key.as_bytes()).unwrap().is_some(), "{key}");
+    }
+    assert_eq!(
+        cache.stats().recoveries,
+        0,
+        "a live holder's work was rolled back"
+    );
+    assert_eq!(
+        cache.get(b"held").unwrap().as_deref(),
+        Some(&b"value-of-held"[..])
+    );
+    cache.check_invariants().unwrap();
+}
+
+/// The holder runs in its own PID namespace (where it is pid 1 and its pid means nothing
+/// to us): it must keep its lock exactly as well. Needs `unshare --pid` (root or user
+/// namespaces); where that is refused the test says so and checks nothing else.
+#[test]
+fn a_stopped_holder_in_another_pid_namespace_keeps_its_lock() {
+    let _dog = Watchdog::new("no false steal across namespaces", Duration::from_secs(60));
+    let probe = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .output();
+    if !probe.is_ok_and(|out| out.status.success()) {
+        eprintln!("SKIPPED: `unshare --pid --fork` is not available here");
+        return;
+    }
+    let dir = TempDir::new("pidns");
+    let cache = open(dir.path(), "ns", 8, 1);
+    // Under a shell, because the namespace's pid 1 ignores its own SIGSTOP.
+    let mut unshare = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "sh", "-c", "\"$@\"; exit $?", "sh"])
+        .arg(env!("CARGO_BIN_EXE_consort-cache-helper"))
+        .arg(dir.path())
+        .args(["ns", "8/1", "insert", "held", "--stop", "12"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The helper is unshare's grandchild; find it from here and wait until it has stopped.
+    let child_of = |pid: u32| -> Option<u32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let mut holder = 0;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            holder = child_of(unshare.id()).and_then(child_of).unwrap_or(0);
+            holder != 0 && proc_state(holder) == Some('T')
+        }),
+        "the namespaced holder never stopped"
+    );
+    let mut reaper = KillOnDrop(holder);
+    let mut contender = helper()
+        .arg(dir.path())
+        .args(["ns", "8/1", "insert", "other"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_millis(1500) {
+        assert!(
+            contender.try_wait().unwrap().is_none(),
+            "the contender stole a live lock"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(holder as i32).unwrap(),
+        rustix::process::Signal::CONT,
+    )
+    .unwrap();
+    let status = unshare.wait().unwrap();
+    reaper.0 = 0; // the holder was reaped inside the namespace before unshare exited
+    assert!(status.success());
+    assert!(contender.wait().unwrap().success());
+    assert_eq!(
+        cache.stats().recoveries,
+        0,
+        "a live holder's work was rolled back"
+    );
+    assert!(cache.get(b"held").unwrap().is_some());
+    assert!(cache.get(b"other").unwrap().is_some());
+    cache.check_invariants().unwrap();
+}
+
+#[test]
+fn a_killed_holder_is_recovered_promptly() {
+    let _dog = Watchdog::new("dead holder", Duration::from_secs(60));
+    let dir = TempDir::new("dead");
+    let cache = open(dir.path(), "dead", 8, 1);
+    let out = run_helper(dir.path(), "dead", 8, 1, &["insert", "k", "--crash", "12"]);
+    assert!(!out.status.success());
+    let start = Instant::now();
+    assert_eq!(cache.insert(b"k2", b"v", None).unwrap(), Insert::Stored);
+    eprintln!("first insert after the kill took {:?}", start.elapsed());
+    assert_eq!(cache.stats().recoveries, 1);
+    assert_eq!(cache.get(b"k").unwrap(), None);
+    cache.check_invariants().unwrap();
+}
+
+#[test]
+fn sixteen_processes_create_one_cache() {
+    let _dog = Watchdog::new("16 creators", Duration::from_secs(120));
+    for round in 0..5 {
+        let dir = TempDir::new("cold");
+        let children: Vec<_> = (0..16)
+            .map(|i| {
+                helper()
+                    .arg(dir.path())
+                    .args(["cold", "64/2", "insert", &format!("k{i}")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "round {round}: {out:?}");
+        }
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, ["cold.cache"], "round {round}");
+        let cache = open(dir.path(), "cold", 64, 2);
+        for i in 0..16 {
+            assert!(
+                cache.get(format!("k{i}").as_bytes()).unwrap().is_some(),
+                "round {round}: k{i}"
+            );
+        }
+        assert_eq!(cache.check_invariants().unwrap().live, 16);
+    }
+}
+
+#[test]
+fn other_parameters_are_a_typed_error_and_recreate_never_pulls_the_rug() {
+    let _dog = Watchdog::new("mismatch", Duration::from_secs(60));
+    let dir = TempDir::new("mismatch");
+    let old = open(dir.path(), "m", 16, 1);
+    old.insert(b"k", b"v", None).unwrap();
+    let mut other = config(dir.path(), 16, 1);
+    other.max_value = 128;
+    match Cache::open("m", &other) {
+        Err(Error::Mismatch {
+            field,
+            existing: 64,
+            requested: 128,
+            ..
+        }) => {
+            assert_eq!(field, "max_value")
+        }
+        res => panic!("expected a max_value mismatch, got {res:?}"),
+    }
+    let mut ttl = config(dir.path(), 16, 1);
+    ttl.default_ttl = Some(Duration::from_secs(5));
+    assert!(matches!(
+        Cache::open("m", &ttl),
+        Err(Error::Mismatch { .. })
+    ));
+    let new = Cache::recreate("m", &other).unwrap();
+    // The old mapping stays valid: reads work, writes say it was retired.
+    assert_eq!(old.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    assert!(old.is_retired());
+    assert!(matches!(
+        old.insert(b"k", b"w", None),
+        Err(Error::Retired(_))
+    ));
+    assert_eq!(new.get(b"k").unwrap(), None);
+    assert_eq!(new.insert(b"k", &[7; 100], None).unwrap(), Insert::Stored);
+    assert_eq!(new.insert(b"k", &[7; 129], None).unwrap(), Insert::Oversize);
+    let reopened = Cache::open("m", &other).unwrap();
+    assert_eq!(
+        reopened.get(b"k").unwrap().as_deref(),
+        Some(&[7u8; 100][..])
+    );
+}
+
+#[test]
+fn recreate_under_four_busy_writers_retires_them_without_sigbus() {
+    let _dog = Watchdog::new("recreate under load", Duration::from_secs(60));
+    let dir = TempDir::new("busy");
+    let cache = open(dir.path(), "busy", 64, 2);
+    let mut writers: Vec<_> = (0..4)
+        .map(|i| {
+            helper()
+                .arg(dir.path())
+                .args(["busy", "64/2", "storm", &(i + 1).to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let start = cache.stats().inserts;
+    assert!(
+        wait_until(Duration::from_secs(20), || cache.stats().inserts
+            > start + 1000),
+        "the writers never got going"
+    );
+    let mut bigger = config(dir.path(), 64, 2);
+    bigger.max_value = 128;
+    let new = Cache::recreate("busy", &bigger).unwrap();
+    for writer in &mut writers {
+        let mut status = None;
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                status = writer.try_wait().unwrap();
+                status.is_some()
+            }),
+            "a writer kept writing to a retired cache"
+        );
+        let status = status.unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), None, "a writer died of a signal (SIGBUS?)");
+        assert_eq!(status.code(), Some(2));
+    }
+    for writer in writers {
+        let err = String::from_utf8(writer.wait_with_output().unwrap().stderr).unwrap();
+        assert!(err.contains("recreated by another process"), "{err}");
+    }
+    assert_eq!(new.check_invariants().unwrap().live, 0);
+    cache.check_invariants().unwrap_err(); // the old handle is retired too
+}
+
+#[test]
+fn files_are_private_and_names_validated() {
+    let _dog = Watchdog::new("files", Duration::from_secs(60));
+    let dir = TempDir::new("files");
+    let cache = open(dir.path(), "p", 4, 1);
+    let mode = std::fs::metadata(cache.path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    for bad in ["", "../x", "a/b", ".hidden", "sp ace", &"x".repeat(129)] {
+        assert!(
+            matches!(
+                Cache::open(bad, &config(dir.path(), 4, 1)),
+                Err(Error::InvalidName { .. })
+            ),
+            "{bad:?} was accepted"
+        );
+    }
+    // A symlink in place of the cache file is refused, never followed.
+    std::os::unix::fs::symlink(cache.path(), dir.path().join("link.cache")).unwrap();
+    assert!(matches!(
+        Cache::open("link", &config(dir.path(), 4, 1)),
+        Err(Error::NotPrivate { .. })
+    ));
+    // A directory open to others is refused.
+    let open_dir = TempDir::new("opendir");
+    std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(matches!(
+        Cache::open("p", &config(open_dir.path(), 4, 1)),
+        Err(Error::NotPrivate { .. })
+    ));
+    // A cache file readable by others is refused.
+    std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(matches!(
+        Cache::open("p", &config(dir.path(), 4, 1)),
+        Err(Error::NotPrivate { .. })
+    ));
+}
+
+#[test]
+fn ttl_stats_and_purge() {
+    let _dog = Watchdog::new("ttl", Duration::from_secs(60));
+    let dir = TempDir::new("ttl");
+    let cache = open(dir.path(), "t", 8, 2);
+    cache
+        .insert(b"short", b"1", Some(Duration::from_millis(1)))
+        .unwrap();
+    cache.insert(b"long", b"2", None).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || cache
+        .get(b"short")
+        .unwrap()
+        .is_none()));
+    assert_eq!(cache.get(b"long").unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(cache.get_with(b"long", |v| v.len()).unwrap(), Some(1));
+    assert_eq!(cache.purge_expired(10).unwrap(), 1);
+    assert!(cache.remove(b"long").unwrap());
+    assert!(!cache.remove(b"long").unwrap());
+    for i in 0..20u32 {
+        cache.insert(&i.to_le_bytes(), b"x", None).unwrap();
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.inserts, 22);
+    assert_eq!(stats.expirations, 1);
+    assert!(stats.evictions >= 12, "{stats:?}");
+    assert!(stats.hits >= 2 && stats.misses >= 1, "{stats:?}");
+    assert_eq!(stats.len, 8);
+    cache.clear().unwrap();
+    assert_eq!(cache.check_invariants().unwrap().live, 0);
+}

@@ -1,0 +1,177 @@
+//! `consort cache`: inspect a shared-memory cache (`stats`, `check`) and run the SIGKILL
+//! storm against a scratch cache on this machine (`torture`).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use consort_cache::{torture, Cache, Config};
+use serde_json::json;
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCmd {
+    /// Print a cache's counters (summed over every process) and fill.
+    Stats(NameArgs),
+    /// Check every invariant of a cache (recovering what a dead writer left open).
+    Check(NameArgs),
+    /// SIGKILL writer processes every 5-50 ms while a reader checks every value.
+    Torture(TortureArgs),
+    /// One torture writer (started by `torture`).
+    #[command(hide = true)]
+    TortureWriter {
+        #[command(flatten)]
+        name: NameArgs,
+        #[arg(long)]
+        seed: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    /// The cache's name.
+    name: String,
+    /// Its directory (default: $CONSORT_CACHE_DIR, else /dev/shm/consort-cache-<uid>).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TortureArgs {
+    #[command(flatten)]
+    name: NameArgs,
+    /// How long to run.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Writer processes.
+    #[arg(long, default_value_t = 2)]
+    writers: usize,
+}
+
+/// The storm's cache: 1,024 entries, 16-byte keys, 64-byte self-checking values.
+fn torture_config(dir: Option<PathBuf>) -> Config {
+    Config {
+        capacity: 1024,
+        shards: 4,
+        max_key: 16,
+        max_value: torture::VALUE_LEN,
+        default_ttl: None,
+        dir,
+    }
+}
+
+pub fn run(cmd: CacheCmd) -> anyhow::Result<u8> {
+    match cmd {
+        CacheCmd::Stats(args) => {
+            let cache = Cache::attach(&args.name, args.dir.as_deref())?;
+            let s = cache.stats();
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"hits": s.hits, "misses": s.misses, "inserts": s.inserts,
+                        "evictions": s.evictions, "expirations": s.expirations,
+                        "recoveries": s.recoveries, "len": s.len, "capacity": s.capacity})
+                );
+            } else {
+                println!("{}", cache.path().display());
+                println!("entries      {} of {}", s.len, s.capacity);
+                println!("hits         {}", s.hits);
+                println!("misses       {}", s.misses);
+                println!("inserts      {}", s.inserts);
+                println!("evictions    {}", s.evictions);
+                println!("expirations  {}", s.expirations);
+                println!("recoveries   {}", s.recoveries);
+            }
+            Ok(0)
+        }
+        CacheCmd::Check(args) => {
+            let cache = Cache::attach(&args.name, args.dir.as_deref())?;
+            match cache.check_invariants() {
+                Ok(report) => {
+                    if args.json {
+                        println!(
+                            "{}",
+                            json!({"ok": true, "shards": report.shards, "live": report.live, "free": report.free})
+                        );
+                    } else {
+                        println!(
+                            "ok: {} shards, {} live entries, {} free slots",
+                            report.shards, report.live, report.free
+                        );
+                    }
+                    Ok(0)
+                }
+                Err(err @ consort_cache::Error::Corrupt { .. }) => {
+                    if args.json {
+                        println!("{}", json!({"ok": false, "error": err.to_string()}));
+                    } else {
+                        println!("CORRUPT: {err}");
+                    }
+                    Ok(1)
+                }
+                Err(err) => Err(err.into()),
+            }
+        }
+        CacheCmd::Torture(args) => torture_run(&args),
+        CacheCmd::TortureWriter { name, seed } => {
+            let config = torture_config(name.dir);
+            let cache = Cache::open(&name.name, &config)?;
+            torture::writer_loop(&cache, 2 * config.capacity as u64, seed)?;
+            Ok(0)
+        }
+    }
+}
+
+fn torture_run(args: &TortureArgs) -> anyhow::Result<u8> {
+    if args.writers == 0 || !args.seconds.is_finite() || args.seconds <= 0.0 {
+        bail!("--writers and --seconds must be positive");
+    }
+    let config = torture_config(args.name.dir.clone());
+    let cache = Cache::open(&args.name.name, &config).with_context(|| {
+        format!(
+            "torture needs a scratch cache of its own shape; pick a new NAME instead of {:?}",
+            args.name.name
+        )
+    })?;
+    let exe = std::env::current_exe().context("cannot find the consort binary")?;
+    let mut spawn = |i: usize| {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["cache", "torture-writer", &args.name.name, "--seed"])
+            .arg((((i as u64 + 1) * 0x9E37_79B9) ^ u64::from(std::process::id())).to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if let Some(dir) = &args.name.dir {
+            cmd.arg("--dir").arg(dir);
+        }
+        cmd.spawn()
+    };
+    let keys = 2 * config.capacity as u64;
+    let report = torture::storm(
+        &cache,
+        keys,
+        args.writers,
+        Duration::from_secs_f64(args.seconds),
+        &mut spawn,
+    )
+    .context("torture")?;
+    if args.name.json {
+        println!(
+            "{}",
+            json!({"kills": report.kills, "violations": report.violations,
+                "wrong_values": report.wrong_values, "max_recovery_ms": report.max_recovery_ms,
+                "ops": report.ops, "recoveries": report.recoveries})
+        );
+    } else {
+        println!("kills            {}", report.kills);
+        println!("recoveries       {}", report.recoveries);
+        println!("violations       {}", report.violations);
+        println!("wrong values     {}", report.wrong_values);
+        println!("max recovery     {:.2} ms", report.max_recovery_ms);
+        println!("ops              {}", report.ops);
+    }
+    Ok(u8::from(report.violations > 0 || report.wrong_values > 0))
+}
