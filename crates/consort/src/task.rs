@@ -21,6 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::protocol::{Args, Progress, TaskId};
+use crate::pool::Job;
 use crate::service::ServiceLink;
 
 /// Where a task is in its life.
@@ -40,6 +41,9 @@ pub enum TaskState {
     Canceled,
     /// The worker died (or was killed) before the task finished.
     Crashed,
+    /// Its deadline passed (a pool task's `deadline`); it was cancelled with the kill
+    /// escalation.
+    TimedOut,
 }
 
 impl TaskState {
@@ -66,6 +70,11 @@ pub enum EventKind {
     Failure,
     /// The worker died before the task finished (synthesized, never on the wire).
     Crash,
+    /// A pool task lost to a crash is sent again; `error` says why and `info` holds
+    /// `{"attempt": n}`, the attempt about to start (synthesized, never on the wire).
+    Retry,
+    /// A pool task passed its deadline (synthesized, never on the wire).
+    Timeout,
 }
 
 /// Something that happened to a task, as delivered to listeners.
@@ -247,6 +256,9 @@ pub enum TaskError {
     /// The worker ended before the task finished.
     #[error("task crashed: {0}")]
     Crashed(Box<CrashReport>),
+    /// The task passed its deadline and was cancelled, with the kill escalation.
+    #[error("task passed its deadline of {0:?} and was cancelled")]
+    TimedOut(Duration),
     /// [`Task::wait_timeout`] gave up; the task itself goes on.
     #[error("task did not finish within {0:?}")]
     Timeout(Duration),
@@ -305,6 +317,11 @@ impl TaskCore {
 
     pub(crate) fn state(&self) -> TaskState {
         self.lock().state
+    }
+
+    /// The result, once `finish` has set it (listeners may not have seen it yet).
+    pub(crate) fn peek_result(&self) -> Option<Result<Args, TaskError>> {
+        self.lock().result.clone()
     }
 
     pub(crate) fn has_listeners(&self) -> bool {
@@ -405,7 +422,31 @@ impl TaskCore {
 /// [`Future`] that needs no particular runtime. Dropping a `Task` does not cancel it.
 pub struct Task {
     pub(crate) core: Arc<TaskCore>,
-    pub(crate) link: ServiceLink,
+    pub(crate) link: TaskLink,
+}
+
+/// Where a task's cancel requests go: the one service that runs it, or the pool that
+/// routes it to a worker (and may send it again).
+#[derive(Clone)]
+pub(crate) enum TaskLink {
+    Service(ServiceLink),
+    Pool(Arc<Job>),
+}
+
+impl TaskLink {
+    fn cancel(&self, id: &TaskId) {
+        match self {
+            TaskLink::Service(link) => link.cancel(id),
+            TaskLink::Pool(job) => job.cancel(),
+        }
+    }
+
+    fn hard_cancel(&self, core: &Arc<TaskCore>) {
+        match self {
+            TaskLink::Service(link) => link.hard_cancel(core),
+            TaskLink::Pool(job) => job.hard_cancel(),
+        }
+    }
 }
 
 impl fmt::Debug for Task {
