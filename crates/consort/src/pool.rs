@@ -134,6 +134,8 @@ pub struct PoolStats {
     /// Process ids of the workers that take tasks (not those retiring), by slot; `None`
     /// for a slot waiting to restart.
     pub pids: Vec<Option<u32>>,
+    /// Process ids of the workers running at least one task.
+    pub busy: Vec<u32>,
     /// Tasks waiting for a worker.
     pub queued: usize,
     /// Tasks sent to workers and not ended.
@@ -479,8 +481,7 @@ impl PoolBuilder {
     /// Later spawn failures are treated as workers that died at start.
     pub fn start(self) -> Result<Pool, PoolError> {
         let settings = self.settings;
-        if settings.workers == 0 || settings.tasks_per_worker == 0 || settings.queue_limit == 0
-        {
+        if settings.workers == 0 || settings.tasks_per_worker == 0 || settings.queue_limit == 0 {
             return Err(PoolError::Config(
                 "workers, tasks per worker and the queue limit must be at least 1".to_owned(),
             ));
@@ -703,7 +704,10 @@ impl Job {
                 None => {
                     // The manager sees `cancel_requested` and never sends it.
                     drop(state);
-                    self.finish(TaskState::Canceled, Err(TaskError::Canceled { forced: false }));
+                    self.finish(
+                        TaskState::Canceled,
+                        Err(TaskError::Canceled { forced: false }),
+                    );
                     return;
                 }
             }
@@ -721,7 +725,10 @@ impl Job {
                 Some(attempt) => attempt.clone_handle(),
                 None => {
                     drop(state);
-                    self.finish(TaskState::Canceled, Err(TaskError::Canceled { forced: true }));
+                    self.finish(
+                        TaskState::Canceled,
+                        Err(TaskError::Canceled { forced: true }),
+                    );
                     return;
                 }
             }
@@ -775,6 +782,8 @@ struct Slot {
     restart_at: Option<Instant>,
     /// Recent restarts, for the per-minute cap.
     restart_times: VecDeque<Instant>,
+    /// Waiting because of the per-minute cap.
+    capped: bool,
     last_error: String,
 }
 
@@ -785,7 +794,7 @@ struct Worker {
     n_tasks: u64,
     finished_a_task: bool,
     base_rss: Option<u64>,
-    /// Killed as wedged; waiting for the monitor to see it dead.
+    /// Being killed (wedged, or a hard cancel): takes no new task.
     killed: bool,
 }
 
@@ -852,6 +861,13 @@ impl Manager {
             .iter()
             .map(|slot| slot.worker.as_ref().map(|worker| worker.service.pid()))
             .collect();
+        stats.busy = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.worker.as_ref())
+            .filter(|worker| worker.running > 0)
+            .map(|worker| worker.service.pid())
+            .collect();
         stats.running = self.running.len();
         stats.restarts = self.restarts;
         stats.recycled = self.recycled;
@@ -860,7 +876,7 @@ impl Manager {
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, slot)| slot.failures > 1)
+            .filter(|(_, slot)| slot.failures > 1 || (slot.capped && slot.worker.is_none()))
             .map(|(slot_idx, _)| slot_idx)
             .collect();
     }
@@ -919,7 +935,8 @@ impl Manager {
         {
             slot.restart_times.pop_front();
         }
-        if slot.restart_times.len() >= settings.max_restarts_per_minute {
+        slot.capped = slot.restart_times.len() >= settings.max_restarts_per_minute;
+        if slot.capped {
             if let Some(oldest) = slot.restart_times.front() {
                 let window_end = *oldest + Duration::from_secs(60);
                 delay = delay.max(window_end.saturating_duration_since(now));
@@ -1088,7 +1105,11 @@ impl Manager {
                 .enumerate()
                 .filter_map(|(slot_idx, slot)| {
                     let worker = slot.worker.as_ref()?;
-                    (worker.running < cap).then_some((worker.running, worker.n_tasks, slot_idx))
+                    (worker.running < cap && !worker.killed).then_some((
+                        worker.running,
+                        worker.n_tasks,
+                        slot_idx,
+                    ))
                 })
                 .min()
                 .map(|(_, _, slot_idx)| slot_idx)
@@ -1183,8 +1204,11 @@ impl Manager {
         let max_tasks = self.shared.settings.max_tasks;
         let max_growth = self.shared.settings.max_rss_growth;
         let mut recycle = None;
+        let forced = matches!(result, Err(TaskError::Canceled { forced: true }));
         if let Some((slot_idx, worker)) = self.worker_mut(service_id) {
             worker.running = worker.running.saturating_sub(1);
+            // A hard cancel is killing it: it must take no task meanwhile.
+            worker.killed |= forced;
             if state != TaskState::Crashed {
                 worker.n_tasks += 1;
                 worker.finished_a_task = true;
@@ -1240,7 +1264,10 @@ impl Manager {
                 && !job_state.cancel_requested
                 && job_state.n_attempts <= job.retries
                 && !lock(&self.shared.queue).closed;
-            (job_state.timed_out, retry.then_some(job_state.n_attempts + 1))
+            (
+                job_state.timed_out,
+                retry.then_some(job_state.n_attempts + 1),
+            )
         };
         if timed_out && state != TaskState::Complete && state != TaskState::Failed {
             let deadline = job.deadline.unwrap_or_default();
@@ -1266,7 +1293,10 @@ impl Manager {
         let queued: Vec<_> = lock(&self.shared.queue).jobs.drain(..).collect();
         self.shared.space.notify_all();
         for job in queued {
-            job.finish(TaskState::Canceled, Err(TaskError::Canceled { forced: false }));
+            job.finish(
+                TaskState::Canceled,
+                Err(TaskError::Canceled { forced: false }),
+            );
         }
         let mut services = Vec::new();
         for slot in &mut self.slots {
@@ -1295,7 +1325,10 @@ impl Manager {
                 stderr: Vec::new(),
                 stdout: Vec::new(),
             };
-            job.finish(TaskState::Crashed, Err(TaskError::Crashed(Box::new(report))));
+            job.finish(
+                TaskState::Crashed,
+                Err(TaskError::Crashed(Box::new(report))),
+            );
         }
         self.publish();
     }

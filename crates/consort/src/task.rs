@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::protocol::{Args, Progress, TaskId};
 use crate::pool::Job;
+use crate::protocol::{Args, Progress, TaskId};
 use crate::service::ServiceLink;
 
 /// Where a task is in its life.
