@@ -21,6 +21,9 @@ pub enum BenchCmd {
     Roundtrip(RoundtripArgs),
     /// N times: start a worker, run a task that waits, SIGKILL the worker, time the CRASH.
     Crash(CrashArgs),
+    /// Tiny and 1 ms-CPU tasks through consort's pool vs ProcessPoolExecutor and loky;
+    /// SIGKILL to the replacement taking a task.
+    Pool(crate::bench_pool::PoolArgs),
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +68,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Roundtrip(args) => roundtrip(&args),
         BenchCmd::Crash(args) => crash(&args),
+        BenchCmd::Pool(args) => crate::bench_pool::run(&args),
     }
 }
 

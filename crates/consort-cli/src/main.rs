@@ -9,6 +9,7 @@ use std::process::{Command, ExitCode};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod bench_pool;
 mod map;
 mod run;
 
