@@ -274,7 +274,10 @@ fn hundred_kills_in_a_row_leave_no_zombie_no_fd_and_four_workers() {
             other => panic!("round {round}: expected CRASHED, got {other:?}"),
         }
         assert!(
-            wait_until(WAIT, || pool.stats().alive() == 4),
+            wait_until(WAIT, || {
+                let stats = pool.stats();
+                stats.alive() == 4 && !stats.pids.contains(&Some(victim))
+            }),
             "round {round}: the pool is not back to 4 workers: {:?}",
             pool.stats()
         );
@@ -569,4 +572,46 @@ fn close_ends_every_task_and_leaves_no_worker() {
         assert!(!is_running(pid), "worker {pid} outlived the pool");
     }
     assert!(wait_until(WAIT, no_zombie_children));
+}
+
+#[test]
+fn a_spare_worker_replaces_a_killed_one_at_once() {
+    let _watchdog = Watchdog::new("spare_replaces_killed", LIMIT);
+    let pool = Pool::new(echo_worker(), 1)
+        .with_isolated(true)
+        .with_spare(true)
+        .start()
+        .expect("start pool");
+    let echo_workers = || {
+        children()
+            .into_iter()
+            .filter(|(pid, state)| {
+                *state != 'Z'
+                    && consort_tests::cmdline(*pid)
+                        .first()
+                        .is_some_and(|arg| arg.ends_with("echo_worker"))
+            })
+            .map(|(pid, _)| pid)
+            .collect::<Vec<_>>()
+    };
+    assert!(wait_until(WAIT, || echo_workers().len() == 2));
+    let task = pool
+        .task("sleep")
+        .input("seconds", 60.0)
+        .submit()
+        .expect("submit");
+    let victim = wait_for_busy_pid(&pool);
+    let spare = echo_workers()
+        .into_iter()
+        .find(|pid| *pid != victim)
+        .expect("a spare worker");
+    kill(victim, 9);
+    assert!(matches!(finish(&task), Err(TaskError::Crashed(_))));
+    assert!(wait_until(WAIT, || pool.stats().pids == [Some(spare)]));
+    let task = pool.task("echo").input("x", 3).submit().expect("submit");
+    assert_eq!(finish(&task).expect("completes")["x"], 3);
+    // A new spare stands by again.
+    assert!(wait_until(WAIT, || echo_workers().len() == 2));
+    drop(pool);
+    assert!(wait_until(WAIT, || echo_workers().is_empty()));
 }

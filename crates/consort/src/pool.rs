@@ -182,6 +182,7 @@ struct Settings {
     max_restarts_per_minute: usize,
     heartbeat: Option<Duration>,
     wedged_after: Duration,
+    spare: bool,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -285,6 +286,7 @@ impl Pool {
                 max_restarts_per_minute: 60,
                 heartbeat: None,
                 wedged_after: Duration::from_secs(5),
+                spare: false,
             },
             monitor: None,
         }
@@ -464,6 +466,14 @@ impl PoolBuilder {
         self
     }
 
+    /// Keeps one more worker started and idle, to replace the next worker that dies or
+    /// is recycled without waiting for a process to start (default off: it costs one idle
+    /// process).
+    pub fn with_spare(mut self, spare: bool) -> PoolBuilder {
+        self.settings.spare = spare;
+        self
+    }
+
     /// Calls `monitor` with every [`PoolEvent`], on the pool's manager thread.
     pub fn with_monitor(
         mut self,
@@ -515,11 +525,14 @@ impl PoolBuilder {
             recycled: 0,
             wedged: 0,
             closing: false,
+            spare: None,
+            want_spare: false,
         };
         manager.install(0, first);
         for slot_idx in 1..settings.workers {
             manager.start_slot(slot_idx);
         }
+        manager.start_spare();
         manager.publish();
         let handle = std::thread::Builder::new()
             .name("consort-pool".to_owned())
@@ -814,6 +827,9 @@ struct Manager {
     recycled: u64,
     wedged: u64,
     closing: bool,
+    /// A started, idle worker that replaces the next one to go (`with_spare`).
+    spare: Option<Service>,
+    want_spare: bool,
 }
 
 impl Manager {
@@ -840,6 +856,9 @@ impl Manager {
             self.check_workers();
             self.check_deadlines();
             self.dispatch();
+            if std::mem::take(&mut self.want_spare) {
+                self.start_spare();
+            }
             self.publish();
         }
         self.shutdown();
@@ -900,14 +919,36 @@ impl Manager {
 
     /// Starts a worker in an empty slot, now; a spawn failure counts as a death at start.
     fn start_slot(&mut self, slot_idx: usize) {
-        let slot = &mut self.slots[slot_idx];
-        slot.restart_at = None;
-        slot.restart_times.push_back(Instant::now());
+        self.slots[slot_idx].restart_at = None;
+        if let Some(spare) = self.spare.take() {
+            if spare.is_alive() {
+                self.install(slot_idx, spare);
+                // Its replacement starts after this round's dispatch, off the task's path.
+                self.want_spare = true;
+                return;
+            }
+            // It died idle: fall back to a plain start, and do not replace it (a recipe
+            // that dies at start must not start twice per restart).
+            self.close_in_background(spare);
+        }
         match self.recipe.start() {
             Ok(service) => self.install(slot_idx, service),
             Err(err) => {
                 let message = err.to_string();
                 self.schedule_restart(slot_idx, true, message);
+            }
+        }
+    }
+
+    /// Starts the standby worker, when the pool keeps one.
+    fn start_spare(&mut self) {
+        if !self.shared.settings.spare || self.closing || self.spare.is_some() {
+            return;
+        }
+        match self.recipe.start() {
+            Ok(service) => self.spare = Some(service),
+            Err(err) => {
+                tracing::warn!(target: "consort::pool", "cannot start a spare worker: {err}")
             }
         }
     }
@@ -928,6 +969,7 @@ impl Manager {
                 .min(settings.backoff_max),
         };
         let now = Instant::now();
+        slot.restart_times.push_back(now);
         while slot
             .restart_times
             .front()
@@ -935,7 +977,7 @@ impl Manager {
         {
             slot.restart_times.pop_front();
         }
-        slot.capped = slot.restart_times.len() >= settings.max_restarts_per_minute;
+        slot.capped = slot.restart_times.len() > settings.max_restarts_per_minute;
         if slot.capped {
             if let Some(oldest) = slot.restart_times.front() {
                 let window_end = *oldest + Duration::from_secs(60);
@@ -990,7 +1032,8 @@ impl Manager {
                 self.check_wedged(slot_idx, wedged_after);
             }
             let slot = &self.slots[slot_idx];
-            if slot.worker.is_none() && slot.restart_at.is_some_and(|at| at <= now) {
+            // A fresh `now`: a restart scheduled just above with no delay is due now.
+            if slot.worker.is_none() && slot.restart_at.is_some_and(|at| at <= Instant::now()) {
                 self.start_slot(slot_idx);
             }
         }
@@ -1305,6 +1348,7 @@ impl Manager {
             }
         }
         services.extend(self.retiring.drain(..).map(|worker| worker.service));
+        services.extend(self.spare.take());
         for service in services {
             self.close_in_background(service);
         }
@@ -1318,6 +1362,9 @@ impl Manager {
             }
         }
         for (_, (job, _)) in self.running.drain() {
+            // The attempt's listener holds the job: break the cycle.
+            let attempt = lock(&job.state).attempt.take();
+            drop(attempt);
             let report = CrashReport {
                 pid: 0,
                 status: crate::task::ExitStatus::Unknown,
