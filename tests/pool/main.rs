@@ -615,3 +615,65 @@ fn a_spare_worker_replaces_a_killed_one_at_once() {
     drop(pool);
     assert!(wait_until(WAIT, || echo_workers().is_empty()));
 }
+
+#[test]
+fn isolated_mode_a_hard_cancel_touches_no_other_task() {
+    let _watchdog = Watchdog::new("isolated_hard_cancel", LIMIT);
+    let pool = Pool::new(python_worker(), 2)
+        .with_isolated(true)
+        .start()
+        .expect("start pool");
+    // Ignores its CANCEL and the asynchronous exception: only the kill ends it.
+    let stubborn = pool
+        .task("import time\nwhile True:\n    try:\n        time.sleep(60)\n    except BaseException:\n        pass")
+        .submit()
+        .expect("submit");
+    let other = pool
+        .task("import time\ntime.sleep(1.5)\n'done'")
+        .submit()
+        .expect("submit");
+    assert!(wait_until(WAIT, || stubborn.state() == TaskState::Running
+        && other.state() == TaskState::Running));
+    stubborn.cancel_hard(Duration::from_millis(200));
+    assert!(matches!(
+        finish(&stubborn),
+        Err(TaskError::Canceled { forced: true })
+    ));
+    assert_eq!(
+        finish(&other).expect("the other task completes")["result"],
+        "done"
+    );
+    assert!(wait_until(WAIT, || pool.stats().alive() == 2));
+}
+
+#[test]
+fn memory_stays_bounded_through_many_submissions() {
+    let _watchdog = Watchdog::new("memory_bounded", Duration::from_secs(600));
+    // A million with CONSORT_SLOW_TESTS (about a minute); enough to see a per-task leak
+    // of a few hundred bytes otherwise.
+    let n_tasks = if consort_tests::slow_tests() {
+        1_000_000
+    } else {
+        50_000
+    };
+    let pool = Pool::new(echo_worker(), 2)
+        .with_queue_limit(1000)
+        .start()
+        .expect("start pool");
+    let empty = || std::iter::repeat_with(consort::Args::new);
+    for result in pool.map("echo", empty().take(5_000)) {
+        result.expect("echo completes");
+    }
+    let rss_before = consort_tests::rss_bytes();
+    let mut n_done = 0;
+    for result in pool.map("echo", empty().take(n_tasks)) {
+        result.expect("echo completes");
+        n_done += 1;
+    }
+    assert_eq!(n_done, n_tasks);
+    let growth = consort_tests::rss_bytes().saturating_sub(rss_before);
+    assert!(
+        growth < 32_000_000,
+        "resident memory grew by {growth} bytes over {n_tasks} tasks"
+    );
+}
