@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Makes (once) the Python environment consort's tests and examples use: a venv in .venv
-# with the real Appose worker (appose==0.12.0), numpy, and loky (`consort bench pool`
-# compares against it). Prints its python's path.
+# with the real Appose worker (appose==0.12.0) and numpy. Prints its python's path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! .venv/bin/python -c "import appose, numpy, loky" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import appose, numpy" >/dev/null 2>&1; then
   "${PYTHON:-python3}" -m venv .venv >&2
-  .venv/bin/pip install --quiet --disable-pip-version-check "appose==0.12.0" numpy loky >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "appose==0.12.0" numpy >&2
+fi
+# loky: `consort bench pool` compares consort's pool against it.
+if ! .venv/bin/python -c "import loky" >/dev/null 2>&1; then
+  .venv/bin/pip install --quiet --disable-pip-version-check loky >&2
 fi
 echo "$PWD/.venv/bin/python"

@@ -546,15 +546,16 @@ def main():
     sys.stdout.flush()
     _OUT_FD = os.dup(1)
     os.dup2(2, 1)
+    # Before the init script: a long import is not a wedged worker.
+    heartbeat = os.environ.get("CONSORT_HEARTBEAT_SECS")
+    if heartbeat:
+        threading.Thread(target=_heartbeat, args=(max(float(heartbeat), 0.01),),
+                         name="consort-heartbeat", daemon=True).start()
     _run_init_script()
     import signal
 
     signal.signal(signal.SIGTERM, _begin_shutdown)
     threading.Thread(target=_read_stdin, name="consort-stdin", daemon=True).start()
-    heartbeat = os.environ.get("CONSORT_HEARTBEAT_SECS")
-    if heartbeat:
-        threading.Thread(target=_heartbeat, args=(max(float(heartbeat), 0.01),),
-                         name="consort-heartbeat", daemon=True).start()
     # The main thread runs main-queue tasks, first in first out.
     while True:
         with _main_cv:
