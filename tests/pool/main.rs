@@ -375,8 +375,13 @@ fn a_sigstopped_worker_is_detected_and_replaced_within_its_bound() {
     assert_eq!(error.pid, victim);
     let cause = error.cause.unwrap_or_default();
     assert!(cause.contains("stopped answering"), "cause: {cause}");
-    // Detected no earlier than the bound (it was heard until the stop), and replaced.
+    // Detected no earlier than the bound (it was heard until the stop), and well within
+    // a generous multiple of it, then replaced.
     assert!(detected >= wedged_after, "detected after {detected:?}");
+    assert!(
+        detected < wedged_after + Duration::from_secs(10) * slowdown(),
+        "detected only after {detected:?}"
+    );
     assert!(wait_until(WAIT, || pool.stats().alive() == 2
         && !pool.stats().pids.contains(&Some(victim))));
     assert_eq!(pool.stats().wedged, 1);
@@ -676,4 +681,66 @@ fn memory_stays_bounded_through_many_submissions() {
         growth < 32_000_000,
         "resident memory grew by {growth} bytes over {n_tasks} tasks"
     );
+}
+
+#[test]
+fn a_sigstopped_rust_sdk_worker_is_detected_by_its_heartbeat() {
+    let _watchdog = Watchdog::new("sigstopped_sdk_worker", LIMIT);
+    let pool = Pool::new(echo_worker(), 1)
+        .with_heartbeat(Duration::from_millis(50), Duration::from_millis(1000))
+        .start()
+        .expect("start pool");
+    let task = pool
+        .task("sleep")
+        .input("seconds", 60.0)
+        .submit()
+        .expect("submit");
+    let victim = wait_for_busy_pid(&pool);
+    kill(victim, 19);
+    match finish(&task) {
+        Err(TaskError::Crashed(report)) => {
+            assert_eq!(report.pid, victim);
+            assert!(report
+                .cause
+                .unwrap_or_default()
+                .contains("stopped answering"));
+        }
+        other => panic!("expected CRASHED, got {other:?}"),
+    }
+    assert!(wait_until(WAIT, || pool.stats().alive() == 1
+        && !pool.stats().pids.contains(&Some(victim))));
+}
+
+#[test]
+fn heartbeats_are_swallowed_by_the_supervisor_not_reported_as_noise() {
+    let _watchdog = Watchdog::new("heartbeats_swallowed", LIMIT);
+    // A plain service whose worker was asked for heartbeats: they flow during the task,
+    // and none of them shows up as an invalid stdout line.
+    let service = python_worker()
+        .with_env(consort::pool::HEARTBEAT_ENV, "0.02")
+        .start()
+        .expect("start");
+    let task = service
+        .task("import time\ntime.sleep(0.5)\n1")
+        .submit()
+        .expect("submit");
+    assert_eq!(finish(&task).expect("completes")["result"], 1);
+    assert_eq!(service.invalid_lines(), Vec::<String>::new());
+    // And they are really written: read the worker's raw stdout.
+    let mut raw = consort::worker::python::command(python())
+        .env(consort::pool::HEARTBEAT_ENV, "0.02")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the Python worker");
+    let stdout = raw.stdout.take().expect("stdout");
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first)
+        .expect("read a line");
+    assert_eq!(
+        first.trim_end().as_bytes(),
+        consort::protocol::HEARTBEAT_LINE
+    );
+    drop(raw.stdin.take());
+    raw.wait().expect("the worker exits at stdin EOF");
 }

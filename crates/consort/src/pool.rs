@@ -459,7 +459,9 @@ impl PoolBuilder {
     ///
     /// # Caveats
     /// Only for workers that speak the heartbeat extension (consort's Rust SDK and Python
-    /// worker): another worker idle for `wedged_after` would be killed.
+    /// worker): another worker idle for `wedged_after` would be killed. In consort's Python
+    /// worker the heartbeat is a thread, so a task that holds the GIL in C code for longer
+    /// than `wedged_after` looks wedged too: choose the bound with that in mind.
     pub fn with_heartbeat(mut self, interval: Duration, wedged_after: Duration) -> PoolBuilder {
         self.settings.heartbeat = Some(interval);
         self.settings.wedged_after = wedged_after;
