@@ -293,6 +293,11 @@ impl Pool {
     }
 
     /// Starts describing a task that runs `script` on some worker of the pool.
+    ///
+    /// # Caveats
+    /// A task with a listener is RUNNING from its worker's LAUNCH, as a service task is. A
+    /// task without one is RUNNING from when it is sent to a worker: its worker's events
+    /// are not watched, which spares a thread hop per task.
     pub fn task(&self, script: impl Into<String>) -> PoolTaskBuilder<'_> {
         PoolTaskBuilder {
             pool: self,
@@ -350,7 +355,7 @@ impl Pool {
 
     fn enqueue(&self, job: Arc<Job>, block: bool) -> Result<(), PoolError> {
         let limit = self.shared.settings.queue_limit;
-        {
+        let was_empty = {
             let mut queue = lock(&self.shared.queue);
             loop {
                 if queue.closed {
@@ -369,8 +374,15 @@ impl Pool {
                     .unwrap_or_else(|poison| poison.into_inner());
             }
             queue.jobs.push_back(job);
+            queue.jobs.len() == 1
+        };
+        // Only the first job of an empty queue wakes the manager: with jobs already
+        // waiting, the manager is either dispatching (it empties the queue or fills the
+        // workers before it sleeps) or the workers are full and the next attempt's end
+        // wakes it. The tick covers anything else.
+        if was_empty {
+            let _ = lock(&self.wake).send(Msg::Queued);
         }
-        let _ = lock(&self.wake).send(Msg::Queued);
         Ok(())
     }
 }
@@ -1184,18 +1196,39 @@ impl Manager {
             // Cancelled while queued (`Job::cancel` ends it, if it has not yet).
             return;
         }
-        let forward = Arc::clone(&job);
-        let wake = self.wake.clone();
         let mut builder = worker
             .service
             .task(job.script.clone())
-            .inputs(job.inputs.clone())
-            .listen(move |event| forward_event(&forward, &wake, service_id, event));
+            .inputs(job.inputs.clone());
+        // With listeners, the attempt's events are forwarded; without, only its end
+        // matters, and a hook reports it without the dispatcher's thread hop.
+        let listened = job.core.has_listeners();
+        if listened {
+            let forward = Arc::clone(&job);
+            let wake = self.wake.clone();
+            builder =
+                builder.listen(move |event| forward_event(&forward, &wake, service_id, event));
+        }
         if let Some(queue) = &job.queue {
             builder = builder.queue(queue.clone());
         }
         match builder.submit() {
             Ok(attempt) => {
+                if !listened {
+                    let ended = Arc::clone(&job);
+                    let wake = self.wake.clone();
+                    // Takes no pool lock (invariant 2): it may run right here.
+                    attempt.core.on_end(Box::new(move || {
+                        let _ = wake.send(Msg::Ended {
+                            job: ended,
+                            service: service_id,
+                        });
+                    }));
+                }
+                if !listened {
+                    // Nobody watches the LAUNCH (see `Pool::task`).
+                    job.core.launch();
+                }
                 state.n_attempts += 1;
                 state.dispatched_at = Some(Instant::now());
                 state.attempt = Some(attempt);

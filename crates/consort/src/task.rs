@@ -281,7 +281,12 @@ struct CoreInner {
     /// Set once listeners have seen the terminal event; waiters wait for this.
     delivered: bool,
     wakers: Vec<Waker>,
+    /// Called once, after the waiters are released (see `TaskCore::on_end`).
+    on_end: Option<EndHook>,
 }
+
+/// What a pool runs when one attempt of its task has ended.
+pub(crate) type EndHook = Box<dyn FnOnce() + Send>;
 
 impl fmt::Debug for TaskCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -302,6 +307,7 @@ impl TaskCore {
                 result: None,
                 delivered: false,
                 wakers: Vec::new(),
+                on_end: None,
             }),
             done: Condvar::new(),
         })
@@ -363,14 +369,30 @@ impl TaskCore {
 
     /// Wakes waiters; called after the terminal event was delivered.
     pub(crate) fn release_waiters(&self) {
-        let wakers = {
+        let (wakers, on_end) = {
             let mut inner = self.lock();
             inner.delivered = true;
-            std::mem::take(&mut inner.wakers)
+            (std::mem::take(&mut inner.wakers), inner.on_end.take())
         };
         self.done.notify_all();
         for waker in wakers {
             waker.wake();
+        }
+        if let Some(on_end) = on_end {
+            on_end();
+        }
+    }
+
+    /// Runs `hook` once the task has ended and its waiters are released, on the thread
+    /// that releases them (at once, here, if that already happened). A pool uses it
+    /// instead of a listener when nobody listens, to spare the dispatcher's thread hop.
+    pub(crate) fn on_end(&self, hook: EndHook) {
+        let mut inner = self.lock();
+        if inner.delivered {
+            drop(inner);
+            hook();
+        } else {
+            inner.on_end = Some(hook);
         }
     }
 
