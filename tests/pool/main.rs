@@ -536,9 +536,12 @@ fn a_full_queue_declines_try_submit_and_cancel_ends_a_queued_task() {
         finish(&queued[0]),
         Err(TaskError::Canceled { forced: false })
     ));
+    // The cancelled task left the queue: there is room for one more.
+    let third = pool.task("echo").try_submit().expect("room again");
     running.cancel();
     assert!(matches!(finish(&running), Err(TaskError::Canceled { .. })));
     finish(&queued[1]).expect("the other queued task runs");
+    finish(&third).expect("the third queued task runs");
     // A blocking submit goes through once there is room.
     let task = pool.task("echo").input("x", 5).submit().expect("submit");
     assert_eq!(finish(&task).expect("completes")["x"], 5);

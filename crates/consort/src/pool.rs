@@ -244,6 +244,8 @@ pub(crate) struct Job {
     deadline: Option<Duration>,
     cancel_grace: Duration,
     state: Mutex<JobState>,
+    /// The pool's queue, to leave it when cancelled while waiting there.
+    pool: std::sync::Weak<Shared>,
 }
 
 #[derive(Default)]
@@ -660,6 +662,7 @@ impl PoolTaskBuilder<'_> {
             deadline: self.deadline,
             cancel_grace: self.pool.shared.settings.cancel_grace,
             state: Mutex::new(JobState::default()),
+            pool: Arc::downgrade(&self.pool.shared),
         });
         self.pool.enqueue(Arc::clone(&job), block)?;
         Ok(Task {
@@ -731,6 +734,7 @@ impl Job {
                 None => {
                     // The manager sees `cancel_requested` and never sends it.
                     drop(state);
+                    self.leave_queue();
                     self.finish(
                         TaskState::Canceled,
                         Err(TaskError::Canceled { forced: false }),
@@ -752,6 +756,7 @@ impl Job {
                 Some(attempt) => attempt.clone_handle(),
                 None => {
                     drop(state);
+                    self.leave_queue();
                     self.finish(
                         TaskState::Canceled,
                         Err(TaskError::Canceled { forced: true }),
@@ -761,6 +766,24 @@ impl Job {
             }
         };
         attempt.cancel_hard(Duration::ZERO);
+    }
+
+    /// Takes this job off the pool's queue, so a cancelled job frees its place at once.
+    fn leave_queue(&self) {
+        let Some(shared) = self.pool.upgrade() else {
+            return;
+        };
+        let removed = {
+            let mut queue = lock(&shared.queue);
+            let before = queue.jobs.len();
+            queue
+                .jobs
+                .retain(|job| !std::ptr::eq(Arc::as_ptr(job), self));
+            queue.jobs.len() < before
+        };
+        if removed {
+            shared.space.notify_one();
+        }
     }
 
     /// Ends the pool task (first caller wins) and delivers its terminal event.
