@@ -12,12 +12,12 @@ use std::io::{BufRead, BufWriter, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use consort::{Pool, Task, TaskError};
+use consort::{Pool, PoolEvent, Task, TaskError};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
@@ -101,6 +101,16 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
     if let Some(deadline) = deadline {
         builder = builder.with_deadline(deadline);
     }
+    // The last reason a worker died at start, for the message when every slot keeps failing.
+    let start_failure = Arc::new(Mutex::new(None::<String>));
+    {
+        let start_failure = Arc::clone(&start_failure);
+        builder = builder.with_monitor(move |event| {
+            if let PoolEvent::WorkerFailing { last_error, .. } = event {
+                *start_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(last_error.clone());
+            }
+        });
+    }
     let pool = builder.start().context("starting the workers")?;
 
     let total_bytes = stdin_file_len();
@@ -112,6 +122,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
     let mut input_done = false;
     let mut all_complete = true;
     let mut seen_interrupts = 0;
+    let mut n_complete = 0u64;
     loop {
         // Read ahead, up to the window.
         while !input_done && pending.len() < window {
@@ -160,6 +171,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
             };
             let complete = write_line(&mut out, &line)?;
             all_complete &= complete;
+            n_complete += u64::from(complete);
             progress.advance(line.bytes, complete);
         }
         if pending.is_empty() {
@@ -174,6 +186,25 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
             seen_interrupts = n_interrupts;
             progress.note("interrupted: cancelling every task (Ctrl-C again to kill the workers)");
             break;
+        }
+        // Workers that never got going: every slot keeps dying at start and no line has
+        // completed. Give up rather than crash the input line by line, slower and slower.
+        if n_complete == 0 && pool.stats().failing.len() == n_workers {
+            let reason = start_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default();
+            drop(lines);
+            // Bounded; it ends every task, so each line read gets its output line.
+            pool.close();
+            for line in pending.drain(..) {
+                write_line(&mut out, &line)?;
+                progress.advance(line.bytes, false);
+            }
+            out.flush()?;
+            progress.finish();
+            bail!("the workers keep dying at start; the last one: {reason}");
         }
         // Wait a little for the oldest line, so this loop does not spin.
         if let Some(Line {
@@ -445,7 +476,8 @@ stdin is a file).
 Exit codes:
     0    every line completed
     1    some line did not complete
-    2    usage error, or the workers could not be started
+    2    usage error, or the workers could not be started, or every worker kept dying at
+         start before any line completed (the lines read so far get their output lines)
   130    interrupted: the first Ctrl-C stops reading, cancels every task (killing its
          worker if it does not stop within 2 s) and writes the lines read so far; a second
          Ctrl-C closes the workers at once";

@@ -167,3 +167,33 @@ fn ctrl_c_cancels_drains_and_exits_130() {
         assert_eq!(line["status"], "canceled");
     }
 }
+
+#[test]
+fn workers_that_keep_dying_at_start_end_the_run_with_exit_2_and_the_reason() {
+    let _watchdog = Watchdog::new("map-dying-workers", LIMIT);
+    let input: String = (0..500).map(|x| format!("{{\"x\": {x}}}\n")).collect();
+    let output = run_map(
+        &[
+            "--workers",
+            "2",
+            "--worker",
+            "sh -c 'echo no such module >&2; exit 1'",
+            "x",
+        ],
+        input,
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("keep dying at start")
+            && stderr(&output).contains("no such module"),
+        "{}",
+        stderr(&output)
+    );
+    // The lines read before giving up have their output lines, in order, none complete.
+    let lines = lines(&output);
+    assert!(!lines.is_empty() && lines.len() < 500);
+    for (idx, line) in lines.iter().enumerate() {
+        assert_eq!(line["index"], json!(idx));
+        assert_ne!(line["status"], "complete");
+    }
+}
