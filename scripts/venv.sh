@@ -8,4 +8,8 @@ if ! .venv/bin/python -c "import appose, numpy" >/dev/null 2>&1 || ! .venv/bin/u
   "${PYTHON:-python3}" -m venv .venv >&2
   .venv/bin/pip install --quiet --disable-pip-version-check "appose==0.12.0" numpy uv >&2
 fi
+# loky: `consort bench pool` compares consort's pool against it.
+if ! .venv/bin/python -c "import loky" >/dev/null 2>&1; then
+  .venv/bin/pip install --quiet --disable-pip-version-check loky >&2
+fi
 echo "$PWD/.venv/bin/python"

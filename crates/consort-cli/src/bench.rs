@@ -17,6 +17,9 @@ use crate::WorkerArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
+    /// Tiny and 1 ms-CPU tasks through consort's pool vs ProcessPoolExecutor and loky;
+    /// SIGKILL to the replacement taking a task.
+    Pool(crate::bench_pool::PoolArgs),
     /// N tiny tasks on one service, at most C in flight: rate, latency, final states.
     Roundtrip(RoundtripArgs),
     /// N times: start a worker, run a task that waits, SIGKILL the worker, time the CRASH.
@@ -67,6 +70,7 @@ pub struct CrashArgs {
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
+        BenchCmd::Pool(args) => crate::bench_pool::run(&args),
         BenchCmd::Roundtrip(args) => roundtrip(&args),
         BenchCmd::Crash(args) => crash(&args),
         BenchCmd::Ndarray(args) => crate::bench_ndarray::run(&args),

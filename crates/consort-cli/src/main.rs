@@ -11,8 +11,10 @@ use clap::{Args, Parser, Subcommand};
 mod bench;
 mod bench_cache;
 mod bench_ndarray;
+mod bench_pool;
 mod cache;
 mod env;
+mod map;
 mod run;
 mod shm;
 
@@ -48,6 +50,9 @@ enum Cmd {
     /// Run one task and print its outputs as one JSON object.
     #[command(long_about = RUN_LONG_ABOUT)]
     Run(run::RunArgs),
+    /// Run a script once per JSON line of stdin on a pool of workers; JSON lines out, in order.
+    #[command(long_about = map::LONG_ABOUT)]
+    Map(map::MapArgs),
     /// Measure workers: task round trips, crash detection.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Cmd::Run(args) => run::run(args),
+        Cmd::Map(args) => map::run(args),
         Cmd::Bench(cmd) => bench::run(cmd).map(|()| exit::COMPLETE),
         Cmd::Worker(WorkerCmd::Python { python }) => serve_python(&python),
         Cmd::Env(cmd) => env::run(cmd),

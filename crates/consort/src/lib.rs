@@ -25,6 +25,8 @@
 //! - [`task`]: task states, events, errors, and the one-terminal-state machine.
 //! - [`cancel`]: `CancelToken`, one-way, with child tokens; there is no reset.
 //! - [`service`]: the supervisor: spawn, route, detect crashes, terminate within a bound.
+//! - [`pool`]: many workers from one recipe: least-loaded routing, restarts with backoff,
+//!   recycling, deadlines, retries, a bounded queue, wedged-worker detection.
 //! - [`worker`]: the worker SDK: serve Appose requests with a Rust function.
 //! - [`env`](mod@env): Python environments (uv, pixi, micromamba, a venv, the system's) to run
 //!   workers in, built once and rebuilt when their recipe changes.
@@ -39,6 +41,7 @@ compile_error!("consort supports Unix (Linux and macOS) only for now");
 
 pub mod cancel;
 pub mod env;
+pub mod pool;
 pub mod protocol;
 pub mod service;
 pub mod shm;
@@ -48,6 +51,7 @@ pub mod worker;
 
 pub use cancel::CancelToken;
 pub use env::{EnvError, Environment};
+pub use pool::{MapError, Pool, PoolBuilder, PoolError, PoolEvent, PoolStats, PoolTaskBuilder};
 pub use protocol::{Args, TaskId};
 pub use service::{DebugLine, DebugStream, Service, ServiceBuilder, StartError, SubmitError};
 pub use shm::{DType, NDArray, SharedMemory};

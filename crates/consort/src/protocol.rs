@@ -367,6 +367,12 @@ fn write_python_float(out: &mut String, float: f64) {
 // ---------------------------------------------------------------------------------------
 // Decoding
 
+/// consort's heartbeat extension: the line a worker writes every few seconds when its
+/// supervisor set `CONSORT_HEARTBEAT_SECS` (see `pool`). It names no task, so an Appose
+/// decoder would call it noise; consort's supervisor swallows it. Appose's workers are
+/// never asked for it.
+pub const HEARTBEAT_LINE: &[u8] = b"{\"responseType\":\"HEARTBEAT\"}";
+
 /// Decodes one line from a worker's stdout into the responses and noise it holds.
 ///
 /// The line may hold several JSON values back to back, with noise before, between or after

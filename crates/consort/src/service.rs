@@ -30,7 +30,7 @@ use crate::task::{CrashReport, ExitStatus, Listener, Task, TaskEvent};
 mod spawner;
 mod supervisor;
 
-pub(crate) use supervisor::ServiceLink;
+pub(crate) use supervisor::{new_task_id, ServiceLink};
 
 /// The command line of appose's own Python worker.
 pub const APPOSE_PYTHON_WORKER: &str = "import appose.python_worker; appose.python_worker.main()";

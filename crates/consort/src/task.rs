@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::pool::Job;
 use crate::protocol::{Args, Progress, TaskId};
 use crate::service::ServiceLink;
 
@@ -41,6 +42,9 @@ pub enum TaskState {
     Canceled,
     /// The worker died (or was killed) before the task finished.
     Crashed,
+    /// Its deadline passed (a pool task's `deadline`); it was cancelled with the kill
+    /// escalation.
+    TimedOut,
 }
 
 impl TaskState {
@@ -67,6 +71,11 @@ pub enum EventKind {
     Failure,
     /// The worker died before the task finished (synthesized, never on the wire).
     Crash,
+    /// A pool task lost to a crash is sent again; `error` says why and `info` holds
+    /// `{"attempt": n}`, the attempt about to start (synthesized, never on the wire).
+    Retry,
+    /// A pool task passed its deadline (synthesized, never on the wire).
+    Timeout,
 }
 
 /// Something that happened to a task, as delivered to listeners.
@@ -248,6 +257,9 @@ pub enum TaskError {
     /// The worker ended before the task finished.
     #[error("task crashed: {0}")]
     Crashed(Box<CrashReport>),
+    /// The task passed its deadline and was cancelled, with the kill escalation.
+    #[error("task passed its deadline of {0:?} and was cancelled")]
+    TimedOut(Duration),
     /// [`Task::wait_timeout`] gave up; the task itself goes on.
     #[error("task did not finish within {0:?}")]
     Timeout(Duration),
@@ -278,7 +290,12 @@ struct CoreInner {
     /// Set once listeners have seen the terminal event; waiters wait for this.
     delivered: bool,
     wakers: Vec<Waker>,
+    /// Called once, after the waiters are released (see `TaskCore::on_end`).
+    on_end: Option<EndHook>,
 }
+
+/// What a pool runs when one attempt of its task has ended.
+pub(crate) type EndHook = Box<dyn FnOnce() + Send>;
 
 impl fmt::Debug for TaskCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -299,6 +316,7 @@ impl TaskCore {
                 result: None,
                 delivered: false,
                 wakers: Vec::new(),
+                on_end: None,
             }),
             done: Condvar::new(),
             delivered: AtomicBool::new(false),
@@ -315,6 +333,11 @@ impl TaskCore {
 
     pub(crate) fn state(&self) -> TaskState {
         self.lock().state
+    }
+
+    /// The result, once `finish` has set it (listeners may not have seen it yet).
+    pub(crate) fn peek_result(&self) -> Option<Result<Args, TaskError>> {
+        self.lock().result.clone()
     }
 
     pub(crate) fn has_listeners(&self) -> bool {
@@ -356,15 +379,31 @@ impl TaskCore {
 
     /// Wakes waiters; called after the terminal event was delivered.
     pub(crate) fn release_waiters(&self) {
-        let wakers = {
+        let (wakers, on_end) = {
             let mut inner = self.lock();
             inner.delivered = true;
             self.delivered.store(true, Ordering::Release);
-            std::mem::take(&mut inner.wakers)
+            (std::mem::take(&mut inner.wakers), inner.on_end.take())
         };
         self.done.notify_all();
         for waker in wakers {
             waker.wake();
+        }
+        if let Some(on_end) = on_end {
+            on_end();
+        }
+    }
+
+    /// Runs `hook` once the task has ended and its waiters are released, on the thread
+    /// that releases them (at once, here, if that already happened). A pool uses it
+    /// instead of a listener when nobody listens, to spare the dispatcher's thread hop.
+    pub(crate) fn on_end(&self, hook: EndHook) {
+        let mut inner = self.lock();
+        if inner.delivered {
+            drop(inner);
+            hook();
+        } else {
+            inner.on_end = Some(hook);
         }
     }
 
@@ -435,7 +474,31 @@ impl TaskCore {
 /// [`Future`] that needs no particular runtime. Dropping a `Task` does not cancel it.
 pub struct Task {
     pub(crate) core: Arc<TaskCore>,
-    pub(crate) link: ServiceLink,
+    pub(crate) link: TaskLink,
+}
+
+/// Where a task's cancel requests go: the one service that runs it, or the pool that
+/// routes it to a worker (and may send it again).
+#[derive(Clone)]
+pub(crate) enum TaskLink {
+    Service(ServiceLink),
+    Pool(Arc<Job>),
+}
+
+impl TaskLink {
+    fn cancel(&self, id: &TaskId) {
+        match self {
+            TaskLink::Service(link) => link.cancel(id),
+            TaskLink::Pool(job) => job.cancel(),
+        }
+    }
+
+    fn hard_cancel(&self, core: &Arc<TaskCore>) {
+        match self {
+            TaskLink::Service(link) => link.hard_cancel(core),
+            TaskLink::Pool(job) => job.hard_cancel(),
+        }
+    }
 }
 
 impl fmt::Debug for Task {

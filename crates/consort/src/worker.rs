@@ -258,6 +258,7 @@ impl Worker {
         let handler: Arc<dyn Handler> = Arc::new(handler);
         let pool = Pool::new(self.threads);
         watch_sigterm(events.clone())?;
+        start_heartbeat(&shared);
         {
             let shared = Arc::clone(&shared);
             let handler = Arc::clone(&handler);
@@ -609,6 +610,38 @@ fn protocol_output(protect: bool) -> io::Result<File> {
         rustix::stdio::dup2_stdout(io::stderr())?;
     }
     Ok(File::from(private))
+}
+
+/// consort's heartbeat extension: only when the supervisor set `CONSORT_HEARTBEAT_SECS`
+/// (an Appose supervisor never does), a thread writes [`crate::protocol::HEARTBEAT_LINE`]
+/// that often, until shutdown, so the supervisor can tell a stopped process from a busy one.
+fn start_heartbeat(shared: &Arc<Shared>) {
+    let Some(secs) = std::env::var(crate::pool::HEARTBEAT_ENV)
+        .ok()
+        .and_then(|value| value.parse::<f64>().ok())
+        .filter(|secs| secs.is_finite() && *secs > 0.0)
+    else {
+        return;
+    };
+    let interval = Duration::from_secs_f64(secs.max(0.01));
+    let shared = Arc::clone(shared);
+    let spawned = std::thread::Builder::new()
+        .name("consort-worker-heartbeat".to_owned())
+        .spawn(move || {
+            while !shared.root.wait_timeout(interval) {
+                let mut out = lock(&shared.out);
+                let written = out
+                    .write_all(crate::protocol::HEARTBEAT_LINE)
+                    .and_then(|()| out.write_all(b"\n"))
+                    .and_then(|()| out.flush());
+                if written.is_err() {
+                    return;
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        eprintln!("consort worker: cannot start the heartbeat thread: {err}");
+    }
 }
 
 fn watch_sigterm(events: Sender<Event>) -> io::Result<()> {

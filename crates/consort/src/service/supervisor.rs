@@ -31,11 +31,14 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{decode_line, Args, Decoded, Frame, Framer, Request, ResponseKind, TaskId};
+use crate::protocol::{
+    decode_line, Args, Decoded, Frame, Framer, Request, ResponseKind, TaskId, HEARTBEAT_LINE,
+};
 use crate::service::{spawner, Config, DebugLine, DebugStream, StartError};
 use crate::sys::{self, signals, Pgid, Pid};
 use crate::task::{
-    CrashReport, EventKind, ExitStatus, Listener, Task, TaskCore, TaskError, TaskEvent, TaskState,
+    CrashReport, EventKind, ExitStatus, Listener, Task, TaskCore, TaskError, TaskEvent, TaskLink,
+    TaskState,
 };
 
 static NEXT_SERVICE: AtomicU64 = AtomicU64::new(1);
@@ -55,7 +58,7 @@ fn task_prefix() -> u64 {
     })
 }
 
-fn new_task_id() -> TaskId {
+pub(crate) fn new_task_id() -> TaskId {
     let serial = NEXT_TASK.fetch_add(1, Ordering::Relaxed);
     TaskId::new(format!("{:016x}{serial:016x}", task_prefix()))
 }
@@ -92,6 +95,10 @@ struct Shared {
     threads_done: Condvar,
     /// The init script's temporary file, removed when the worker ends.
     init_file: Mutex<Option<tempfile_path::TempPath>>,
+    /// When the worker was started, and when its last stdout line arrived (milliseconds
+    /// after `born`, plus one; 0: never). Pools use it to find wedged workers.
+    born: Instant,
+    heard: AtomicU64,
 }
 
 struct Registry {
@@ -348,6 +355,8 @@ pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
         threads: Mutex::new(0),
         threads_done: Condvar::new(),
         init_file: Mutex::new(init_file),
+        born: Instant::now(),
+        heard: AtomicU64::new(0),
         config,
     });
     let link = ServiceLink { shared };
@@ -429,6 +438,17 @@ impl ServiceLink {
         self.shared.pid.get()
     }
 
+    /// When the worker's last stdout line (a heartbeat counts) arrived, or its start.
+    pub(crate) fn last_heard(&self) -> Instant {
+        let heard = self.shared.heard.load(Ordering::Relaxed).saturating_sub(1);
+        self.shared.born + Duration::from_millis(heard)
+    }
+
+    /// Whether the worker ever wrote a line on stdout.
+    pub(crate) fn heard_anything(&self) -> bool {
+        self.shared.heard.load(Ordering::Relaxed) > 0
+    }
+
     fn debug(&self, stream: DebugStream, text: impl FnOnce() -> String) {
         let sink = self.shared.config.debug.as_ref();
         let traced = tracing::enabled!(target: "consort::service", tracing::Level::TRACE);
@@ -463,7 +483,7 @@ impl ServiceLink {
         let core = TaskCore::new(id.clone(), listeners);
         let task = Task {
             core: Arc::clone(&core),
-            link: self.clone(),
+            link: TaskLink::Service(self.clone()),
         };
         let refused = {
             let mut registry = lock(&self.shared.registry);
@@ -854,6 +874,11 @@ impl ServiceLink {
     fn on_frame(&self, frame: Frame<'_>, decoded: &mut Vec<Decoded>) {
         match frame {
             Frame::Line(line) => {
+                let heard = self.shared.born.elapsed().as_millis() as u64 + 1;
+                self.shared.heard.store(heard, Ordering::Relaxed);
+                if line == HEARTBEAT_LINE {
+                    return;
+                }
                 self.debug(DebugStream::Stdout, || {
                     String::from_utf8_lossy(line).into_owned()
                 });

@@ -18,6 +18,10 @@ Where appose's worker is fragile, this one is not:
 - tasks run on a pool of reused threads that take turns reading stdin (a task runs on the
   thread that read it: no handoff), and compiled scripts are cached.
 
+Heartbeats (a consort extension, never sent to an Appose supervisor): only when
+CONSORT_HEARTBEAT_SECS is set, a thread writes {"responseType":"HEARTBEAT"} that often,
+so the supervisor can tell a stopped or wedged process from a busy one.
+
 stdin EOF or SIGTERM: every task is asked to cancel, queued main-queue tasks are answered
 CANCELATION, running ones get CONSORT_SHUTDOWN_SECS (default 1 s), then the process exits.
 """
@@ -588,6 +592,17 @@ def _run_init_script():
         print("[WARNING] Init script failed: %s" % error, file=sys.stderr)
 
 
+def _heartbeat(interval):
+    # A bare line, not through json: it is the exact bytes the supervisor looks for.
+    line = b'{"responseType":"HEARTBEAT"}\n'
+    while not _shutdown.wait(interval):
+        with _WRITE_LOCK:
+            try:
+                os.write(_OUT_FD, line)
+            except OSError:
+                return
+
+
 def main():
     global _OUT_FD
     # The protocol gets a private copy of stdout; fd 1 becomes stderr, so that print()
@@ -595,6 +610,11 @@ def main():
     sys.stdout.flush()
     _OUT_FD = os.dup(1)
     os.dup2(2, 1)
+    # Before the init script: a long import is not a wedged worker.
+    heartbeat = os.environ.get("CONSORT_HEARTBEAT_SECS")
+    if heartbeat:
+        threading.Thread(target=_heartbeat, args=(max(float(heartbeat), 0.01),),
+                         name="consort-heartbeat", daemon=True).start()
     _run_init_script()
     import signal
 

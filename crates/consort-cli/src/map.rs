@@ -1,0 +1,483 @@
+//! `consort map`: one task per input line, on a pool of workers, one output line per input
+//! line, in input order.
+//!
+//! Memory stays bounded whatever the input's length: stdin is read ahead by at most a
+//! window of lines, and an output line is written as soon as it and every line before it
+//! have ended. The first Ctrl-C stops reading, hard-cancels what is queued or running and
+//! writes the lines already read (status `canceled`), then exits 130; a second one closes
+//! the pool at once.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufWriter, IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use consort::{Pool, PoolEvent, Task, TaskError};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Map, Value};
+
+use crate::{exit, WorkerArgs};
+
+/// How long a cancelled task gets to stop before its worker is killed.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Args)]
+pub struct MapArgs {
+    #[command(flatten)]
+    worker: WorkerArgs,
+    /// How many workers (default: the number of CPUs).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Send a task lost to a worker crash again, up to R more times (never a task that
+    /// failed in its script).
+    #[arg(long, value_name = "R", default_value_t = 0)]
+    retries: u32,
+    /// End a task that runs longer than SECS (status `timeout`; the kill escalation).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// One task per worker at a time, so a crash or a kill touches no other line.
+    #[arg(long)]
+    isolated: bool,
+    /// Read the script from FILE.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "script"
+    )]
+    file: Option<PathBuf>,
+    /// The script; each input line's keys are its variables.
+    #[arg(required_unless_present = "file")]
+    script: Option<String>,
+}
+
+/// One input line on its way to an output line.
+enum Item {
+    /// Sent to the pool.
+    Task(Task),
+    /// Decided without a worker: the output line's status and error.
+    Done(&'static str, String),
+}
+
+struct Line {
+    index: u64,
+    bytes: u64,
+    item: Item,
+}
+
+pub fn run(args: MapArgs) -> anyhow::Result<u8> {
+    let script = match (&args.script, &args.file) {
+        (Some(script), _) => script.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the script from {}", path.display()))?,
+        (None, None) => bail!("no script given"),
+    };
+    let deadline = match args.timeout {
+        Some(secs) if secs.is_finite() && secs > 0.0 => Some(Duration::from_secs_f64(secs)),
+        Some(secs) => bail!("--timeout must be a number of seconds > 0, not {secs}"),
+        None => None,
+    };
+    let n_workers = match args.workers {
+        Some(0) => bail!("--workers must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let tasks_per_worker = if args.isolated { 1 } else { 4 };
+    let window = (n_workers * tasks_per_worker * 4).max(16);
+
+    let interrupts = Arc::new(AtomicUsize::new(0));
+    watch_interrupts(Arc::clone(&interrupts))?;
+
+    let mut builder = Pool::new(args.worker.builder()?, n_workers)
+        .with_tasks_per_worker(tasks_per_worker)
+        .with_queue_limit(window)
+        .with_retries(args.retries)
+        .with_cancel_grace(CANCEL_GRACE);
+    if let Some(deadline) = deadline {
+        builder = builder.with_deadline(deadline);
+    }
+    // The last reason a worker died at start, for the message when every slot keeps failing.
+    let start_failure = Arc::new(Mutex::new(None::<String>));
+    {
+        let start_failure = Arc::clone(&start_failure);
+        builder = builder.with_monitor(move |event| {
+            if let PoolEvent::WorkerFailing { last_error, .. } = event {
+                *start_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(last_error.clone());
+            }
+        });
+    }
+    let pool = builder.start().context("starting the workers")?;
+
+    let total_bytes = stdin_file_len();
+    let lines = read_lines(window);
+    let mut progress = Progress::new(total_bytes);
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut pending: VecDeque<Line> = VecDeque::new();
+    let mut n_read = 0u64;
+    let mut input_done = false;
+    let mut all_complete = true;
+    let mut seen_interrupts = 0;
+    let mut n_complete = 0u64;
+    loop {
+        // Read ahead, up to the window.
+        while !input_done && pending.len() < window {
+            let next = if pending.is_empty() {
+                match lines.recv_timeout(Duration::from_millis(50)) {
+                    Ok(line) => Some(line),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => None,
+                }
+            } else {
+                match lines.try_recv() {
+                    Ok(line) => Some(line),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => None,
+                }
+            };
+            let Some(line) = next else {
+                input_done = true;
+                break;
+            };
+            let (bytes, item) = match line {
+                Ok(line) => (line.len() as u64 + 1, submit(&pool, &script, &line)),
+                Err(err) => (
+                    0,
+                    Item::Done("failed", format!("cannot read the input: {err}")),
+                ),
+            };
+            pending.push_back(Line {
+                index: n_read,
+                bytes,
+                item,
+            });
+            n_read += 1;
+        }
+        // Write every line that has ended, in order.
+        while let Some(front) = pending.front() {
+            let ended = match &front.item {
+                Item::Task(task) => ended(task),
+                Item::Done(..) => true,
+            };
+            if !ended {
+                break;
+            }
+            let Some(line) = pending.pop_front() else {
+                break;
+            };
+            let complete = write_line(&mut out, &line)?;
+            all_complete &= complete;
+            n_complete += u64::from(complete);
+            progress.advance(line.bytes, complete);
+        }
+        if pending.is_empty() {
+            out.flush()?;
+            if input_done {
+                break;
+            }
+        }
+        // Interrupts.
+        let n_interrupts = interrupts.load(Ordering::SeqCst);
+        if n_interrupts > seen_interrupts {
+            seen_interrupts = n_interrupts;
+            progress.note("interrupted: cancelling every task (Ctrl-C again to kill the workers)");
+            break;
+        }
+        // Workers that never got going: every slot keeps dying at start and no line has
+        // completed. Give up rather than crash the input line by line, slower and slower.
+        if n_complete == 0 && pool.stats().failing.len() == n_workers {
+            let reason = start_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default();
+            drop(lines);
+            // Bounded; it ends every task, so each line read gets its output line.
+            pool.close();
+            for line in pending.drain(..) {
+                write_line(&mut out, &line)?;
+                progress.advance(line.bytes, false);
+            }
+            out.flush()?;
+            progress.finish();
+            bail!("the workers keep dying at start; the last one: {reason}");
+        }
+        // Wait a little for the oldest line, so this loop does not spin.
+        if let Some(Line {
+            item: Item::Task(task),
+            ..
+        }) = pending.front()
+        {
+            out.flush()?;
+            let _ = task.wait_timeout(Duration::from_millis(20));
+        }
+        progress.tick();
+    }
+    if seen_interrupts > 0 {
+        drop(lines);
+        for line in &pending {
+            if let Item::Task(task) = &line.item {
+                task.cancel_hard(CANCEL_GRACE);
+            }
+        }
+        // Drain: every read line gets its output line; a second Ctrl-C closes the pool now.
+        let mut closed = false;
+        while let Some(line) = pending.pop_front() {
+            if let Item::Task(task) = &line.item {
+                while !ended(task) {
+                    if !closed && interrupts.load(Ordering::SeqCst) > seen_interrupts {
+                        progress.note("interrupted again: closing the workers now");
+                        // Bounded; it ends every task.
+                        pool.close();
+                        closed = true;
+                    }
+                    let _ = task.wait_timeout(Duration::from_millis(20));
+                }
+            }
+            write_line(&mut out, &line)?;
+            progress.advance(line.bytes, false);
+        }
+        out.flush()?;
+        progress.finish();
+        pool.close();
+        return Ok(exit::INTERRUPTED);
+    }
+    out.flush()?;
+    progress.finish();
+    pool.close();
+    Ok(if all_complete {
+        exit::COMPLETE
+    } else {
+        exit::FAILED
+    })
+}
+
+/// Whether the task has ended and its listeners have seen it (so its result is final).
+fn ended(task: &Task) -> bool {
+    !matches!(
+        task.wait_timeout(Duration::ZERO),
+        Err(TaskError::Timeout(_))
+    )
+}
+
+/// Counts SIGINT (Ctrl-C) and SIGTERM; the map loop reacts to the count.
+fn watch_interrupts(count: Arc<AtomicUsize>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("installing the Ctrl-C handler")?;
+    std::thread::Builder::new()
+        .name("consort-signals".to_owned())
+        .spawn(move || {
+            for _ in signals.forever() {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        })?;
+    Ok(())
+}
+
+/// Sends one input line to the pool, or decides it when it is not a JSON object.
+fn submit(pool: &Pool, script: &str, line: &str) -> Item {
+    let inputs: Map<String, Value> = match serde_json::from_str::<Value>(line) {
+        Ok(Value::Object(inputs)) => inputs,
+        Ok(other) => {
+            return Item::Done(
+                "failed",
+                format!(
+                    "the input line is not a JSON object but {}",
+                    json_kind(&other)
+                ),
+            )
+        }
+        Err(err) => {
+            return Item::Done("failed", format!("the input line is not valid JSON: {err}"))
+        }
+    };
+    match pool.task(script).inputs(inputs).submit() {
+        Ok(task) => Item::Task(task),
+        Err(err) => Item::Done("failed", format!("cannot submit the task: {err}")),
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Writes the output line of an ended input line; returns whether it completed.
+fn write_line(out: &mut impl Write, line: &Line) -> anyhow::Result<bool> {
+    let (status, outputs, error) = match &line.item {
+        Item::Done(status, error) => (*status, Map::new(), Some(error.clone())),
+        Item::Task(task) => match task.wait_timeout(Duration::ZERO) {
+            Ok(outputs) => ("complete", outputs, None),
+            Err(TaskError::Failed { message }) => ("failed", Map::new(), Some(message)),
+            Err(err @ TaskError::Crashed(_)) => ("crashed", Map::new(), Some(err.to_string())),
+            Err(err @ TaskError::TimedOut(_)) => ("timeout", Map::new(), Some(err.to_string())),
+            Err(err @ TaskError::Canceled { .. }) => {
+                ("canceled", Map::new(), Some(err.to_string()))
+            }
+            Err(err) => ("failed", Map::new(), Some(err.to_string())),
+        },
+    };
+    let record = json!({
+        "index": line.index,
+        "status": status,
+        "outputs": outputs,
+        "error": error,
+    });
+    serde_json::to_writer(&mut *out, &record)?;
+    out.write_all(b"\n")?;
+    Ok(status == "complete")
+}
+
+/// Reads stdin on a thread, at most `ahead` lines ahead of the consumer.
+fn read_lines(ahead: usize) -> Receiver<std::io::Result<String>> {
+    let (lines_tx, lines) = mpsc::sync_channel(ahead);
+    let spawned = std::thread::Builder::new()
+        .name("consort-map-stdin".to_owned())
+        .spawn(move || {
+            let stdin = std::io::stdin();
+            let mut reader = stdin.lock();
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.by_ref().read_until(b'\n', &mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&buf);
+                        let text = text.trim_end_matches(['\n', '\r']);
+                        if text.trim().is_empty() {
+                            continue;
+                        }
+                        if lines_tx.send(Ok(text.to_owned())).is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(err) => {
+                        let _ = lines_tx.send(Err(err));
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        eprintln!("consort: cannot start the stdin reader: {err}");
+    }
+    lines
+}
+
+/// The size of stdin when it is a regular file (`< inputs.jsonl`), for the ETA.
+fn stdin_file_len() -> Option<u64> {
+    use std::os::fd::AsFd;
+    let stdin = std::io::stdin();
+    let fd = stdin.as_fd().try_clone_to_owned().ok()?;
+    let meta = std::fs::File::from(fd).metadata().ok()?;
+    meta.is_file().then_some(meta.len())
+}
+
+/// A bar on a terminal (bytes of input done when stdin is a file, for the ETA; lines and
+/// rate always); a summary line otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    n_lines: u64,
+    n_complete: u64,
+}
+
+impl Progress {
+    fn new(total_bytes: Option<u64>) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let (bar, template) = match total_bytes {
+                Some(total) => (
+                    ProgressBar::new(total),
+                    "{spinner} [{elapsed_precise}] {wide_bar} {percent}% {msg} ETA {eta}",
+                ),
+                None => (
+                    ProgressBar::new_spinner(),
+                    "{spinner} [{elapsed_precise}] {msg}",
+                ),
+            };
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        });
+        Progress {
+            bar,
+            started: Instant::now(),
+            n_lines: 0,
+            n_complete: 0,
+        }
+    }
+
+    fn advance(&mut self, bytes: u64, complete: bool) {
+        self.n_lines += 1;
+        self.n_complete += u64::from(complete);
+        if let Some(bar) = &self.bar {
+            bar.inc(bytes);
+        }
+    }
+
+    fn tick(&self) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(self.summary());
+        }
+    }
+
+    fn summary(&self) -> String {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        format!(
+            "{} lines ({} not complete), {:.0} lines/s",
+            self.n_lines,
+            self.n_lines - self.n_complete,
+            self.n_lines as f64 / secs
+        )
+    }
+
+    fn note(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("consort: {text}")),
+            None => eprintln!("consort: {text}"),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        eprintln!("consort map: {}", self.summary());
+    }
+}
+
+pub const LONG_ABOUT: &str = "\
+Run SCRIPT once per line of stdin on a pool of workers, and print one JSON line per input
+line on stdout, in input order:
+
+  {\"index\": i, \"status\": \"complete\"|\"failed\"|\"crashed\"|\"timeout\"|\"canceled\",
+   \"outputs\": {...}, \"error\": \"...\" or null}
+
+Each input line is a JSON object whose keys become the script's variables. A line that is
+not a JSON object gets a `failed` output line naming the problem, and the run goes on.
+Blank lines are skipped. Workers that die are replaced; --retries sends the tasks they
+were running again. On a terminal, stderr shows a bar with the rate (and the ETA when
+stdin is a file).
+
+Exit codes:
+    0    every line completed
+    1    some line did not complete
+    2    usage error, or the workers could not be started, or every worker kept dying at
+         start before any line completed (the lines read so far get their output lines)
+  130    interrupted: the first Ctrl-C stops reading, cancels every task (killing its
+         worker if it does not stop within 2 s) and writes the lines read so far; a second
+         Ctrl-C closes the workers at once";

@@ -1,0 +1,199 @@
+//! `consort map` as scripts use it: JSON lines in, ordered JSON lines out, exit codes,
+//! self-killing scripts, bad input lines, deadlines and Ctrl-C.
+
+use std::io::Write;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use consort_tests::{kill, python, wait_until, Watchdog};
+use serde_json::{json, Value};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn map(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_consort"));
+    command
+        .arg("map")
+        .arg("--python")
+        .arg(python())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Runs `consort map` with `input` on stdin (written from a thread, so a full stdout pipe
+/// cannot deadlock the test).
+fn run_map(args: &[&str], input: String) -> Output {
+    let mut child = map(args).spawn().expect("start consort map");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let output = child.wait_with_output().expect("consort map output");
+    writer.join().expect("stdin writer");
+    output
+}
+
+fn lines(output: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each output line is JSON"))
+        .collect()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn two_thousand_lines_where_the_script_kills_its_worker_on_some() {
+    let _watchdog = Watchdog::new("map-2000-self-kill", LIMIT);
+    let input: String = (0..2000).map(|x| format!("{{\"x\": {x}}}\n")).collect();
+    let script = "import os\nif x % 100 == 7:\n    os.kill(os.getpid(), 9)\nx * 2";
+    let output = run_map(
+        &["--workers", "4", "--isolated", "--retries", "1", script],
+        input,
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let lines = lines(&output);
+    assert_eq!(lines.len(), 2000);
+    for (idx, line) in lines.iter().enumerate() {
+        assert_eq!(line["index"], json!(idx));
+        if idx % 100 == 7 {
+            assert_eq!(line["status"], "crashed", "line {idx}: {line}");
+            let error = line["error"].as_str().unwrap_or_default();
+            assert!(error.contains("SIGKILL"), "line {idx}: {error}");
+        } else {
+            assert_eq!(line["status"], "complete", "line {idx}: {line}");
+            assert_eq!(line["outputs"]["result"], json!(idx * 2));
+            assert_eq!(line["error"], Value::Null);
+        }
+    }
+}
+
+#[test]
+fn every_line_complete_exits_0() {
+    let _watchdog = Watchdog::new("map-exit-0", LIMIT);
+    let output = run_map(
+        &["--workers", "2", "a + b"],
+        "{\"a\": 1, \"b\": 2}\n\n{\"a\": \"x\", \"b\": \"y\"}\n".to_owned(),
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let lines = lines(&output);
+    assert_eq!(
+        lines,
+        [
+            json!({"index": 0, "status": "complete", "outputs": {"result": 3}, "error": null}),
+            json!({"index": 1, "status": "complete", "outputs": {"result": "xy"}, "error": null}),
+        ]
+    );
+}
+
+#[test]
+fn a_line_that_is_not_a_json_object_fails_and_the_run_goes_on() {
+    let _watchdog = Watchdog::new("map-bad-line", LIMIT);
+    let output = run_map(
+        &["--workers", "1", "x"],
+        "{\"x\": 1}\n[1, 2]\nnot json\n{\"x\": 4}\n".to_owned(),
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let lines = lines(&output);
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[0]["status"], "complete");
+    assert_eq!(lines[1]["status"], "failed");
+    assert!(lines[1]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("not a JSON object but an array"));
+    assert_eq!(lines[2]["status"], "failed");
+    assert!(lines[2]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("not valid JSON"));
+    assert_eq!(lines[3]["status"], "complete");
+    assert_eq!(lines[3]["outputs"]["result"], 4);
+}
+
+#[test]
+fn a_failing_script_and_a_deadline_give_failed_and_timeout_lines() {
+    let _watchdog = Watchdog::new("map-failed-timeout", LIMIT);
+    let script =
+        "import time\nif x == 1:\n    raise ValueError('bad x')\nif x == 2:\n    time.sleep(30)\nx";
+    let output = run_map(
+        &["--workers", "2", "--isolated", "--timeout", "0.5", script],
+        "{\"x\": 0}\n{\"x\": 1}\n{\"x\": 2}\n{\"x\": 3}\n".to_owned(),
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let statuses: Vec<_> = lines(&output)
+        .iter()
+        .map(|line| line["status"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(statuses, ["complete", "failed", "timeout", "complete"]);
+}
+
+#[test]
+fn ctrl_c_cancels_drains_and_exits_130() {
+    let _watchdog = Watchdog::new("map-ctrl-c", LIMIT);
+    let dir = std::env::temp_dir().join(format!("consort-map-ctrl-c-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let script = "import time\nopen(marker, 'w').close()\ntime.sleep(60)";
+    let mut child: Child = map(&["--workers", "2", script])
+        .spawn()
+        .expect("start consort map");
+    let markers: Vec<_> = (0..3).map(|idx| dir.join(format!("m{idx}"))).collect();
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        for marker in &markers {
+            writeln!(stdin, "{}", json!({"marker": marker})).expect("write input");
+        }
+        // Dropped: EOF, so the run would otherwise wait for the tasks.
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || markers
+            .iter()
+            .all(|marker| marker.exists())),
+        "the tasks did not start"
+    );
+    kill(child.id(), 2);
+    let output = child.wait_with_output().expect("consort map output");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
+    let lines = lines(&output);
+    assert_eq!(lines.len(), 3, "every line read gets its output line");
+    for (idx, line) in lines.iter().enumerate() {
+        assert_eq!(line["index"], json!(idx));
+        assert_eq!(line["status"], "canceled");
+    }
+}
+
+#[test]
+fn workers_that_keep_dying_at_start_end_the_run_with_exit_2_and_the_reason() {
+    let _watchdog = Watchdog::new("map-dying-workers", LIMIT);
+    let input: String = (0..500).map(|x| format!("{{\"x\": {x}}}\n")).collect();
+    let output = run_map(
+        &[
+            "--workers",
+            "2",
+            "--worker",
+            "sh -c 'echo no such module >&2; exit 1'",
+            "x",
+        ],
+        input,
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("keep dying at start")
+            && stderr(&output).contains("no such module"),
+        "{}",
+        stderr(&output)
+    );
+    // The lines read before giving up have their output lines, in order, none complete.
+    let lines = lines(&output);
+    assert!(!lines.is_empty() && lines.len() < 500);
+    for (idx, line) in lines.iter().enumerate() {
+        assert_eq!(line["index"], json!(idx));
+        assert_ne!(line["status"], "complete");
+    }
+}
