@@ -1,6 +1,8 @@
 //! consort's own Python worker: its task threads take turns reading stdin (a task runs on
 //! the thread that read it), and that must never cost concurrency or a lost CANCEL.
 
+use consort::TaskId;
+
 use super::*;
 
 fn consort_python() -> ServiceBuilder {
@@ -65,4 +67,61 @@ fn tasks_read_by_one_thread_after_another_all_run_at_once() {
             assert_eq!(outputs["result"], idx);
         }
     }
+}
+
+#[test]
+fn a_cancel_sent_right_after_its_execute_is_never_lost() {
+    let _watchdog = watchdog("python-cancel-right-after-execute");
+    // Threads switch every microsecond, not every 5 ms: a reader that let go of stdin
+    // before it registered its task would lose this race at once.
+    let service = consort_python()
+        .with_init("import sys\nsys.setswitchinterval(1e-6)")
+        .start()
+        .expect("start");
+    let tasks: Vec<Task> = (0..100)
+        .map(|_| {
+            let task = submit(&service, UNTIL_CANCELLED);
+            task.cancel();
+            task
+        })
+        .collect();
+    for task in &tasks {
+        assert!(
+            matches!(finish(task), Err(TaskError::Canceled { forced: false })),
+            "{:?}",
+            task.state()
+        );
+    }
+}
+
+#[test]
+fn main_queue_tasks_start_in_the_order_they_came() {
+    let _watchdog = watchdog("python-main-queue-order");
+    let service = consort_python()
+        .with_init("import sys\nsys.setswitchinterval(1e-6)")
+        .start()
+        .expect("start");
+    let recorder = Recorder::default();
+    let tasks: Vec<Task> = (0..40)
+        .map(|idx| {
+            service
+                .task("idx")
+                .input("idx", idx)
+                .queue("main")
+                .listen(recorder.listener())
+                .submit()
+                .expect("submit")
+        })
+        .collect();
+    for task in &tasks {
+        finish(task).expect("complete");
+    }
+    let launches: Vec<TaskId> = recorder
+        .events()
+        .into_iter()
+        .filter(|(_, event)| event.kind == EventKind::Launch)
+        .map(|(_, event)| event.task)
+        .collect();
+    let submitted: Vec<TaskId> = tasks.iter().map(|task| task.id().clone()).collect();
+    assert_eq!(launches, submitted, "the main queue is first in, first out");
 }

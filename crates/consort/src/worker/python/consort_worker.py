@@ -485,6 +485,9 @@ def _start_thread():
 def _serve():
     stdin = sys.stdin.buffer
     while True:
+        # The request is acted on before the next one is read, as by a single reader: a
+        # task is registered before its CANCEL is looked up, and main-queue tasks reach
+        # the main thread in the order they came. Only running is left for after.
         with _reader_lock:
             if _eof[0]:
                 break
@@ -493,7 +496,7 @@ def _serve():
                 _eof[0] = True
                 _begin_shutdown()
                 break
-        task = _handle(line) if line.strip() else None
+            task = _handle(line) if line.strip() else None
         while task is not None:
             try:
                 task._run()
