@@ -273,3 +273,29 @@ fn a_bad_request_fails_its_task_and_the_worker_keeps_serving() {
             && response["outputs"]["a"] == 1
     }));
 }
+
+#[test]
+fn a_cancel_sent_right_after_its_execute_is_never_lost() {
+    let _watchdog = watchdog("sdk-cancel-right-after-execute");
+    let service = echo_worker().start().expect("start");
+    // The CANCEL follows its EXECUTE in the pipe at once, often in the same read: it must
+    // find the task registered, whichever task thread reads which line.
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let task = service
+                .task("sleep")
+                .input("seconds", 600)
+                .submit()
+                .expect("submit");
+            task.cancel();
+            task
+        })
+        .collect();
+    for task in &tasks {
+        assert!(
+            matches!(finish(task), Err(TaskError::Canceled { forced: false })),
+            "{:?}",
+            task.state()
+        );
+    }
+}

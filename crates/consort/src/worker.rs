@@ -36,7 +36,6 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -256,16 +255,30 @@ impl Worker {
             events: events.clone(),
         });
         let handler: Arc<dyn Handler> = Arc::new(handler);
-        let pool = Pool::new(self.threads);
-        watch_sigterm(events.clone())?;
+        let pool = Pool {
+            inner: Arc::new(PoolInner {
+                state: Mutex::new(PoolState {
+                    queue: VecDeque::new(),
+                    threads: 0,
+                    free: 0,
+                }),
+                reader: Mutex::new(Reader {
+                    stdin: io::stdin(),
+                    eof: false,
+                }),
+                max: self.threads,
+                shared: Arc::clone(&shared),
+                handler,
+                events,
+            }),
+        };
+        watch_sigterm(pool.inner.events.clone())?;
         start_heartbeat(&shared);
         {
-            let shared = Arc::clone(&shared);
-            let handler = Arc::clone(&handler);
-            let pool = pool.clone();
-            std::thread::Builder::new()
-                .name("consort-worker-stdin".to_owned())
-                .spawn(move || read_requests(&shared, &handler, &pool, &events))?;
+            // A reader, and a follower to read on while the first task runs.
+            let mut state = lock(&pool.inner.state);
+            pool.start_thread(&mut state)?;
+            pool.start_thread(&mut state)?;
         }
         // The main thread: main-queue tasks in FIFO order, until shutdown.
         for event in incoming.iter() {
@@ -395,30 +408,35 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-fn read_requests(
-    shared: &Arc<Shared>,
-    handler: &Arc<dyn Handler>,
-    pool: &Pool,
-    events: &Sender<Event>,
-) {
-    let stdin = io::stdin();
-    let mut stdin = stdin.lock();
+/// Reads one line from stdin; `None` at EOF (or an error, reported).
+fn read_line(stdin: &io::Stdin) -> Option<Vec<u8>> {
     let mut line = Vec::new();
     loop {
-        line.clear();
-        match stdin.read_until(b'\n', &mut line) {
-            Ok(0) => break,
-            Ok(_) => {}
+        match stdin.lock().read_until(b'\n', &mut line) {
+            Ok(0) => return None,
+            Ok(_) => return Some(line),
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => {
                 eprintln!("consort worker: reading stdin: {err}");
-                break;
+                return None;
             }
         }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match decode_request(&line) {
+    }
+}
+
+/// Acts on one request line. Returns the job of a worker-pool task, to run; main-queue
+/// tasks go to the main thread, the rest is done here.
+fn handle_line(
+    shared: &Arc<Shared>,
+    handler: &Arc<dyn Handler>,
+    events: &Sender<Event>,
+    line: &[u8],
+) -> Option<Job> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    {
+        match decode_request(line) {
             Ok(Request::Execute {
                 task,
                 script,
@@ -437,7 +455,7 @@ fn read_requests(
                 };
                 if duplicate {
                     eprintln!("consort worker: task {task} is already running; request ignored");
-                    continue;
+                    return None;
                 }
                 let on_main = queue.as_deref() == Some("main");
                 let job = Job {
@@ -457,7 +475,7 @@ fn read_requests(
                         shared.finish(&job.context.id, ResponseKind::Cancelation);
                     }
                 } else {
-                    pool.submit(job);
+                    return Some(job);
                 }
             }
             Ok(Request::Cancel { task }) => match lock(&shared.running).get(&task) {
@@ -479,10 +497,17 @@ fn read_requests(
             }
         }
     }
-    let _ = events.send(Event::Shutdown("stdin closed"));
+    None
 }
 
-/// A bounded pool of task threads, started as needed, FIFO.
+/// The task threads. They take turns reading stdin (leader/followers): the reader runs
+/// the task it read itself, at once, and the next free thread reads on. Handing a request
+/// to another thread would put a wake-up, tens of microseconds on a virtual machine, on
+/// the critical path of every task.
+///
+/// One thread not running a task is always kept, so a CANCEL is read however many tasks
+/// run: at most `max` tasks run at once, plus one reader; past that, tasks wait in a FIFO
+/// queue that finishing threads take from.
 #[derive(Clone)]
 struct Pool {
     inner: Arc<PoolInner>,
@@ -490,115 +515,92 @@ struct Pool {
 
 struct PoolInner {
     state: Mutex<PoolState>,
-    ready: Condvar,
-    /// `state.queue.len()`, readable without the lock by spinning threads.
-    queued: AtomicUsize,
+    /// Held by the thread reading stdin.
+    reader: Mutex<Reader>,
     max: usize,
+    shared: Arc<Shared>,
+    handler: Arc<dyn Handler>,
+    events: Sender<Event>,
+}
+
+struct Reader {
+    stdin: io::Stdin,
+    eof: bool,
 }
 
 struct PoolState {
+    /// Tasks read while `max` others ran.
     queue: VecDeque<Job>,
     threads: usize,
-    /// Threads parked on `ready`.
-    idle: usize,
-    /// Threads that just finished a job and look for the next one before they park; each
-    /// takes one queued job without being woken.
-    spinning: usize,
+    /// Threads not running a task: the reader and those waiting to read.
+    free: usize,
 }
-
-/// How long a task thread that ran out of work yields before it parks: a job that arrives
-/// meanwhile starts without a wake-up, which costs tens of microseconds on a virtual machine.
-const SPIN_BEFORE_PARK: Duration = Duration::from_micros(100);
 
 impl Pool {
-    fn new(max: usize) -> Pool {
-        Pool {
-            inner: Arc::new(PoolInner {
-                state: Mutex::new(PoolState {
-                    queue: VecDeque::new(),
-                    threads: 0,
-                    idle: 0,
-                    spinning: 0,
-                }),
-                ready: Condvar::new(),
-                queued: AtomicUsize::new(0),
-                max,
-            }),
-        }
+    fn start_thread(&self, state: &mut PoolState) -> io::Result<()> {
+        let pool = self.clone();
+        std::thread::Builder::new()
+            .name("consort-worker-task".to_owned())
+            .spawn(move || pool.serve())?;
+        state.threads += 1;
+        state.free += 1;
+        Ok(())
     }
 
-    fn submit(&self, job: Job) {
-        let mut state = lock(&self.inner.state);
-        state.queue.push_back(job);
-        self.inner
-            .queued
-            .store(state.queue.len(), Ordering::Release);
-        if state.queue.len() <= state.spinning {
-            return;
-        }
-        if state.idle > 0 {
-            self.inner.ready.notify_one();
-            return;
-        }
-        if state.threads < self.inner.max {
-            let inner = Arc::clone(&self.inner);
-            let spawned = std::thread::Builder::new()
-                .name("consort-worker-task".to_owned())
-                .spawn(move || inner.run());
-            match spawned {
-                Ok(_) => state.threads += 1,
-                Err(err) => {
-                    // Not fatal while another thread exists to take the job; otherwise
-                    // run it here rather than leave it unanswered.
-                    eprintln!("consort worker: cannot start a task thread: {err}");
-                    if state.threads == 0 {
-                        let job = state.queue.pop_back();
-                        self.inner
-                            .queued
-                            .store(state.queue.len(), Ordering::Release);
-                        drop(state);
-                        if let Some(job) = job {
-                            job.run();
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl PoolInner {
-    fn run(&self) {
-        let mut state = lock(&self.state);
-        let mut spun = false;
+    fn serve(&self) {
+        let inner = &self.inner;
         loop {
-            if let Some(job) = state.queue.pop_front() {
-                self.queued.store(state.queue.len(), Ordering::Release);
-                drop(state);
-                job.run();
-                state = lock(&self.state);
-                spun = false;
-                continue;
-            }
-            if !spun {
-                spun = true;
-                state.spinning += 1;
-                drop(state);
-                let until = Instant::now() + SPIN_BEFORE_PARK;
-                while self.queued.load(Ordering::Acquire) == 0 && Instant::now() < until {
-                    std::thread::yield_now();
+            // The request is acted on before the next one is read, as by a single reader:
+            // a task is registered before its CANCEL is looked up, and main-queue tasks
+            // reach the main thread in the order they came. Only running is left for after.
+            let job = {
+                let mut reader = lock(&inner.reader);
+                if reader.eof {
+                    break;
                 }
-                state = lock(&self.state);
-                state.spinning -= 1;
-                continue;
+                let Some(line) = read_line(&reader.stdin) else {
+                    reader.eof = true;
+                    let _ = inner.events.send(Event::Shutdown("stdin closed"));
+                    break;
+                };
+                handle_line(&inner.shared, &inner.handler, &inner.events, &line)
+                    .and_then(|job| self.take(job))
+            };
+            let mut job = job;
+            while let Some(next) = job {
+                next.run();
+                let mut state = lock(&inner.state);
+                job = state.queue.pop_front();
+                if job.is_none() {
+                    state.free += 1;
+                }
             }
-            state.idle += 1;
-            state = self
-                .ready
-                .wait(state)
-                .unwrap_or_else(|poison| poison.into_inner());
-            state.idle -= 1;
         }
+        let mut state = lock(&inner.state);
+        state.threads -= 1;
+        state.free -= 1;
+    }
+
+    /// The reader got `job`: returns it to run on this thread, or queues it.
+    fn take(&self, job: Job) -> Option<Job> {
+        let mut state = lock(&self.inner.state);
+        if state.free < 2 {
+            if state.threads > self.inner.max {
+                state.queue.push_back(job);
+                return None;
+            }
+            if let Err(err) = self.start_thread(&mut state) {
+                // Not fatal while another thread can read on; otherwise run the task here
+                // rather than leave it unanswered (a CANCEL waits until it ends).
+                eprintln!("consort worker: cannot start a task thread: {err}");
+                if state.free < 2 && state.threads > 1 {
+                    state.queue.push_back(job);
+                    return None;
+                }
+            }
+        }
+        state.free -= 1;
+        Some(job)
     }
 }
 
