@@ -16,7 +16,8 @@ Where appose's worker is fragile, this one is not:
   and the supervisor's kill escalation is what ends it then;
 - print() goes to stderr: the protocol has a private copy of stdout;
 - tasks run on a pool of reused threads that take turns reading stdin (a task runs on the
-  thread that read it: no handoff), and compiled scripts are cached.
+  thread that read it: no handoff), and compiled scripts are cached;
+- a task that ends within a millisecond sends LAUNCH and its answer in one write.
 
 Heartbeats (a consort extension, never sent to an Appose supervisor): only when
 CONSORT_HEARTBEAT_SECS is set, a thread writes {"responseType":"HEARTBEAT"} that often,
@@ -28,8 +29,10 @@ CANCELATION, running ones get CONSORT_SHUTDOWN_SECS (default 1 s), then the proc
 
 import json
 import os
+import select
 import sys
 import threading
+import time
 
 _WRITE_LOCK = threading.Lock()
 _OUT_FD = None
@@ -42,13 +45,51 @@ class TaskCancelled(BaseException):
     """Raised inside a task's thread to stop a task that ignored its cancel request."""
 
 
-def _write_line(obj):
-    data = (json.dumps(obj, separators=(",", ":"), default=_encode_default) + "\n").encode("ascii")
+def _encode(obj):
+    return (json.dumps(obj, separators=(",", ":"), default=_encode_default) + "\n").encode("ascii")
+
+
+def _write_all(data):
+    # Called with _WRITE_LOCK held.
+    view = memoryview(data)
+    while view:
+        written = os.write(_OUT_FD, view)
+        view = view[written:]
+
+
+def _write_line(obj, uuid=None):
+    """Writes one response whole, after the held-back LAUNCH of task `uuid` if any."""
+    data = _encode(obj)
     with _WRITE_LOCK:
-        view = memoryview(data)
-        while view:
-            written = os.write(_OUT_FD, view)
-            view = view[written:]
+        if uuid is not None and _launches.pop(uuid, None) is not None:
+            data = _encode({"task": uuid, "responseType": "LAUNCH"}) + data
+        _write_all(data)
+
+
+# A task that its reader runs at once has its LAUNCH held back for a moment
+# (_LAUNCH_DELAY): if it ends or reports progress within it, the LAUNCH goes out in the
+# same write as that response (one write, one wake-up of the supervisor, instead of two).
+# The LAUNCH is held back before the next thread may read stdin (in _take, under the
+# reader lock), so that thread knows to wait for input only until it is due, then sends
+# it. uuid -> when it is due; guarded by _WRITE_LOCK.
+_launches = {}
+_LAUNCH_DELAY = 0.001
+
+
+def _flush_launches(everything=False):
+    """Writes the held-back LAUNCHes that are due (all, with `everything`); returns how
+    long until the next is due, or None when none is held back."""
+    now = time.monotonic()
+    with _WRITE_LOCK:
+        due = [uuid for uuid, at in _launches.items() if everything or at <= now]
+        if due:
+            _write_all(b"".join(_encode({"task": uuid, "responseType": "LAUNCH"})
+                                for uuid in due))
+            for uuid in due:
+                del _launches[uuid]
+        if not _launches:
+            return None
+        return max(0.0, min(_launches.values()) - now)
 
 
 _exports = {}
@@ -311,6 +352,7 @@ class Task:
         self._hard_sent = False
         self.outputs = {}
         self.cancel_requested = False
+        self._launch_held = False
 
     def export(self, **kwargs):
         _exports.update(kwargs)
@@ -350,11 +392,13 @@ class Task:
                 self._finished = True
                 if self._timer is not None:
                     self._timer.cancel()
+        if response_type == "LAUNCH" and self._launch_held:
+            return
         response = dict(args) if args else {}
         response["task"] = self._uuid
         response["responseType"] = response_type
         try:
-            _write_line(response)
+            _write_line(response, self._uuid if self._launch_held else None)
         except BaseException:
             if not terminal:
                 raise
@@ -362,7 +406,7 @@ class Task:
             import traceback
 
             _write_line({"error": traceback.format_exc(), "task": self._uuid,
-                         "responseType": "FAILURE"})
+                         "responseType": "FAILURE"}, self._uuid if self._launch_held else None)
 
     def _request_cancel(self):
         self.cancel_requested = True
@@ -397,6 +441,10 @@ class Task:
 
     def _run(self):
         if self.cancel_requested:
+            if self._launch_held:
+                # It never started: its answer is CANCELATION alone.
+                with _WRITE_LOCK:
+                    _launches.pop(self._uuid, None)
             self._respond("CANCELATION", None)
             return
         with self._lock:
@@ -482,8 +530,33 @@ def _start_thread():
     threading.Thread(target=_serve, name="consort-task", daemon=True).start()
 
 
+_stdin_buffer = bytearray()
+
+
+def _read_line():
+    """The next line of stdin (b"" at EOF), sending held-back LAUNCHes as they fall due
+    while it waits. Called with _reader_lock held."""
+    while True:
+        end = _stdin_buffer.find(b"\n")
+        if end >= 0:
+            line = bytes(_stdin_buffer[:end + 1])
+            del _stdin_buffer[:end + 1]
+            return line
+        wait = _flush_launches() if _launches else None
+        if wait is not None and not select.select([0], [], [], wait)[0]:
+            continue
+        try:
+            data = os.read(0, 65536)
+        except InterruptedError:
+            continue
+        if not data:
+            line = bytes(_stdin_buffer)
+            del _stdin_buffer[:]
+            return line
+        _stdin_buffer.extend(data)
+
+
 def _serve():
-    stdin = sys.stdin.buffer
     while True:
         # The request is acted on before the next one is read, as by a single reader: a
         # task is registered before its CANCEL is looked up, and main-queue tasks reach
@@ -491,9 +564,11 @@ def _serve():
         with _reader_lock:
             if _eof[0]:
                 break
-            line = stdin.readline()
+            line = _read_line()
             if not line:
                 _eof[0] = True
+                # No reader is left to send held-back LAUNCHes when due.
+                _flush_launches(everything=True)
                 _begin_shutdown()
                 break
             task = _handle(line) if line.strip() else None
@@ -524,7 +599,11 @@ def _take(task):
                 return None
             _start_thread()
         _pool_state["free"] -= 1
-        return task
+    if task._uuid.__class__ is str:
+        task._launch_held = True
+        with _WRITE_LOCK:
+            _launches[task._uuid] = time.monotonic() + _LAUNCH_DELAY
+    return task
 
 
 def _handle(line):
@@ -639,6 +718,7 @@ def main():
         except BaseException:
             pass
     # Shutdown: every task was asked to cancel; give running ones a bounded grace.
+    _flush_launches(everything=True)
     with _tasks_lock:
         _tasks_lock.wait_for(lambda: not _tasks, timeout=_SHUTDOWN_SECS)
         left = len(_tasks)
