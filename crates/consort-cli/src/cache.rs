@@ -32,7 +32,7 @@ pub enum CacheCmd {
 pub struct NameArgs {
     /// The cache's name.
     name: String,
-    /// Its directory (default: $CONSORT_CACHE_DIR, else /dev/shm/consort-cache-<uid>).
+    /// Its directory (default: `$CONSORT_CACHE_DIR`, else `/dev/shm/consort-cache-<uid>`).
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Print one JSON object.

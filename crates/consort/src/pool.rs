@@ -10,7 +10,7 @@
 //! watches the clock: deadlines, restarts waiting out their backoff, silent workers.
 //!
 //! # Invariants
-//! 1. A pool task ends exactly once: its [`TaskCore`] is the one `task` uses, and every
+//! 1. A pool task ends exactly once: its `TaskCore` is the one `task` uses, and every
 //!    path that ends it (an attempt's end, a cancel before dispatch, the pool closing)
 //!    goes through `TaskCore::finish`, the first caller wins.
 //! 2. The listener of an attempt never takes a pool lock: it may run on any thread, even
