@@ -46,7 +46,7 @@ class TaskCancelled(BaseException):
 
 
 def _encode(obj):
-    return (json.dumps(obj, separators=(",", ":"), default=_encode_default) + "\n").encode("ascii")
+    return (_ENCODER.encode(obj) + "\n").encode("ascii")
 
 
 def _write_all(data):
@@ -119,6 +119,10 @@ def _encode_default(obj):
         _auto_counter[0] += 1
     _exports[name] = obj
     return {"appose_type": "worker_object", "var_name": name}
+
+
+# Built once: json.dumps and json.loads with options build a new coder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_encode_default)
 
 
 _SHM_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -335,6 +339,9 @@ def _decode_hook(obj):
     except Exception as error:
         return _Invalid("%s: %s" % (type(error).__name__, error))
     return obj
+
+
+_DECODER = json.JSONDecoder(object_hook=_decode_hook)
 
 
 class Task:
@@ -610,7 +617,7 @@ def _handle(line):
     """Acts on one request line; returns the task to run on this thread, if any."""
     uuid = None
     try:
-        request = json.loads(line, object_hook=_decode_hook)
+        request = _DECODER.decode(line.decode(json.detect_encoding(line), "surrogatepass"))
         if not isinstance(request, dict):
             raise ValueError("request is not a JSON object")
         uuid = request.get("task")
