@@ -15,8 +15,10 @@ Where appose's worker is fragile, this one is not:
   (CONSORT_HARD_CANCEL_SECS after the CANCEL, default 1 s); code blocked in C ignores it,
   and the supervisor's kill escalation is what ends it then;
 - print() goes to stderr: the protocol has a private copy of stdout;
-- tasks run on a pool of reused threads that take turns reading stdin (a task runs on the
-  thread that read it: no handoff), and compiled scripts are cached;
+- tasks run on a pool of reused threads that take turns reading stdin: a task runs on the
+  thread that read it (no handoff), and a free thread takes over reading once that task
+  has run for a millisecond, so short tasks in a row run on one thread and long ones
+  still run concurrently; compiled scripts are cached;
 - a task that ends within a millisecond sends LAUNCH and its answer in one write.
 
 Heartbeats (a consort extension, never sent to an Appose supervisor): only when
@@ -507,9 +509,10 @@ def _compile(script):
 
 _tasks = {}
 _tasks_lock = threading.Condition()
-_pool_lock = threading.Lock()
+# Guards _pool_state and _pool_queue; free task threads wait on it.
+_pool_lock = threading.Condition(threading.Lock())
 _pool_queue = []
-_pool_state = {"threads": 0, "free": 0}
+_pool_state = {"threads": 0, "starting": 0, "free": 0, "watching": False, "busy": 0.0}
 _reader_lock = threading.Lock()
 _eof = [False]
 _main_queue = []
@@ -524,16 +527,25 @@ def _tasks_done(task):
             _tasks_lock.notify_all()
 
 
-# Leader/followers: the task threads take turns reading stdin. The reader runs the task it
-# read itself, on the spot, and the next free thread becomes the reader: handing a request
-# to another thread would cost a wake-up on the critical path of every task. One thread
-# not running a task is always kept, so that a CANCEL is read however many tasks run.
+# The task threads take turns reading stdin, and the reader runs the task it read itself,
+# on the spot: handing a request to another thread would cost wake-ups (and GIL handoffs)
+# on the critical path of every task. While the reader runs its task, nobody reads stdin:
+# the reader's seat is *vacant*. A free thread watches the seat and takes it once it has
+# been vacant for _VACANCY (so a CANCEL, or the next task, waits at most that long behind
+# a long task); a reader whose task ends sooner takes its own seat back, and a stream of
+# short tasks runs on one thread with no handoff at all. The watcher also sends held-back
+# LAUNCHes when they fall due.
+_VACANCY = _LAUNCH_DELAY
+# While tasks keep coming, the watcher polls every _VACANCY instead of waiting to be woken,
+# so that starting a task costs its reader no wake-up call.
+_BUSY_SECS = 0.05
+_vacant = [None]
 
 
 def _start_thread():
     # Called with _pool_lock held.
     _pool_state["threads"] += 1
-    _pool_state["free"] += 1
+    _pool_state["starting"] += 1
     threading.Thread(target=_serve, name="consort-task", daemon=True).start()
 
 
@@ -563,12 +575,46 @@ def _read_line():
         _stdin_buffer.extend(data)
 
 
+def _await_seat():
+    """Waits as a free thread until the reader's seat is free to take: returns False when
+    the worker is shutting down instead."""
+    with _pool_lock:
+        _pool_state["free"] += 1
+        try:
+            while True:
+                if _eof[0]:
+                    return False
+                now = time.monotonic()
+                vacant = _vacant[0]
+                if not _reader_lock.locked() and (vacant is None or now - vacant >= _VACANCY):
+                    return True
+                if _pool_state["watching"] or (vacant is None and now - _pool_state["busy"] > _BUSY_SECS):
+                    _pool_lock.wait()
+                    continue
+                _pool_state["watching"] = True
+                try:
+                    _pool_lock.wait(_VACANCY if vacant is None else max(0.0, vacant + _VACANCY - now))
+                finally:
+                    _pool_state["watching"] = False
+                if _launches:
+                    _flush_launches()
+        finally:
+            _pool_state["free"] -= 1
+
+
 def _serve():
+    with _pool_lock:
+        _pool_state["starting"] -= 1
     while True:
+        if not _reader_lock.acquire(False):
+            if not _await_seat():
+                break
+            continue
         # The request is acted on before the next one is read, as by a single reader: a
         # task is registered before its CANCEL is looked up, and main-queue tasks reach
         # the main thread in the order they came. Only running is left for after.
-        with _reader_lock:
+        try:
+            _vacant[0] = None
             if _eof[0]:
                 break
             line = _read_line()
@@ -577,8 +623,14 @@ def _serve():
                 # No reader is left to send held-back LAUNCHes when due.
                 _flush_launches(everything=True)
                 _begin_shutdown()
+                with _pool_lock:
+                    _pool_lock.notify_all()
                 break
             task = _handle(line) if line.strip() else None
+            if task is not None:
+                _vacant[0] = time.monotonic()
+        finally:
+            _reader_lock.release()
         while task is not None:
             try:
                 task._run()
@@ -586,26 +638,24 @@ def _serve():
                 # A late asynchronous exception must not kill a task thread.
                 pass
             with _pool_lock:
-                if _pool_queue:
-                    task = _pool_queue.pop(0)
-                else:
-                    task = None
-                    _pool_state["free"] += 1
+                task = _pool_queue.pop(0) if _pool_queue else None
     with _pool_lock:
         _pool_state["threads"] -= 1
-        _pool_state["free"] -= 1
 
 
 def _take(task):
     """The reader got `task`: returns it to run on this thread, or None if it was queued."""
     with _pool_lock:
-        if _pool_state["free"] < 2:
+        _pool_state["busy"] = time.monotonic()
+        if _pool_state["free"] + _pool_state["starting"] < 1:
             if _pool_state["threads"] > _MAX_THREADS:
                 # _MAX_THREADS run tasks and one reads: a thread that finishes takes it.
                 _pool_queue.append(task)
                 return None
             _start_thread()
-        _pool_state["free"] -= 1
+        elif not _pool_state["watching"]:
+            # The free threads all wait to be woken: one must watch the seat.
+            _pool_lock.notify()
     if task._uuid.__class__ is str:
         task._launch_held = True
         with _WRITE_LOCK:
