@@ -36,8 +36,9 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -260,12 +261,16 @@ impl Worker {
                 state: Mutex::new(PoolState {
                     queue: VecDeque::new(),
                     threads: 0,
+                    starting: 0,
                     free: 0,
+                    watching: false,
+                    vacant: None,
+                    busy: None,
                 }),
-                reader: Mutex::new(Reader {
-                    stdin: io::stdin(),
-                    eof: false,
-                }),
+                seat: Condvar::new(),
+                reader: Mutex::new(Reader { stdin: io::stdin() }),
+                reading: AtomicBool::new(false),
+                eof: AtomicBool::new(false),
                 max: self.threads,
                 shared: Arc::clone(&shared),
                 handler,
@@ -500,23 +505,38 @@ fn handle_line(
     None
 }
 
-/// The task threads. They take turns reading stdin (leader/followers): the reader runs
-/// the task it read itself, at once, and the next free thread reads on. Handing a request
-/// to another thread would put a wake-up, tens of microseconds on a virtual machine, on
-/// the critical path of every task.
+/// The task threads. They take turns reading stdin, and the reader runs the task it read
+/// itself, at once: handing a request to another thread would put a wake-up, tens of
+/// microseconds on a virtual machine, on the critical path of every task.
 ///
-/// One thread not running a task is always kept, so a CANCEL is read however many tasks
-/// run: at most `max` tasks run at once, plus one reader; past that, tasks wait in a FIFO
-/// queue that finishing threads take from.
+/// While the reader runs its task, nobody reads stdin: the reader's seat is *vacant*. A
+/// free thread watches the seat and takes it once it has been vacant for [`VACANCY`], so a
+/// CANCEL, or the next task, waits at most that long behind a long task; a reader whose
+/// task ends sooner takes its own seat back, so a stream of short tasks runs on one thread
+/// and starting a task wakes nobody. The watcher polls only while tasks keep coming.
+///
+/// At most `max` tasks run at once; past that, tasks wait in a FIFO queue that finishing
+/// threads take from, and the reader keeps reading (a CANCEL is always read).
 #[derive(Clone)]
 struct Pool {
     inner: Arc<PoolInner>,
 }
 
+/// How long the reader's seat may stay vacant before a free thread takes it.
+const VACANCY: Duration = Duration::from_millis(1);
+
+/// How long after the last task the watcher keeps polling rather than waiting to be woken.
+const BUSY: Duration = Duration::from_millis(50);
+
 struct PoolInner {
     state: Mutex<PoolState>,
-    /// Held by the thread reading stdin.
+    /// Free threads wait here for the seat.
+    seat: Condvar,
+    /// Held by the thread reading stdin (the seat).
     reader: Mutex<Reader>,
+    /// Whether a thread holds `reader`.
+    reading: AtomicBool,
+    eof: AtomicBool,
     max: usize,
     shared: Arc<Shared>,
     handler: Arc<dyn Handler>,
@@ -525,15 +545,22 @@ struct PoolInner {
 
 struct Reader {
     stdin: io::Stdin,
-    eof: bool,
 }
 
 struct PoolState {
     /// Tasks read while `max` others ran.
     queue: VecDeque<Job>,
     threads: usize,
-    /// Threads not running a task: the reader and those waiting to read.
+    /// Threads started that have not yet looked at the seat.
+    starting: usize,
+    /// Threads waiting for the seat.
     free: usize,
+    /// A free thread waits with a timeout, watching the seat.
+    watching: bool,
+    /// Since when the seat is vacant (its reader runs a task), if it is.
+    vacant: Option<Instant>,
+    /// When the last task was taken.
+    busy: Option<Instant>,
 }
 
 impl Pool {
@@ -543,63 +570,115 @@ impl Pool {
             .name("consort-worker-task".to_owned())
             .spawn(move || pool.serve())?;
         state.threads += 1;
-        state.free += 1;
+        state.starting += 1;
         Ok(())
     }
 
     fn serve(&self) {
         let inner = &self.inner;
-        loop {
+        lock(&inner.state).starting -= 1;
+        // A new thread, too, waits for the seat to be free (or vacant long enough).
+        let mut seated = self.await_seat();
+        while seated {
+            let reader = match inner.reader.try_lock() {
+                Ok(reader) => reader,
+                Err(TryLockError::Poisoned(poison)) => poison.into_inner(),
+                Err(TryLockError::WouldBlock) => {
+                    seated = self.await_seat();
+                    continue;
+                }
+            };
+            inner.reading.store(true, Ordering::Release);
+            lock(&inner.state).vacant = None;
+            if inner.eof.load(Ordering::Acquire) {
+                inner.reading.store(false, Ordering::Release);
+                break;
+            }
             // The request is acted on before the next one is read, as by a single reader:
             // a task is registered before its CANCEL is looked up, and main-queue tasks
             // reach the main thread in the order they came. Only running is left for after.
-            let job = {
-                let mut reader = lock(&inner.reader);
-                if reader.eof {
-                    break;
-                }
-                let Some(line) = read_line(&reader.stdin) else {
-                    reader.eof = true;
-                    let _ = inner.events.send(Event::Shutdown("stdin closed"));
-                    break;
-                };
-                handle_line(&inner.shared, &inner.handler, &inner.events, &line)
-                    .and_then(|job| self.take(job))
+            let Some(line) = read_line(&reader.stdin) else {
+                inner.eof.store(true, Ordering::Release);
+                inner.reading.store(false, Ordering::Release);
+                drop(reader);
+                let _ = inner.events.send(Event::Shutdown("stdin closed"));
+                let _state = lock(&inner.state);
+                inner.seat.notify_all();
+                break;
             };
-            let mut job = job;
+            let mut job = handle_line(&inner.shared, &inner.handler, &inner.events, &line)
+                .and_then(|job| self.take(job));
+            inner.reading.store(false, Ordering::Release);
+            // Nobody waits on this lock (free threads wait on `seat`): no wake-up here.
+            drop(reader);
             while let Some(next) = job {
                 next.run();
-                let mut state = lock(&inner.state);
-                job = state.queue.pop_front();
-                if job.is_none() {
-                    state.free += 1;
-                }
+                job = lock(&inner.state).queue.pop_front();
             }
         }
-        let mut state = lock(&inner.state);
-        state.threads -= 1;
-        state.free -= 1;
+        lock(&inner.state).threads -= 1;
     }
 
-    /// The reader got `job`: returns it to run on this thread, or queues it.
+    /// Waits as a free thread until the seat may be taken; false when stdin is closed.
+    fn await_seat(&self) -> bool {
+        let inner = &self.inner;
+        let mut state = lock(&inner.state);
+        state.free += 1;
+        let take = loop {
+            if inner.eof.load(Ordering::Acquire) {
+                break false;
+            }
+            let now = Instant::now();
+            let due = state.vacant.map(|since| since + VACANCY);
+            if !inner.reading.load(Ordering::Acquire) && due.map_or(true, |due| due <= now) {
+                break true;
+            }
+            let busy = state.busy.is_some_and(|busy| now < busy + BUSY);
+            if state.watching || (due.is_none() && !busy) {
+                state = inner
+                    .seat
+                    .wait(state)
+                    .unwrap_or_else(|poison| poison.into_inner());
+                continue;
+            }
+            state.watching = true;
+            let timeout = due.map_or(VACANCY, |due| due.saturating_duration_since(now));
+            state = inner
+                .seat
+                .wait_timeout(state, timeout)
+                .unwrap_or_else(|poison| poison.into_inner())
+                .0;
+            state.watching = false;
+        };
+        state.free -= 1;
+        take
+    }
+
+    /// The reader got `job`: returns it to run on this thread (leaving the seat vacant),
+    /// or queues it.
     fn take(&self, job: Job) -> Option<Job> {
         let mut state = lock(&self.inner.state);
-        if state.free < 2 {
+        let now = Instant::now();
+        state.busy = Some(now);
+        if state.free + state.starting == 0 {
             if state.threads > self.inner.max {
                 state.queue.push_back(job);
                 return None;
             }
             if let Err(err) = self.start_thread(&mut state) {
-                // Not fatal while another thread can read on; otherwise run the task here
-                // rather than leave it unanswered (a CANCEL waits until it ends).
+                // Not fatal while another thread can take the seat; otherwise run the task
+                // here rather than leave it unanswered (a CANCEL waits until it ends).
                 eprintln!("consort worker: cannot start a task thread: {err}");
-                if state.free < 2 && state.threads > 1 {
+                if state.threads > 1 {
                     state.queue.push_back(job);
                     return None;
                 }
             }
+        } else if !state.watching {
+            // The free threads all wait to be woken: one must watch the seat.
+            self.inner.seat.notify_one();
         }
-        state.free -= 1;
+        state.vacant = Some(now);
         Some(job)
     }
 }
