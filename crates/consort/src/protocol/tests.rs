@@ -450,3 +450,55 @@ fn blanks_after_the_opening_brace_do_not_hide_a_response() {
         &[noise("noise"), resp("a", ResponseKind::Launch)],
     );
 }
+
+/// Decodes `text` only through the general path (the one `decode_single` must agree with).
+fn decode_general(text: &str) -> Vec<Decoded> {
+    let mut out = Vec::new();
+    if !decode_text(text, &mut out) {
+        out.clear();
+        decode_text(&sanitize(text), &mut out);
+    }
+    out
+}
+
+#[test]
+fn the_single_response_fast_path_agrees_with_the_general_path() {
+    let lines = [
+        r#"{"task":"a","responseType":"LAUNCH"}"#,
+        r#"{"task":"a","responseType":"UPDATE","message":"half","current":1,"maximum":2,"info":{"k":[1,2]}}"#,
+        r#"{"task":"a","responseType":"UPDATE","message":7,"current":1.9,"maximum":"x","info":null}"#,
+        r#"{"task":"a","responseType":"UPDATE"}"#,
+        r#"{"outputs":{"result":42,"nested":{"b":1,"a":2}},"task":"a","responseType":"COMPLETION"}"#,
+        r#"{"outputs":null,"task":"a","responseType":"COMPLETION"}"#,
+        r#"{"task":"a","responseType":"COMPLETION"}"#,
+        r#"{"outputs":[1],"task":"a","responseType":"COMPLETION"}"#,
+        r#"{"task":"a","responseType":"CANCELATION"}"#,
+        r#"{"error":"Traceback...","task":"a","responseType":"FAILURE"}"#,
+        r#"{"error":{"code":3},"task":"a","responseType":"FAILURE"}"#,
+        r#"{"task":"a","responseType":"FAILURE"}"#,
+        r#"{"task":"a","responseType":"HEARTBEAT"}"#,
+        r#"{"task":1,"responseType":"LAUNCH"}"#,
+        r#"{"responseType":"LAUNCH"}"#,
+        r#"{"task":"a","responseType":"LAUNCH","extra":[1,{"x":null}]}"#,
+        r#"{"task":"a","task":"b","responseType":"LAUNCH"}"#,
+        r#"  {"task":"a","responseType":"LAUNCH"}  "#,
+        r#"{"task":"a","responseType":"LAUNCH"}{"task":"b","responseType":"LAUNCH"}"#,
+        r#"{"task":"a","responseType":"LAUNCH"} trailing noise"#,
+        r#"{"task":"\u00e9\ud83d\ude00","responseType":"LAUNCH"}"#,
+        r#"{"task":"a","responseType":"COMPLETION","outputs":{"big":123456789012345678901234567890}}"#,
+    ];
+    for line in lines {
+        let general = decode_general(line);
+        // `None` leaves the line to the general path: nothing to compare.
+        if let Some(response) = decode_single(line) {
+            assert_eq!(
+                vec![Decoded::Response(response)],
+                general,
+                "fast path differs on {line}"
+            );
+        }
+        let mut via_decode_line = Vec::new();
+        decode_line(line.as_bytes(), &mut via_decode_line);
+        assert_eq!(via_decode_line, general, "decode_line differs on {line}");
+    }
+}
