@@ -60,7 +60,16 @@ fn task_prefix() -> u64 {
 
 pub(crate) fn new_task_id() -> TaskId {
     let serial = NEXT_TASK.fetch_add(1, Ordering::Relaxed);
-    TaskId::new(format!("{:016x}{serial:016x}", task_prefix()))
+    // As `format!("{:016x}{:016x}")`, without the formatting machinery (a tenth of a
+    // round trip's instructions went there).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(32);
+    for word in [task_prefix(), serial] {
+        for shift in (0..16).rev() {
+            id.push(char::from(HEX[((word >> (shift * 4)) & 0xf) as usize]));
+        }
+    }
+    TaskId::new(id)
 }
 
 /// A handle on a running worker's shared state, held by the `Service`, its tasks and its
