@@ -35,9 +35,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::protocol::{Args, TaskId};
-use crate::service::{Service, ServiceBuilder, StartError, SubmitError};
+use crate::service::{Service, ServiceBuilder, StartError, SubmitError, TaskSpec};
 use crate::task::{
-    CrashReport, EventKind, Listener, Task, TaskCore, TaskError, TaskEvent, TaskLink, TaskState,
+    CrashReport, EventKind, Task, TaskCore, TaskError, TaskEvent, TaskLink, TaskState,
 };
 
 /// The environment variable that asks consort's own workers for heartbeats: its value is
@@ -303,13 +303,9 @@ impl Pool {
     pub fn task(&self, script: impl Into<String>) -> PoolTaskBuilder<'_> {
         PoolTaskBuilder {
             pool: self,
-            script: script.into(),
-            inputs: Args::new(),
-            queue: None,
-            listeners: Vec::new(),
+            spec: TaskSpec::new(script.into()),
             retries: self.shared.settings.retries,
             deadline: self.shared.settings.deadline,
-            error: None,
         }
     }
 
@@ -565,20 +561,16 @@ impl PoolBuilder {
 /// A pool task being described; [`PoolTaskBuilder::submit`] queues it.
 pub struct PoolTaskBuilder<'a> {
     pool: &'a Pool,
-    script: String,
-    inputs: Args,
-    queue: Option<String>,
-    listeners: Vec<Listener>,
+    spec: TaskSpec,
     retries: u32,
     deadline: Option<Duration>,
-    error: Option<SubmitError>,
 }
 
 impl fmt::Debug for PoolTaskBuilder<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PoolTaskBuilder")
-            .field("script", &self.script)
-            .field("inputs", &self.inputs)
+            .field("script", &self.spec.script)
+            .field("inputs", &self.spec.inputs)
             .field("retries", &self.retries)
             .field("deadline", &self.deadline)
             .finish_non_exhaustive()
@@ -588,34 +580,25 @@ impl fmt::Debug for PoolTaskBuilder<'_> {
 impl PoolTaskBuilder<'_> {
     /// Binds an input variable. A value that cannot be encoded makes `submit` fail.
     pub fn input(mut self, name: impl Into<String>, value: impl Serialize) -> Self {
-        let name = name.into();
-        match serde_json::to_value(value) {
-            Ok(value) => {
-                self.inputs.insert(name, value);
-            }
-            Err(source) => {
-                self.error
-                    .get_or_insert(SubmitError::Input { name, source });
-            }
-        }
+        self.spec.input(name.into(), value);
         self
     }
 
     /// Binds every entry of `inputs` as an input variable.
     pub fn inputs(mut self, inputs: impl IntoIterator<Item = (String, Value)>) -> Self {
-        self.inputs.extend(inputs);
+        self.spec.inputs.extend(inputs);
         self
     }
 
     /// Runs the task on the named queue of its worker: `"main"` is the main thread.
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
-        self.queue = Some(queue.into());
+        self.spec.queue = Some(queue.into());
         self
     }
 
     /// Adds a listener that receives every event of the task, every attempt's, in order.
     pub fn listen(mut self, listener: impl Fn(&TaskEvent) + Send + Sync + 'static) -> Self {
-        self.listeners.push(Box::new(listener));
+        self.spec.listeners.push(Box::new(listener));
         self
     }
 
@@ -649,15 +632,22 @@ impl PoolTaskBuilder<'_> {
     }
 
     fn send(self, block: bool) -> Result<Task, PoolError> {
-        if let Some(err) = self.error {
+        let TaskSpec {
+            script,
+            inputs,
+            queue,
+            listeners,
+            error,
+        } = self.spec;
+        if let Some(err) = error {
             return Err(err.into());
         }
-        let core = TaskCore::new(crate::service::new_task_id(), self.listeners);
+        let core = TaskCore::new(crate::service::new_task_id(), listeners);
         let job = Arc::new(Job {
             core: Arc::clone(&core),
-            script: self.script,
-            inputs: self.inputs,
-            queue: self.queue,
+            script,
+            inputs,
+            queue,
             retries: self.retries,
             deadline: self.deadline,
             cancel_grace: self.pool.shared.settings.cancel_grace,

@@ -219,11 +219,7 @@ impl Service {
     pub fn task(&self, script: impl Into<String>) -> TaskBuilder<'_> {
         TaskBuilder {
             service: self,
-            script: script.into(),
-            inputs: Args::new(),
-            queue: None,
-            listeners: Vec::new(),
-            error: None,
+            spec: TaskSpec::new(script.into()),
         }
     }
 
@@ -374,30 +370,29 @@ impl ServiceBuilder {
     }
 }
 
-/// A task being described; [`TaskBuilder::submit`] sends it.
-pub struct TaskBuilder<'a> {
-    service: &'a Service,
-    script: String,
-    inputs: Args,
-    queue: Option<String>,
-    listeners: Vec<Listener>,
-    error: Option<SubmitError>,
+/// What a task is, as its builder gathers it: shared by [`TaskBuilder`] and the pool's
+/// task builder, so that inputs are encoded (and their errors kept) in one place.
+pub(crate) struct TaskSpec {
+    pub(crate) script: String,
+    pub(crate) inputs: Args,
+    pub(crate) queue: Option<String>,
+    pub(crate) listeners: Vec<Listener>,
+    /// The first input that could not be encoded: `submit` returns it.
+    pub(crate) error: Option<SubmitError>,
 }
 
-impl fmt::Debug for TaskBuilder<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskBuilder")
-            .field("script", &self.script)
-            .field("inputs", &self.inputs)
-            .field("queue", &self.queue)
-            .finish_non_exhaustive()
+impl TaskSpec {
+    pub(crate) fn new(script: String) -> TaskSpec {
+        TaskSpec {
+            script,
+            inputs: Args::new(),
+            queue: None,
+            listeners: Vec::new(),
+            error: None,
+        }
     }
-}
 
-impl TaskBuilder<'_> {
-    /// Binds an input variable. A value that cannot be encoded makes `submit` fail.
-    pub fn input(mut self, name: impl Into<String>, value: impl Serialize) -> Self {
-        let name = name.into();
+    pub(crate) fn input(&mut self, name: String, value: impl Serialize) {
         match serde_json::to_value(value) {
             Ok(value) => {
                 self.inputs.insert(name, value);
@@ -407,25 +402,48 @@ impl TaskBuilder<'_> {
                     .get_or_insert(SubmitError::Input { name, source });
             }
         }
+    }
+}
+
+/// A task being described; [`TaskBuilder::submit`] sends it.
+pub struct TaskBuilder<'a> {
+    service: &'a Service,
+    spec: TaskSpec,
+}
+
+impl fmt::Debug for TaskBuilder<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskBuilder")
+            .field("script", &self.spec.script)
+            .field("inputs", &self.spec.inputs)
+            .field("queue", &self.spec.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskBuilder<'_> {
+    /// Binds an input variable. A value that cannot be encoded makes `submit` fail.
+    pub fn input(mut self, name: impl Into<String>, value: impl Serialize) -> Self {
+        self.spec.input(name.into(), value);
         self
     }
 
     /// Binds every entry of `inputs` as an input variable.
     pub fn inputs(mut self, inputs: impl IntoIterator<Item = (String, Value)>) -> Self {
-        self.inputs.extend(inputs);
+        self.spec.inputs.extend(inputs);
         self
     }
 
     /// Runs the task on the named queue: `"main"` is the worker's main thread.
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
-        self.queue = Some(queue.into());
+        self.spec.queue = Some(queue.into());
         self
     }
 
     /// Adds a listener that receives every event of the task, in order, on a supervisor
     /// thread. A panicking listener is caught and the task carries on.
     pub fn listen(mut self, listener: impl Fn(&TaskEvent) + Send + Sync + 'static) -> Self {
-        self.listeners.push(Box::new(listener));
+        self.spec.listeners.push(Box::new(listener));
         self
     }
 
@@ -435,13 +453,17 @@ impl TaskBuilder<'_> {
     /// [`SubmitError::Input`] when an input could not be encoded. A dead or closed worker
     /// is not an error here: the task is returned already CRASHED, with the reason.
     pub fn submit(self) -> Result<Task, SubmitError> {
-        if let Some(err) = self.error {
+        let TaskSpec {
+            script,
+            inputs,
+            queue,
+            listeners,
+            error,
+        } = self.spec;
+        if let Some(err) = error {
             return Err(err);
         }
-        Ok(self
-            .service
-            .link
-            .submit(self.script, self.inputs, self.queue, self.listeners))
+        Ok(self.service.link.submit(script, inputs, queue, listeners))
     }
 }
 
