@@ -325,7 +325,7 @@ fn pipe_ping_pong(rounds: usize) -> anyhow::Result<Duration> {
 }
 
 /// The median time to start and end `python -c pass`.
-fn bare_python_start(python: &std::ffi::OsStr, runs: usize) -> anyhow::Result<Duration> {
+pub(crate) fn bare_python_start(python: &std::ffi::OsStr, runs: usize) -> anyhow::Result<Duration> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let begin = Instant::now();

@@ -56,7 +56,7 @@ pub fn run(args: &PoolArgs) -> anyhow::Result<()> {
     pool.close();
     let respawn_plain = respawn(args, false)?;
     let respawn_spare = respawn(args, true)?;
-    let python_start = bare_python_start(&args.worker.python, 10)?;
+    let python_start = crate::bench::bare_python_start(&args.worker.python, 10)?;
     let python_side = python_pools(args)?;
     let get = |key: &str| python_side.get(key).and_then(Value::as_f64);
     let ms = |duration: Duration| duration.as_secs_f64() * 1e3;
@@ -192,22 +192,4 @@ fn python_pools(args: &PoolArgs) -> anyhow::Result<Value> {
         );
     }
     serde_json::from_slice(&output.stdout).context("reading the Python pools' JSON")
-}
-
-/// The median time to start and end `python -c pass`.
-fn bare_python_start(python: &std::ffi::OsStr, runs: usize) -> anyhow::Result<Duration> {
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let begin = Instant::now();
-        let status = Command::new(python)
-            .args(["-c", "pass"])
-            .status()
-            .with_context(|| format!("running {python:?} -c pass"))?;
-        if !status.success() {
-            bail!("{python:?} -c pass failed: {status}");
-        }
-        times.push(begin.elapsed());
-    }
-    times.sort_unstable();
-    Ok(times[times.len() / 2])
 }

@@ -4,7 +4,6 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -130,16 +129,7 @@ pub fn service_builder(worker: &WorkerArgs, env: &EnvArgs) -> anyhow::Result<Ser
     let builder = match worker.worker.as_str() {
         "consort" => environment.python_service()?,
         "appose" => environment.appose_service()?,
-        line => {
-            let words = shell_words::split(line)
-                .map_err(|err| anyhow::anyhow!("--worker {line:?}: {err}"))?;
-            let (program, args) = words
-                .split_first()
-                .ok_or_else(|| anyhow::anyhow!("--worker is empty"))?;
-            let mut command = Command::new(program);
-            command.args(args);
-            environment.service(command)
-        }
+        line => environment.service(WorkerArgs::command_line(line)?),
     };
     Ok(builder.with_cwd(cwd))
 }

@@ -122,17 +122,20 @@ impl WorkerArgs {
         Ok(match self.worker.as_str() {
             "consort" => consort::worker::python::service(&self.python),
             "appose" => consort::Service::python(&self.python),
-            line => {
-                let words = shell_words::split(line)
-                    .map_err(|err| anyhow::anyhow!("--worker {line:?}: {err}"))?;
-                let (program, args) = words
-                    .split_first()
-                    .ok_or_else(|| anyhow::anyhow!("--worker is empty"))?;
-                let mut command = Command::new(program);
-                command.args(args);
-                consort::Service::new(command)
-            }
+            line => consort::Service::new(Self::command_line(line)?),
         })
+    }
+
+    /// The command of a `--worker` given as a command line, split as a shell would.
+    fn command_line(line: &str) -> anyhow::Result<Command> {
+        let words =
+            shell_words::split(line).map_err(|err| anyhow::anyhow!("--worker {line:?}: {err}"))?;
+        let (program, args) = words
+            .split_first()
+            .ok_or_else(|| anyhow::anyhow!("--worker is empty"))?;
+        let mut command = Command::new(program);
+        command.args(args);
+        Ok(command)
     }
 
     /// Whether the worker runs Python scripts (so default scripts are Python).
