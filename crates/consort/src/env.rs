@@ -645,8 +645,15 @@ impl Source {
     }
 }
 
-/// A 64-bit FNV-1a hash, in hex: the content hash of a state, and the default name of an
-/// environment whose recipe names none.
+/// The name of an environment whose recipe names none: the tool and 12 hex digits of the
+/// hash of its state.
+fn default_name(tool: &str, state: &Value) -> String {
+    let text = serde_json::to_string(state).unwrap_or_default();
+    format!("{tool}-{}", &content_hash(&text)[..12])
+}
+
+/// A 64-bit FNV-1a hash, in hex: the content hash of a state (in an environment's marker
+/// and name), and of consort's Python worker (in its cached module's name).
 pub fn content_hash(text: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in text.as_bytes() {

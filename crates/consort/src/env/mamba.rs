@@ -94,10 +94,7 @@ impl MambaBuilder {
             state["content"]
                 .as_str()
                 .and_then(super::yml_name)
-                .unwrap_or_else(|| {
-                    let text = serde_json::to_string(&state).unwrap_or_default();
-                    format!("mamba-{}", &super::content_hash(&text)[..12])
-                })
+                .unwrap_or_else(|| super::default_name("mamba", &state))
         })
     }
 

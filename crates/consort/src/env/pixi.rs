@@ -132,10 +132,7 @@ impl PixiBuilder {
                 Some(_) => super::toml_name(content),
                 None => None,
             };
-            named.unwrap_or_else(|| {
-                let text = serde_json::to_string(&state).unwrap_or_default();
-                format!("pixi-{}", &super::content_hash(&text)[..12])
-            })
+            named.unwrap_or_else(|| super::default_name("pixi", &state))
         })
     }
 

@@ -118,9 +118,9 @@ impl UvBuilder {
         let state = self.state()?;
         self.common.dir(|| match &state["content"] {
             Value::String(text) if self.source.as_ref().map(|s| s.0) == Some(Kind::Pyproject) => {
-                super::toml_name(text).unwrap_or_else(|| default_name(&state))
+                super::toml_name(text).unwrap_or_else(|| super::default_name("uv", &state))
             }
-            _ => default_name(&state),
+            _ => super::default_name("uv", &state),
         })
     }
 
@@ -364,11 +364,6 @@ impl UvBuilder {
             other => other,
         })
     }
-}
-
-fn default_name(state: &Value) -> String {
-    let text = serde_json::to_string(state).unwrap_or_default();
-    format!("uv-{}", &super::content_hash(&text)[..12])
 }
 
 /// The environment uv made in `dir`: `<dir>/.venv` after `uv sync`, else `<dir>` itself.

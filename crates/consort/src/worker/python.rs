@@ -52,7 +52,7 @@ pub fn command(python: impl AsRef<OsStr>) -> Command {
 
 /// The module name (content-addressed) and the private folder holding it.
 fn cached_module() -> io::Result<(PathBuf, String)> {
-    let module = format!("consort_worker_{:016x}", fnv1a(SOURCE.as_bytes()));
+    let module = format!("consort_worker_{}", crate::env::content_hash(SOURCE));
     let dir = cache_dir()?.join("python");
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -91,11 +91,4 @@ fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
     file.write_all(contents)?;
     drop(file);
     std::fs::rename(&tmp, path)
-}
-
-/// FNV-1a, 64 bits: a stable content hash for the module name.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
