@@ -1,8 +1,6 @@
 //! consort's own Python worker: its task threads take turns reading stdin (a task runs on
 //! the thread that read it), and that must never cost concurrency or a lost CANCEL.
 
-use consort::TaskId;
-
 use super::*;
 
 fn consort_python() -> ServiceBuilder {
@@ -78,20 +76,7 @@ fn a_cancel_sent_right_after_its_execute_is_never_lost() {
         .with_init("import sys\nsys.setswitchinterval(1e-6)")
         .start()
         .expect("start");
-    let tasks: Vec<Task> = (0..100)
-        .map(|_| {
-            let task = submit(&service, UNTIL_CANCELLED);
-            task.cancel();
-            task
-        })
-        .collect();
-    for task in &tasks {
-        assert!(
-            matches!(finish(task), Err(TaskError::Canceled { forced: false })),
-            "{:?}",
-            task.state()
-        );
-    }
+    assert_cancels_right_after_execute_are_honoured(|| submit(&service, UNTIL_CANCELLED));
 }
 
 #[test]
@@ -101,27 +86,5 @@ fn main_queue_tasks_start_in_the_order_they_came() {
         .with_init("import sys\nsys.setswitchinterval(1e-6)")
         .start()
         .expect("start");
-    let recorder = Recorder::default();
-    let tasks: Vec<Task> = (0..40)
-        .map(|idx| {
-            service
-                .task("idx")
-                .input("idx", idx)
-                .queue("main")
-                .listen(recorder.listener())
-                .submit()
-                .expect("submit")
-        })
-        .collect();
-    for task in &tasks {
-        finish(task).expect("complete");
-    }
-    let launches: Vec<TaskId> = recorder
-        .events()
-        .into_iter()
-        .filter(|(_, event)| event.kind == EventKind::Launch)
-        .map(|(_, event)| event.task)
-        .collect();
-    let submitted: Vec<TaskId> = tasks.iter().map(|task| task.id().clone()).collect();
-    assert_eq!(launches, submitted, "the main queue is first in, first out");
+    assert_main_queue_is_fifo(&service, 40, "idx");
 }

@@ -80,6 +80,55 @@ fn submit_running(
     tasks
 }
 
+/// Submits `n` tasks of `script` (input `idx`) to the main queue, and checks that they
+/// launched in the order they were submitted.
+#[track_caller]
+fn assert_main_queue_is_fifo(service: &Service, n: usize, script: &str) {
+    let recorder = Recorder::default();
+    let tasks: Vec<Task> = (0..n)
+        .map(|idx| {
+            service
+                .task(script)
+                .input("idx", idx)
+                .queue("main")
+                .listen(recorder.listener())
+                .submit()
+                .expect("submit")
+        })
+        .collect();
+    for task in &tasks {
+        finish(task).expect("main-queue task");
+    }
+    let launches: Vec<_> = recorder
+        .events()
+        .into_iter()
+        .filter(|(_, event)| event.kind == EventKind::Launch)
+        .map(|(_, event)| event.task)
+        .collect();
+    let submitted: Vec<_> = tasks.iter().map(|task| task.id().clone()).collect();
+    assert_eq!(launches, submitted, "the main queue is first in, first out");
+}
+
+/// Submits 100 tasks with `submit`, each cancelled at once (the CANCEL follows its EXECUTE
+/// in the pipe, often in the same read), and checks that every one ends CANCELED.
+#[track_caller]
+fn assert_cancels_right_after_execute_are_honoured(submit: impl Fn() -> Task) {
+    let tasks: Vec<Task> = (0..100)
+        .map(|_| {
+            let task = submit();
+            task.cancel();
+            task
+        })
+        .collect();
+    for task in &tasks {
+        assert!(
+            matches!(finish(task), Err(TaskError::Canceled { forced: false })),
+            "{:?}",
+            task.state()
+        );
+    }
+}
+
 /// Waits for `task` to end, failing the test instead of hanging.
 #[track_caller]
 fn finish(task: &Task) -> Result<Args, TaskError> {

@@ -9,7 +9,10 @@ use consort::{EventKind, ExitStatus, Service, ServiceBuilder, TaskError, TaskSta
 use consort_tests::slowdown;
 use serde_json::json;
 
-use super::{finish, watchdog, Recorder, GRACE};
+use super::{
+    assert_cancels_right_after_execute_are_honoured, assert_main_queue_is_fifo, finish, watchdog,
+    Recorder, GRACE,
+};
 
 fn echo_worker() -> ServiceBuilder {
     Service::new(Command::new(env!("CARGO_BIN_EXE_echo_worker")))
@@ -166,29 +169,7 @@ fn tasks_run_concurrently_and_the_main_queue_in_order() {
         "{kinds:?}"
     );
 
-    let recorder = Recorder::default();
-    let main: Vec<_> = (0..20)
-        .map(|idx| {
-            service
-                .task("echo")
-                .input("idx", idx)
-                .queue("main")
-                .listen(recorder.listener())
-                .submit()
-                .expect("submit")
-        })
-        .collect();
-    for task in &main {
-        finish(task).expect("main-queue echo");
-    }
-    let launches: Vec<_> = recorder
-        .events()
-        .into_iter()
-        .filter(|(_, event)| event.kind == EventKind::Launch)
-        .map(|(_, event)| event.task)
-        .collect();
-    let submitted: Vec<_> = main.iter().map(|task| task.id().clone()).collect();
-    assert_eq!(launches, submitted, "the main queue is first in, first out");
+    assert_main_queue_is_fifo(&service, 20, "echo");
 }
 
 #[test]
@@ -278,24 +259,12 @@ fn a_bad_request_fails_its_task_and_the_worker_keeps_serving() {
 fn a_cancel_sent_right_after_its_execute_is_never_lost() {
     let _watchdog = watchdog("sdk-cancel-right-after-execute");
     let service = echo_worker().start().expect("start");
-    // The CANCEL follows its EXECUTE in the pipe at once, often in the same read: it must
-    // find the task registered, whichever task thread reads which line.
-    let tasks: Vec<_> = (0..100)
-        .map(|_| {
-            let task = service
-                .task("sleep")
-                .input("seconds", 600)
-                .submit()
-                .expect("submit");
-            task.cancel();
-            task
-        })
-        .collect();
-    for task in &tasks {
-        assert!(
-            matches!(finish(task), Err(TaskError::Canceled { forced: false })),
-            "{:?}",
-            task.state()
-        );
-    }
+    // The CANCEL must find its task registered, whichever task thread reads which line.
+    assert_cancels_right_after_execute_are_honoured(|| {
+        service
+            .task("sleep")
+            .input("seconds", 600)
+            .submit()
+            .expect("submit")
+    });
 }
