@@ -12,6 +12,7 @@ mod framing;
 mod interop;
 mod python;
 mod shm;
+mod waiter_reads;
 mod worker_sdk;
 
 use std::process::Command;

@@ -14,7 +14,7 @@ use super::{
     Recorder, GRACE,
 };
 
-fn echo_worker() -> ServiceBuilder {
+pub(super) fn echo_worker() -> ServiceBuilder {
     Service::new(Command::new(env!("CARGO_BIN_EXE_echo_worker")))
         .with_close_grace(Duration::from_secs(5))
         .with_kill_grace(GRACE)

@@ -1237,6 +1237,7 @@ impl Manager {
                             service: service_id,
                         });
                     }));
+                    attempt.wake_reader();
                 }
                 if !listened {
                     // Nobody watches the LAUNCH (see `Pool::task`).

@@ -290,6 +290,9 @@ struct CoreInner {
     /// Set once listeners have seen the terminal event; waiters wait for this.
     delivered: bool,
     wakers: Vec<Waker>,
+    /// Threads waiting on `done`: a notify with none is a wasted system call, and it would
+    /// be on the path of a waiter that reads its own answer.
+    parked: usize,
     /// Called once, after the waiters are released (see `TaskCore::on_end`).
     on_end: Option<EndHook>,
 }
@@ -316,6 +319,7 @@ impl TaskCore {
                 result: None,
                 delivered: false,
                 wakers: Vec::new(),
+                parked: 0,
                 on_end: None,
             }),
             done: Condvar::new(),
@@ -338,6 +342,11 @@ impl TaskCore {
     /// The result, once `finish` has set it (listeners may not have seen it yet).
     pub(crate) fn peek_result(&self) -> Option<Result<Args, TaskError>> {
         self.lock().result.clone()
+    }
+
+    /// Whether the waiters were released (the task ended and its listeners saw it).
+    pub(crate) fn is_delivered(&self) -> bool {
+        self.delivered.load(Ordering::Acquire)
     }
 
     pub(crate) fn has_listeners(&self) -> bool {
@@ -379,13 +388,19 @@ impl TaskCore {
 
     /// Wakes waiters; called after the terminal event was delivered.
     pub(crate) fn release_waiters(&self) {
-        let (wakers, on_end) = {
+        let (wakers, on_end, parked) = {
             let mut inner = self.lock();
             inner.delivered = true;
             self.delivered.store(true, Ordering::Release);
-            (std::mem::take(&mut inner.wakers), inner.on_end.take())
+            (
+                std::mem::take(&mut inner.wakers),
+                inner.on_end.take(),
+                inner.parked,
+            )
         };
-        self.done.notify_all();
+        if parked > 0 {
+            self.done.notify_all();
+        }
         for waker in wakers {
             waker.wake();
         }
@@ -434,21 +449,25 @@ impl TaskCore {
             }
             match deadline {
                 None => {
+                    inner.parked += 1;
                     inner = self
                         .done
                         .wait(inner)
                         .unwrap_or_else(|poison| poison.into_inner());
+                    inner.parked -= 1;
                 }
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
                         return None;
                     }
+                    inner.parked += 1;
                     inner = self
                         .done
                         .wait_timeout(inner, deadline - now)
                         .unwrap_or_else(|poison| poison.into_inner())
                         .0;
+                    inner.parked -= 1;
                 }
             }
         }
@@ -565,6 +584,7 @@ impl Task {
     /// # Errors
     /// [`TaskError::Failed`], [`TaskError::Canceled`] or [`TaskError::Crashed`].
     pub fn wait(&self) -> Result<Args, TaskError> {
+        self.read_while_waiting(None);
         self.core
             .wait_deadline(None)
             .unwrap_or_else(|| unreachable_result(&self.core.id))
@@ -577,9 +597,28 @@ impl Task {
     /// not cancelled then.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Args, TaskError> {
         let deadline = Instant::now().checked_add(timeout);
+        self.read_while_waiting(deadline);
         match self.core.wait_deadline(deadline) {
             Some(result) => result,
             None => Err(TaskError::Timeout(timeout)),
+        }
+    }
+
+    /// Reads the worker's answer on this thread when it can (see `ServiceLink::read_for`):
+    /// a task with listeners needs the dispatcher to end, and a pool's task its manager.
+    fn read_while_waiting(&self, deadline: Option<Instant>) {
+        if let TaskLink::Service(link) = &self.link {
+            if !self.core.has_listeners() && !self.core.is_delivered() {
+                link.read_for(&self.core, deadline);
+            }
+        }
+    }
+
+    /// Makes sure the service's stdout thread reads (see `ServiceLink::wake_reader`), for
+    /// a task whose end is observed by a hook or a future rather than by a waiter.
+    pub(crate) fn wake_reader(&self) {
+        if let TaskLink::Service(link) = &self.link {
+            link.wake_reader();
         }
     }
 
@@ -614,7 +653,12 @@ impl Future for Task {
     type Output = Result<Args, TaskError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.core.poll_result(cx)
+        let poll = self.core.poll_result(cx);
+        if poll.is_pending() {
+            // Its answer comes through the stdout thread, not a waiter.
+            self.wake_reader();
+        }
+        poll
     }
 }
 

@@ -4,7 +4,10 @@
 //!   non-blocking pipe under one lock, so lines never interleave and a round trip costs no
 //!   thread handoff. What the pipe does not take at once is queued for the **writer**,
 //!   which waits for the pipe to drain: submitting never blocks on a full pipe.
-//! - The **stdout reader** frames and decodes lines and routes responses to tasks.
+//! - The **stdout reader** frames and decodes lines and routes responses to tasks. Whoever
+//!   holds the `stdout` lock reads: this thread, or a thread waiting for a task without
+//!   listeners (`ServiceLink::read_for`), which then reads its own answer (and routes any
+//!   other line it meets) with no thread hop in between, as a pipe ping-pong does.
 //! - The **stderr reader** keeps a bounded tail of stderr.
 //! - The **monitor** waits for the process to exit (without reaping it), kills what is left
 //!   of its process group, waits for both pipes to drain, reaps, and crashes pending tasks.
@@ -23,13 +26,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::protocol::{
     decode_line, Args, Decoded, Frame, Framer, Request, ResponseKind, TaskId, HEARTBEAT_LINE,
@@ -98,6 +103,8 @@ struct Shared {
     drained: Condvar,
     stderr_tail: Mutex<Tail>,
     stdout_tail: Mutex<Tail>,
+    /// The worker's stdout and the framing state: whoever holds this lock reads.
+    stdout: Mutex<StdoutReader>,
     /// Why consort ended the worker, when it did; the first cause is kept.
     kill_cause: Mutex<Option<String>>,
     threads: Mutex<usize>,
@@ -108,6 +115,11 @@ struct Shared {
     /// after `born`, plus one; 0: never). Pools use it to find wedged workers.
     born: Instant,
     heard: AtomicU64,
+    /// Until when (nanoseconds after `born`) the stdout thread leaves stdout to waiters;
+    /// `u64::MAX` while one is reading (see `run_stdout`).
+    waiters_read_until: AtomicU64,
+    /// The stdout thread, to wake it early.
+    stdout_thread: OnceLock<std::thread::Thread>,
 }
 
 struct Registry {
@@ -134,6 +146,67 @@ struct Drain {
     /// The worker has exited (not yet reaped); set by the monitor as soon as it knows.
     exited: bool,
 }
+
+/// The worker's stdout, read by the stdout thread or by a waiter (see `read_for`).
+struct StdoutReader {
+    /// Our end, non-blocking; `None` once the stdout thread is done with it.
+    pipe: Option<ChildStdout>,
+    framer: Framer,
+    buf: Vec<u8>,
+    decoded: Vec<Decoded>,
+    /// EOF or a read error was met: only the stdout thread reads any more, to finish up.
+    ended: bool,
+}
+
+/// A waiter holding stdout (see `ServiceLink::read_for`). Dropped however reading ends,
+/// a panic included, it gives stdout back.
+struct WaiterReading<'a> {
+    link: &'a ServiceLink,
+    core: &'a TaskCore,
+    reader: MutexGuard<'a, StdoutReader>,
+}
+
+impl Drop for WaiterReading<'_> {
+    fn drop(&mut self) {
+        let shared = &self.link.shared;
+        // Leave stdout to the next waiter for a moment only when nothing else can be
+        // waiting for a line: this task got its answer and no other is pending. Marked
+        // while the lock is held, so the next waiter's mark is never overwritten.
+        if self.core.is_delivered() && lock(&shared.registry).tasks.is_empty() {
+            let until = shared.born.elapsed() + LEAVE_TO_WAITERS;
+            shared
+                .waiters_read_until
+                .store(until.as_nanos() as u64, Ordering::Release);
+        } else {
+            // The lock is still held: the stdout thread's `try_lock` fails and it polls
+            // again, by which time the lock is free.
+            self.link.wake_reader();
+        }
+    }
+}
+
+/// How `pump` left the pipe.
+#[derive(PartialEq)]
+enum Pumped {
+    /// Nothing more to read for now.
+    Drained,
+    /// EOF or a read error.
+    Ended,
+}
+
+/// The longest a waiter reads stdout for its task before it leaves the reading to the
+/// stdout thread and parks: long enough for a quick task's round trip, short enough that
+/// the stdout thread is never kept out for long.
+const READ_FOR: Duration = Duration::from_millis(1);
+
+const SPIN_READING: Duration = Duration::from_micros(50);
+
+/// How long the stdout thread leaves stdout to waiters after one got its answer with no
+/// other task pending: a thread that waits for one task after another then reads every
+/// answer itself, and the stdout thread does not wake for each line. Anything that needs
+/// the stdout thread sooner (a task with listeners, a future, a pool's task, a waiter that
+/// gave up reading, the worker's exit) wakes it (`wake_reader`).
+const LEAVE_TO_WAITERS: Duration = Duration::from_millis(1);
 
 /// The longest the monitor waits for the pipes to drain after the worker exited, however
 /// much they keep producing (a process that escaped the group may flood them forever).
@@ -322,16 +395,25 @@ pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
     else {
         unreachable!("all three pipes were requested");
     };
-    // Our end only (the worker's end is another open file description): a full pipe
-    // makes a write return EAGAIN instead of blocking the submitting thread.
-    let flags = rustix::fs::fcntl_getfl(&stdin).map_err(io::Error::from);
-    if let Err(err) = flags.and_then(|flags| {
-        rustix::fs::fcntl_setfl(&stdin, flags | rustix::fs::OFlags::NONBLOCK).map_err(Into::into)
-    }) {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(StartError::Thread(err));
-    }
+    // Our ends only (the worker's ends are other open file descriptions): a full stdin
+    // makes a write return EAGAIN instead of blocking the submitting thread, and an empty
+    // stdout makes a read return EAGAIN, so whoever reads it never blocks holding the lock.
+    let nonblocking = |fd: std::os::fd::BorrowedFd<'_>| -> io::Result<()> {
+        let flags = rustix::fs::fcntl_getfl(fd)?;
+        rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK)?;
+        Ok(())
+    };
+    let poll_stdout = nonblocking(stdin.as_fd())
+        .and_then(|()| nonblocking(stdout.as_fd()))
+        .and_then(|()| stdout.as_fd().try_clone_to_owned());
+    let poll_stdout = match poll_stdout {
+        Ok(fd) => fd,
+        Err(err) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(StartError::Thread(err));
+        }
+    };
     let (dispatch_tx, dispatch_rx) = mpsc::channel();
     let shared = Arc::new(Shared {
         id,
@@ -360,12 +442,21 @@ pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
         drained: Condvar::new(),
         stderr_tail: Mutex::new(Tail::new(config.tail_bytes)),
         stdout_tail: Mutex::new(Tail::new(config.tail_bytes)),
+        stdout: Mutex::new(StdoutReader {
+            pipe: Some(stdout),
+            framer: Framer::new(config.max_line),
+            buf: vec![0u8; 64 * 1024],
+            decoded: Vec::new(),
+            ended: false,
+        }),
         kill_cause: Mutex::new(None),
         threads: Mutex::new(0),
         threads_done: Condvar::new(),
         init_file: Mutex::new(init_file),
         born: Instant::now(),
         heard: AtomicU64::new(0),
+        waiters_read_until: AtomicU64::new(0),
+        stdout_thread: OnceLock::new(),
         config,
     });
     let link = ServiceLink { shared };
@@ -374,7 +465,7 @@ pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
     });
     let spawned = link
         .spawn_thread("monitor", |link| link.run_monitor())
-        .and_then(|()| link.spawn_thread("stdout", move |link| link.run_stdout(stdout)))
+        .and_then(|()| link.spawn_thread("stdout", move |link| link.run_stdout(poll_stdout)))
         .and_then(|()| link.spawn_thread("stderr", move |link| link.run_stderr(stderr)))
         .and_then(|()| link.spawn_thread("writer", |link| link.run_writer()))
         .and_then(|()| link.spawn_thread("dispatch", move |link| link.run_dispatcher(dispatch_rx)));
@@ -518,12 +609,18 @@ impl ServiceLink {
                     core.release_waiters();
                 }
             }
-            None => self.send(Request::Execute {
-                task: id,
-                script,
-                inputs,
-                queue,
-            }),
+            None => {
+                self.send(Request::Execute {
+                    task: id,
+                    script,
+                    inputs,
+                    queue,
+                });
+                if core.has_listeners() {
+                    // Its events come through the stdout thread, not a waiter.
+                    self.wake_reader();
+                }
+            }
         }
         task
     }
@@ -668,6 +765,7 @@ impl ServiceLink {
                 return report.status;
             }
             registry.closing = true;
+            self.wake_reader();
         }
         let config = Arc::clone(&self.shared.config);
         lock(&self.shared.kill_cause).get_or_insert_with(|| "service closed".to_owned());
@@ -697,6 +795,7 @@ impl ServiceLink {
     /// SIGKILL to the group, then a bounded wait for the reap.
     pub(crate) fn kill_now(&self, cause: &str) -> ExitStatus {
         lock(&self.shared.registry).closing = true;
+        self.wake_reader();
         self.debug(DebugStream::Note, || {
             "<SIGKILL to the worker's process group>".to_owned()
         });
@@ -841,31 +940,155 @@ impl ServiceLink {
         true
     }
 
-    fn run_stdout(&self, mut stdout: ChildStdout) {
-        let mut framer = Framer::new(self.shared.config.max_line);
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut decoded = Vec::new();
+    /// Reads stdout whenever it has bytes and waiters do not read it, and finishes up at
+    /// EOF. `poll_fd` is a second handle on the pipe, to wait for bytes without the lock.
+    fn run_stdout(&self, poll_fd: OwnedFd) {
+        let _ = self.shared.stdout_thread.set(std::thread::current());
         loop {
-            let n_read = match stdout.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n_read) => n_read,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            let now = self.shared.born.elapsed().as_nanos() as u64;
+            let until = self.shared.waiters_read_until.load(Ordering::Acquire);
+            if until > now {
+                // Bounded, so a waiter that forgot to wake this thread costs a delay only.
+                let left = Duration::from_nanos(until - now);
+                std::thread::park_timeout(left.min(LEAVE_TO_WAITERS));
+                continue;
+            }
+            let mut fds = [PollFd::new(&poll_fd, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
                 Err(err) => {
-                    self.debug(DebugStream::Note, || format!("<worker stdout: {err}>"));
-                    break;
+                    // Cannot happen with one valid fd, short of ENOMEM: retry, bounded.
+                    self.debug(DebugStream::Note, || {
+                        format!("<polling worker stdout: {err}>")
+                    });
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            let mut reader = match self.shared.stdout.try_lock() {
+                Ok(reader) => reader,
+                Err(TryLockError::Poisoned(poison)) => poison.into_inner(),
+                // A waiter is reading, and these bytes woke it too.
+                Err(TryLockError::WouldBlock) => {
+                    std::thread::yield_now();
+                    continue;
                 }
             };
-            self.set_stdout_busy(Some(n_read));
-            framer.push(&buf[..n_read], |frame| self.on_frame(frame, &mut decoded));
-            self.set_stdout_busy(None);
+            if self.pump(&mut reader) == Pumped::Ended {
+                break;
+            }
         }
+        let mut reader = lock(&self.shared.stdout);
         self.set_stdout_busy(Some(0));
-        framer.finish(|frame| self.on_frame(frame, &mut decoded));
+        let StdoutReader {
+            framer, decoded, ..
+        } = &mut *reader;
+        framer.finish(|frame| self.on_frame(frame, decoded));
+        reader.pipe = None;
+        drop(reader);
         self.debug(DebugStream::Note, || "<worker stdout closed>".to_owned());
         let mut drain = lock(&self.shared.drain);
         drain.stdout_eof = true;
         drain.stdout_busy = false;
         self.shared.drained.notify_all();
+    }
+
+    /// Reads and handles what stdout holds now, without blocking.
+    fn pump(&self, reader: &mut StdoutReader) -> Pumped {
+        let StdoutReader {
+            pipe,
+            framer,
+            buf,
+            decoded,
+            ended,
+        } = reader;
+        let Some(pipe) = pipe.as_mut().filter(|_| !*ended) else {
+            return Pumped::Ended;
+        };
+        loop {
+            match pipe.read(buf) {
+                Ok(0) => break,
+                Ok(n_read) => {
+                    self.set_stdout_busy(Some(n_read));
+                    framer.push(&buf[..n_read], |frame| self.on_frame(frame, decoded));
+                    self.set_stdout_busy(None);
+                    if n_read < buf.len() {
+                        // Most likely all there was; a poll tells if more came.
+                        return Pumped::Drained;
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Pumped::Drained,
+                Err(err) => {
+                    self.debug(DebugStream::Note, || format!("<worker stdout: {err}>"));
+                    break;
+                }
+            }
+        }
+        *ended = true;
+        Pumped::Ended
+    }
+
+    /// Called by a thread about to wait for `core` (a task without listeners): reads stdout
+    /// itself for up to `READ_FOR` (or until `deadline`), unless another thread is reading
+    /// it. The worker's answer then reaches the waiter directly, without the stdout
+    /// thread's hop. Lines for other tasks are routed as the stdout thread would route them.
+    ///
+    /// It first looks for the answer without sleeping, for `SPIN_READING`, as a lock spins
+    /// before it parks: a sleeping thread's CPU halts, and on a virtual machine waking it
+    /// again costs more than a quick task's whole round trip.
+    pub(crate) fn read_for(&self, core: &TaskCore, deadline: Option<Instant>) {
+        let now = Instant::now();
+        let until = match deadline {
+            Some(deadline) => deadline.min(now + READ_FOR),
+            None => now + READ_FOR,
+        };
+        let spin_until = until.min(now + SPIN_READING);
+        let Ok(reader) = self.shared.stdout.try_lock() else {
+            return;
+        };
+        let mut reading = WaiterReading {
+            link: self,
+            core,
+            reader,
+        };
+        self.shared
+            .waiters_read_until
+            .store(u64::MAX, Ordering::Release);
+        loop {
+            if self.pump(&mut reading.reader) == Pumped::Ended || core.is_delivered() {
+                return;
+            }
+            let now = Instant::now();
+            let Some(left) = until.checked_duration_since(now) else {
+                return;
+            };
+            if now < spin_until {
+                std::thread::yield_now();
+                continue;
+            }
+            let Some(pipe) = reading.reader.pipe.as_ref() else {
+                return;
+            };
+            let mut fds = [PollFd::new(pipe, PollFlags::IN)];
+            let timeout = Timespec {
+                tv_sec: 0,
+                tv_nsec: left.subsec_nanos().into(),
+            };
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Hands stdout back to the stdout thread now (see `LEAVE_TO_WAITERS`).
+    pub(crate) fn wake_reader(&self) {
+        if self.shared.waiters_read_until.swap(0, Ordering::AcqRel) != 0 {
+            if let Some(thread) = self.shared.stdout_thread.get() {
+                thread.unpark();
+            }
+        }
     }
 
     fn note_progress(&self, n_read: usize) {
@@ -1062,6 +1285,7 @@ impl ServiceLink {
         }
         lock(&self.shared.drain).exited = true;
         self.shared.drained.notify_all();
+        self.wake_reader();
         // Whatever is left of the group (grandchildren) would hold our pipes open and
         // outlive the worker: end it before the leader is reaped and its id freed.
         self.signal_group(signals::KILL, None);

@@ -1,0 +1,237 @@
+//! A thread that waits for a task reads the worker's stdout itself (no thread hop), and
+//! the stdout thread stands aside meanwhile. Nothing else may pay for it: tasks with
+//! listeners, futures, tasks nobody waits for, waiters that give up, a worker that dies.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use consort::{EventKind, Service, Task, TaskError, TaskState};
+use consort_tests::{slowdown, wait_until};
+
+use super::worker_sdk::echo_worker;
+use super::{finish, is_terminal, watchdog, Recorder, TASK_LIMIT};
+
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Polls `task` as a future on this thread until it is ready, failing instead of hanging.
+#[track_caller]
+fn block_on(task: Task) -> Result<consort::Args, TaskError> {
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut context = Context::from_waker(&waker);
+    let mut task = pin!(task);
+    let deadline = std::time::Instant::now() + TASK_LIMIT * slowdown();
+    loop {
+        if let Poll::Ready(result) = task.as_mut().poll(&mut context) {
+            return result;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a future never became ready"
+        );
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+}
+
+/// A waiter just read its own answer, and no other task is pending: the moment the stdout
+/// thread stands aside. Whatever comes next must still be read.
+#[track_caller]
+fn leave_stdout_to_waiters(service: &Service) {
+    for _ in 0..3 {
+        finish(&service.task("echo").submit().expect("submit")).expect("echo");
+    }
+}
+
+#[test]
+fn a_task_nobody_waits_for_still_ends_after_a_waiter_read_stdout() {
+    let _watchdog = watchdog("a_task_nobody_waits_for_still_ends_after_a_waiter_read_stdout");
+    let service = echo_worker().start().expect("start");
+    for round in 0..20 {
+        leave_stdout_to_waiters(&service);
+        let task = service
+            .task("echo")
+            .input("round", round)
+            .submit()
+            .expect("submit");
+        assert!(
+            wait_until(TASK_LIMIT * slowdown(), || task.state()
+                == TaskState::Complete),
+            "round {round}: an unwaited task stayed {:?}",
+            task.state()
+        );
+        assert_eq!(task.outputs().expect("outputs")["round"], round);
+    }
+}
+
+#[test]
+fn listeners_and_futures_get_their_events_after_a_waiter_read_stdout() {
+    let _watchdog = watchdog("listeners_and_futures_get_their_events_after_a_waiter_read_stdout");
+    let service = echo_worker().start().expect("start");
+    for round in 0..20 {
+        leave_stdout_to_waiters(&service);
+        let recorder = Recorder::default();
+        let listened = service
+            .task("progress")
+            .input("n", 3)
+            .listen(recorder.listener())
+            .submit()
+            .expect("submit");
+        assert!(
+            wait_until(TASK_LIMIT * slowdown(), || recorder
+                .kinds_of(&listened)
+                .into_iter()
+                .any(is_terminal)),
+            "round {round}: the listener never saw the end: {:?}",
+            recorder.kinds_of(&listened)
+        );
+        assert_eq!(
+            recorder.kinds_of(&listened),
+            [
+                EventKind::Launch,
+                EventKind::Update,
+                EventKind::Update,
+                EventKind::Update,
+                EventKind::Completion
+            ]
+        );
+
+        leave_stdout_to_waiters(&service);
+        let future = service
+            .task("echo")
+            .input("round", round)
+            .submit()
+            .expect("submit");
+        assert_eq!(block_on(future).expect("future")["round"], round);
+    }
+}
+
+#[test]
+fn a_waiter_that_stops_reading_hands_stdout_back() {
+    let _watchdog = watchdog("a_waiter_that_stops_reading_hands_stdout_back");
+    let service = echo_worker().start().expect("start");
+    // Longer than a waiter reads for: the stdout thread must deliver the answer.
+    let slow = service
+        .task("sleep")
+        .input("seconds", 0.02)
+        .submit()
+        .expect("submit");
+    finish(&slow).expect("a 20 ms task");
+    // A waiter that times out while reading, then one that waits it out.
+    let slower = service
+        .task("sleep")
+        .input("seconds", 0.2)
+        .submit()
+        .expect("submit");
+    assert!(matches!(
+        slower.wait_timeout(Duration::from_micros(200)),
+        Err(TaskError::Timeout(_))
+    ));
+    assert!(wait_until(TASK_LIMIT * slowdown(), || slower.state()
+        == TaskState::Complete));
+    assert!(slower.wait_timeout(Duration::ZERO).is_ok());
+}
+
+#[test]
+fn waiters_listeners_futures_and_unwaited_tasks_share_stdout_under_load() {
+    let _watchdog =
+        watchdog("waiters_listeners_futures_and_unwaited_tasks_share_stdout_under_load");
+    let service = echo_worker().start().expect("start");
+    let n = 300;
+    std::thread::scope(|scope| {
+        for thread in 0..4 {
+            let service = &service;
+            scope.spawn(move || {
+                for idx in 0..n {
+                    let task = service
+                        .task("echo")
+                        .input("thread", thread)
+                        .input("idx", idx)
+                        .submit()
+                        .expect("submit");
+                    let outputs = finish(&task).expect("waited task");
+                    assert_eq!(
+                        (outputs["thread"].clone(), outputs["idx"].clone()),
+                        (thread.into(), idx.into())
+                    );
+                }
+            });
+        }
+        scope.spawn(|| {
+            let recorder = Recorder::default();
+            let tasks: Vec<Task> = (0..n)
+                .map(|idx| {
+                    service
+                        .task("echo")
+                        .input("idx", idx)
+                        .listen(recorder.listener())
+                        .submit()
+                        .expect("submit")
+                })
+                .collect();
+            assert!(
+                wait_until(TASK_LIMIT * slowdown(), || tasks.iter().all(|task| {
+                    recorder.kinds_of(task).last() == Some(&EventKind::Completion)
+                })),
+                "a listened task never completed"
+            );
+        });
+        scope.spawn(|| {
+            for idx in 0..n {
+                let task = service
+                    .task("echo")
+                    .input("idx", idx)
+                    .submit()
+                    .expect("submit");
+                assert_eq!(block_on(task).expect("future")["idx"], idx);
+            }
+        });
+        scope.spawn(|| {
+            let tasks: Vec<Task> = (0..n)
+                .map(|idx| {
+                    service
+                        .task("echo")
+                        .input("idx", idx)
+                        .submit()
+                        .expect("submit")
+                })
+                .collect();
+            assert!(
+                wait_until(TASK_LIMIT * slowdown(), || tasks
+                    .iter()
+                    .all(|task| task.state() == TaskState::Complete)),
+                "an unwaited task never completed"
+            );
+        });
+    });
+    assert!(service.is_alive());
+    assert!(service.invalid_lines().is_empty());
+}
+
+#[test]
+fn a_worker_that_dies_while_a_waiter_reads_crashes_the_task() {
+    let _watchdog = watchdog("a_worker_that_dies_while_a_waiter_reads_crashes_the_task");
+    for round in 0..10 {
+        let service = echo_worker().start().expect("start");
+        leave_stdout_to_waiters(&service);
+        // The worker aborts as soon as it reads the request: the waiter is reading then.
+        let task = service.task("abort").submit().expect("submit");
+        match finish(&task) {
+            Err(TaskError::Crashed(report)) => {
+                assert_eq!(
+                    report.status,
+                    consort::ExitStatus::Signal(6),
+                    "round {round}"
+                )
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+}
