@@ -14,6 +14,7 @@ mod bench_ndarray;
 mod bench_pool;
 mod cache;
 mod env;
+mod interrupts;
 mod map;
 mod run;
 mod shm;
@@ -30,7 +31,7 @@ pub mod exit {
     pub const CRASHED: u8 = 3;
     /// `--timeout` passed; the task was cancelled with the kill escalation.
     pub const TIMED_OUT: u8 = 124;
-    /// Interrupted by Ctrl-C.
+    /// Interrupted by Ctrl-C (or SIGTERM, or SIGHUP).
     pub const INTERRUPTED: u8 = 130;
 }
 
@@ -84,8 +85,8 @@ Exit codes:
     3    the worker crashed before the task ended
   124    --timeout passed; the task was cancelled, with the kill escalation
   130    interrupted: the first Ctrl-C cancels the task (killing the worker if it does
-         not stop within 2 s), a second Ctrl-C kills the worker at once; SIGTERM counts
-         as a Ctrl-C";
+         not stop within 2 s), a second Ctrl-C kills the worker at once; SIGTERM and
+         SIGHUP (the terminal closed) count as a Ctrl-C";
 
 const WORKER_LONG_ABOUT: &str = "\
 Serve as an Appose worker on this process's stdin and stdout.

@@ -91,7 +91,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
     let window = (n_workers * tasks_per_worker * 4).max(16);
 
     let interrupts = Arc::new(AtomicUsize::new(0));
-    watch_interrupts(Arc::clone(&interrupts))?;
+    crate::interrupts::watch(Arc::clone(&interrupts))?;
 
     let mut builder = Pool::new(args.worker.builder()?, n_workers)
         .with_tasks_per_worker(tasks_per_worker)
@@ -262,21 +262,6 @@ fn ended(task: &Task) -> bool {
         task.wait_timeout(Duration::ZERO),
         Err(TaskError::Timeout(_))
     )
-}
-
-/// Counts SIGINT (Ctrl-C) and SIGTERM; the map loop reacts to the count.
-fn watch_interrupts(count: Arc<AtomicUsize>) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .context("installing the Ctrl-C handler")?;
-    std::thread::Builder::new()
-        .name("consort-signals".to_owned())
-        .spawn(move || {
-            for _ in signals.forever() {
-                count.fetch_add(1, Ordering::SeqCst);
-            }
-        })?;
-    Ok(())
 }
 
 /// Sends one input line to the pool, or decides it when it is not a JSON object.

@@ -87,7 +87,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     // Before any block exists: from here on a Ctrl-C is counted, never fatal, so every
     // way out returns through the drop of `input_arrays`, which unlinks them.
     let interrupts = Arc::new(AtomicUsize::new(0));
-    watch_interrupts(Arc::clone(&interrupts))?;
+    crate::interrupts::watch(Arc::clone(&interrupts))?;
     let (inputs, input_arrays) = parse_inputs(&args.inputs)?;
     if interrupts.load(Ordering::SeqCst) > 0 {
         return Ok(exit::INTERRUPTED);
@@ -264,21 +264,6 @@ fn parse_inputs(specs: &[String]) -> anyhow::Result<(Inputs, Vec<consort::NDArra
         inputs.push((name.to_owned(), value));
     }
     Ok((inputs, input_arrays))
-}
-
-/// Counts SIGINT (Ctrl-C) and SIGTERM; the run loop reacts to the count.
-fn watch_interrupts(count: Arc<AtomicUsize>) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .context("installing the Ctrl-C handler")?;
-    std::thread::Builder::new()
-        .name("consort-signals".to_owned())
-        .spawn(move || {
-            for _ in signals.forever() {
-                count.fetch_add(1, Ordering::SeqCst);
-            }
-        })?;
-    Ok(())
 }
 
 /// Shows events: JSON lines (`--events`), a bar on a terminal, or plain lines.

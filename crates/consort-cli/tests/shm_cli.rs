@@ -258,21 +258,22 @@ fn bad_npy_inputs_and_a_bad_save_dir_are_usage_errors() {
 }
 
 #[test]
-fn the_input_block_is_unlinked_after_a_timeout_a_crash_and_a_ctrl_c() {
+fn the_input_block_is_unlinked_after_a_timeout_a_crash_a_ctrl_c_and_a_hangup() {
     let _watchdog = Watchdog::new("shm-cli-teardown", Duration::from_secs(120));
     let scratch = Scratch::new("shm-cli-teardown");
     let input = scratch.path("a.npy");
     write_npy(&input);
     let input_spec = format!("a=@{}", input.display());
     // The script says which block it got, then waits: for the cancel of --timeout, for the
-    // gate file (then the worker dies), or forever (Ctrl-C).
+    // gate file (then the worker dies), or forever (Ctrl-C; SIGHUP, as when the terminal
+    // closes, whose default action would end consort before it cleans up).
     let prelude = "import os, time
 with open(name_file + '.tmp', 'w') as f:
     f.write(a.shm.name + '\\n')
 os.rename(name_file + '.tmp', name_file)
 ";
     let timeout = (3 * slowdown()).to_string();
-    let cases: [(&str, Vec<&str>, String, i32); 3] = [
+    let cases: [(&str, Vec<&str>, String, i32); 4] = [
         (
             "timeout",
             vec!["--timeout", &timeout],
@@ -289,6 +290,12 @@ os.rename(name_file + '.tmp', name_file)
         ),
         (
             "ctrl-c",
+            vec![],
+            format!("{prelude}while True:\n    time.sleep(0.01)"),
+            130,
+        ),
+        (
+            "hangup",
             vec![],
             format!("{prelude}while True:\n    time.sleep(0.01)"),
             130,
@@ -320,6 +327,7 @@ os.rename(name_file + '.tmp', name_file)
         match *case {
             "crash" => std::fs::write(&gate, "").expect("open the gate"),
             "ctrl-c" => consort_tests::kill(child.id(), 2),
+            "hangup" => consort_tests::kill(child.id(), 1),
             _ => {}
         }
         let status = child.wait().expect("wait for consort");
