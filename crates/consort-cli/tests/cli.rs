@@ -82,7 +82,7 @@ fn bad_usage_and_a_missing_worker_exit_2_naming_the_problem() {
     assert_eq!(output.status.code(), Some(2));
     let text = stderr(&output);
     assert!(
-        text.contains("--input a=@/nonexistent/data.npy") && text.contains("No such file"),
+        text.contains("--input a=@/nonexistent/data.npy: No such file"),
         "{text}"
     );
     let output = consort().arg("run").output().expect("run consort");

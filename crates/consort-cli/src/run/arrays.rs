@@ -37,7 +37,16 @@ pub fn load_input(name: &str, path: &str) -> anyhow::Result<NDArray> {
             path.display()
         );
     }
-    npy::load(&path).with_context(|| format!("--input {name}=@{}", path.display()))
+    npy::load(&path).map_err(|err| naming(err, format!("--input {name}=@{}", path.display())))
+}
+
+/// `err` under `context`, which names the file, so the file's own error is not named twice.
+fn naming(err: npy::NpyError, context: String) -> anyhow::Error {
+    match err {
+        npy::NpyError::File { source, .. } => anyhow::Error::new(source),
+        other => anyhow::Error::new(other),
+    }
+    .context(context)
 }
 
 /// Checks that `dir` can receive saved arrays, before any work is done.
@@ -99,7 +108,8 @@ fn save(name: &str, value: &Value, dir: &Path) -> anyhow::Result<()> {
     let path = dir.join(format!("{name}.npy"));
     let array =
         NDArray::from_json(value).with_context(|| format!("--save-arrays: the output {name:?}"))?;
-    npy::save(&array, &path).with_context(|| format!("--save-arrays: writing {}", path.display()))
+    npy::save(&array, &path)
+        .map_err(|err| naming(err, format!("--save-arrays: writing {}", path.display())))
 }
 
 /// Adopts the blocks of every `shm` and `ndarray` descriptor in `value` not yet `seen`.

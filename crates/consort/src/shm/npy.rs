@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::array::{n_bytes, DType, NDArray};
 use super::ShmError;
@@ -21,9 +21,17 @@ use super::ShmError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NpyError {
-    /// Reading or writing failed.
+    /// Reading or writing a stream failed.
     #[error("npy i/o: {0}")]
     Io(#[from] io::Error),
+    /// Opening, reading or writing the file `path` failed ([`load`], [`save`]).
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
     /// The bytes are not a `.npy` file.
     #[error("not a .npy file: {0}")]
     Format(String),
@@ -49,11 +57,13 @@ const MAGIC: &[u8; 6] = b"\x93NUMPY";
 /// Reads a `.npy` file into a new block.
 ///
 /// # Errors
-/// [`NpyError::Io`] (a short file included), [`NpyError::Format`], [`NpyError::Unsupported`]
+/// [`NpyError::File`], [`NpyError::Format`] (a short file included), [`NpyError::Unsupported`]
 /// (Fortran order, a byte order that is not native, a dtype Appose does not name), and
 /// [`NpyError::Shm`].
 pub fn load(path: impl AsRef<Path>) -> Result<NDArray, NpyError> {
-    read(BufReader::new(File::open(path)?))
+    let path = path.as_ref();
+    let file = File::open(path).map_err(|err| NpyError::Io(err).in_file(path))?;
+    read(BufReader::new(file)).map_err(|err| err.in_file(path))
 }
 
 /// Writes `array` as a version 1 `.npy` file (version 2 if the header needs it).
@@ -61,10 +71,27 @@ pub fn load(path: impl AsRef<Path>) -> Result<NDArray, NpyError> {
 /// # Errors
 /// [`NpyError::Io`].
 pub fn save(array: &NDArray, path: impl AsRef<Path>) -> Result<(), NpyError> {
-    let mut out = BufWriter::new(File::create(path)?);
-    write(array, &mut out)?;
-    out.into_inner().map_err(io::IntoInnerError::into_error)?;
-    Ok(())
+    let path = path.as_ref();
+    let written = File::create(path).map_err(NpyError::Io).and_then(|file| {
+        let mut out = BufWriter::new(file);
+        write(array, &mut out)?;
+        out.into_inner().map_err(io::IntoInnerError::into_error)?;
+        Ok(())
+    });
+    written.map_err(|err| err.in_file(path))
+}
+
+impl NpyError {
+    /// An I/O error becomes [`NpyError::File`], naming `path`; others are kept.
+    fn in_file(self, path: &Path) -> NpyError {
+        match self {
+            NpyError::Io(source) => NpyError::File {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        }
+    }
 }
 
 /// Reads a `.npy` stream into a new block: the elements go from the reader straight into

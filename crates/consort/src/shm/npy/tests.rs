@@ -180,9 +180,20 @@ fn save_and_load_go_through_a_file() {
         array.view::<f64>().expect("view")
     );
     assert!(loaded.shm().is_owner());
-    assert!(matches!(
-        load(dir.join("missing.npy")),
-        Err(NpyError::Io(_))
-    ));
+    let missing = dir.join("missing.npy");
+    match load(&missing) {
+        Err(err @ NpyError::File { .. }) => {
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!("{}: ", missing.display())),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match save(&array, dir.join("no-such-dir").join("a.npy")) {
+        Err(err @ NpyError::File { .. }) => assert!(err.to_string().contains("no-such-dir")),
+        other => panic!("{other:?}"),
+    }
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
