@@ -280,3 +280,31 @@ fn hard_cancel_of_a_cooperative_task_keeps_the_worker() {
     let next = service.task("echo").input("x", 3).submit().expect("submit");
     assert_eq!(finish(&next).expect("the worker lives on")["x"], 3);
 }
+
+#[test]
+fn a_task_whose_hard_cancel_is_under_way_ends_canceled_when_another_kill_comes_first() {
+    let _watchdog = watchdog(
+        "a_task_whose_hard_cancel_is_under_way_ends_canceled_when_another_kill_comes_first",
+    );
+    let service = start_fake(&["serve"]);
+    let first = submit(&service, "hang");
+    let second = submit(&service, "hang");
+    let bystander = submit(&service, "hang");
+    assert!(wait_until(TASK_LIMIT, || [&first, &second, &bystander]
+        .iter()
+        .all(|task| task.state() == TaskState::Running)));
+    // The second's grace outlasts the test: the first one's kill ends the worker for both.
+    second.cancel_hard(TASK_LIMIT * 10);
+    first.cancel_hard(Duration::from_millis(50));
+    assert_eq!(finish(&first), Err(TaskError::Canceled { forced: true }));
+    assert_eq!(
+        finish(&second),
+        Err(TaskError::Canceled { forced: true }),
+        "it was asked to stop, and it was stopped"
+    );
+    let report = crashed(&bystander);
+    assert!(report
+        .cause
+        .unwrap_or_default()
+        .contains(first.id().as_str()));
+}

@@ -664,6 +664,32 @@ fn isolated_mode_a_hard_cancel_touches_no_other_task() {
 }
 
 #[test]
+fn tasks_hard_cancelled_together_on_one_worker_all_end_canceled() {
+    let _watchdog = Watchdog::new("hard_cancel_together", LIMIT);
+    let pool = Pool::new(python_worker(), 1).start().expect("start pool");
+    // Ignore their CANCEL and the asynchronous exception: only the kill ends them.
+    let stubborn = "import time\nwhile True:\n    try:\n        time.sleep(60)\n    except BaseException:\n        pass";
+    let tasks: Vec<Task> = (0..3)
+        .map(|_| pool.task(stubborn).listen(|_| {}).submit().expect("submit"))
+        .collect();
+    assert!(wait_until(WAIT, || tasks
+        .iter()
+        .all(|task| task.state() == TaskState::Running)));
+    // As `consort map` does on Ctrl-C: whichever grace ends first kills the one worker,
+    // before the others' own kill; each must still end as the cancel it asked for.
+    for (idx, task) in tasks.iter().enumerate() {
+        task.cancel_hard(Duration::from_millis(100) * (1 + 50 * idx as u32));
+    }
+    for task in &tasks {
+        assert!(
+            matches!(finish(task), Err(TaskError::Canceled { forced: true })),
+            "{:?}",
+            task.error()
+        );
+    }
+}
+
+#[test]
 fn memory_stays_bounded_through_many_submissions() {
     let _watchdog = Watchdog::new("memory_bounded", Duration::from_secs(600));
     // A million with CONSORT_SLOW_TESTS (about a minute); enough to see a per-task leak

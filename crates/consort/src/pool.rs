@@ -1366,6 +1366,14 @@ impl Manager {
             job.finish(TaskState::TimedOut, Err(TaskError::TimedOut(deadline)));
             return;
         }
+        if state == TaskState::Crashed && job.core.hard_cancel_asked() {
+            // Its own hard cancel was under way (another task's kill may have come first).
+            job.finish(
+                TaskState::Canceled,
+                Err(TaskError::Canceled { forced: true }),
+            );
+            return;
+        }
         if let Some(attempt) = retry {
             if job.core.has_listeners() {
                 let mut event = TaskEvent::new(job.core.id.clone(), EventKind::Retry);

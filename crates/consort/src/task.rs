@@ -282,6 +282,8 @@ pub(crate) struct TaskCore {
     done: Condvar,
     /// Mirrors `CoreInner::delivered`, so a waiter can spin briefly without the lock.
     delivered: AtomicBool,
+    /// `Task::cancel_hard` was called: if the worker dies first, the task ends CANCELED.
+    hard_cancel_asked: AtomicBool,
 }
 
 struct CoreInner {
@@ -324,6 +326,7 @@ impl TaskCore {
             }),
             done: Condvar::new(),
             delivered: AtomicBool::new(false),
+            hard_cancel_asked: AtomicBool::new(false),
         })
     }
 
@@ -342,6 +345,16 @@ impl TaskCore {
     /// The result, once `finish` has set it (listeners may not have seen it yet).
     pub(crate) fn peek_result(&self) -> Option<Result<Args, TaskError>> {
         self.lock().result.clone()
+    }
+
+    pub(crate) fn ask_hard_cancel(&self) {
+        self.hard_cancel_asked.store(true, Ordering::Release);
+    }
+
+    /// Whether `Task::cancel_hard` was called: a death of its worker is then the cancel
+    /// it asked for, not a crash.
+    pub(crate) fn hard_cancel_asked(&self) -> bool {
+        self.hard_cancel_asked.load(Ordering::Acquire)
     }
 
     /// Whether the waiters were released (the task ended and its listeners saw it).
@@ -557,11 +570,14 @@ impl Task {
     ///
     /// # Caveats
     /// Killing the worker ends its other tasks too: they end CRASHED, and their
-    /// [`CrashReport::cause`] names this task.
+    /// [`CrashReport::cause`] names this task. A task whose own hard cancel is under way
+    /// when its worker dies, whatever killed it, ends CANCELED (forced) instead: it was
+    /// going to be killed, and that is what was asked.
     pub fn cancel_hard(&self, grace: Duration) {
         if self.core.state().is_finished() {
             return;
         }
+        self.core.ask_hard_cancel();
         self.link.cancel(&self.core.id);
         let core = Arc::clone(&self.core);
         let link = self.link.clone();

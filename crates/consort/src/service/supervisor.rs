@@ -1323,11 +1323,20 @@ impl ServiceLink {
             )
         });
         for core in pending {
-            self.finish_task(
-                &core,
-                TaskState::Crashed,
-                Err(TaskError::Crashed(Box::new((*report).clone()))),
-            );
+            if core.hard_cancel_asked() {
+                // Its own hard cancel was under way: the death is the kill it asked for.
+                self.finish_task(
+                    &core,
+                    TaskState::Canceled,
+                    Err(TaskError::Canceled { forced: true }),
+                );
+            } else {
+                self.finish_task(
+                    &core,
+                    TaskState::Crashed,
+                    Err(TaskError::Crashed(Box::new((*report).clone()))),
+                );
+            }
         }
         self.shared.exited.notify_all();
         // Let the writer and the dispatcher run out once their queues are empty.
