@@ -1,4 +1,4 @@
-//! Criterion benchmarks of consort-cache: a hit, a miss, and an insert that evicts
+//! consort-cache: a hit (the value read in place), a miss, and an insert that evicts
 //! (16-byte keys, 64-byte values, 10K keys). `consort bench cache` runs the side-by-side
 //! comparison with LMDB, moka and Redis.
 
@@ -34,20 +34,20 @@ fn bench(c: &mut Criterion) {
         cache.insert(&key(i), &[i as u8; 64], None).unwrap();
     }
     let mut i = 0u64;
-    c.bench_function("get hit (copy into closure)", |b| {
+    c.bench_function("cache_get_hit", |b| {
         b.iter(|| {
             i = (i + 7919) % 10_000;
             black_box(cache.get_with(&key(i), |v| v[0]).unwrap())
         })
     });
-    c.bench_function("get miss", |b| {
+    c.bench_function("cache_get_miss", |b| {
         b.iter(|| {
             i = (i + 7919) % 10_000;
             black_box(cache.get(&key(i + 1_000_000)).unwrap())
         })
     });
     let (small, _) = open("evict", 4096);
-    c.bench_function("insert with eviction", |b| {
+    c.bench_function("cache_insert_evicting", |b| {
         b.iter(|| {
             i += 1;
             black_box(
