@@ -6,10 +6,24 @@ use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::{Cache, Result};
+use crate::{Cache, Config, Result};
 
 /// Length of a self-checking value.
 pub const VALUE_LEN: usize = 64;
+
+/// The geometry the storm, the crash tests and their helper process agree on: `capacity`
+/// entries in `shards` shards (one shard makes SIEVE deterministic), 16-byte keys,
+/// [`VALUE_LEN`]-byte values, no default TTL, in `dir` (`None`: `/dev/shm`).
+pub fn config(dir: Option<std::path::PathBuf>, capacity: usize, shards: usize) -> Config {
+    Config {
+        capacity,
+        shards,
+        max_key: 16,
+        max_value: VALUE_LEN,
+        default_ttl: None,
+        dir,
+    }
+}
 
 /// The key for key number `id`.
 pub fn key(id: u64) -> [u8; 16] {

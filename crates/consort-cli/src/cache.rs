@@ -54,14 +54,7 @@ pub struct TortureArgs {
 
 /// The storm's cache: 1,024 entries, 16-byte keys, 64-byte self-checking values.
 fn torture_config(dir: Option<PathBuf>) -> Config {
-    Config {
-        capacity: 1024,
-        shards: 4,
-        max_key: 16,
-        max_value: torture::VALUE_LEN,
-        default_ttl: None,
-        dir,
-    }
+    torture::config(dir, 1024, 4)
 }
 
 pub fn run(cmd: CacheCmd) -> anyhow::Result<u8> {

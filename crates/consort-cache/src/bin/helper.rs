@@ -6,23 +6,10 @@
 //! where OP is `insert KEY`, `replace KEY`, `remove KEY`, `purge`, `clear`, `recover`,
 //! `fill N` (keys k0..kN) or `storm SEED` (the torture writer loop, forever).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use consort_cache::{torture, Cache, Config};
-
-/// The configuration every helper and test agrees on (one shard: a deterministic SIEVE).
-pub fn config(dir: PathBuf, capacity: usize, shards: usize) -> Config {
-    Config {
-        capacity,
-        shards,
-        max_key: 16,
-        max_value: 64,
-        default_ttl: None,
-        dir: Some(dir),
-    }
-}
+use consort_cache::{torture, Cache};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,7 +29,7 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let (capacity, shards) = capacity.split_once('/').unwrap_or((capacity, "1"));
     let cache = Cache::open(
         name,
-        &config(dir.into(), capacity.parse()?, shards.parse()?),
+        &torture::config(Some(dir.into()), capacity.parse()?, shards.parse()?),
     )?;
     let mut arg = None;
     let mut rest = rest.iter();

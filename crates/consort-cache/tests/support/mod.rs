@@ -80,14 +80,7 @@ impl Drop for TempDir {
 }
 
 pub fn config(dir: &Path, capacity: usize, shards: usize) -> Config {
-    Config {
-        capacity,
-        shards,
-        max_key: 16,
-        max_value: 64,
-        default_ttl: None,
-        dir: Some(dir.to_path_buf()),
-    }
+    consort_cache::torture::config(Some(dir.to_path_buf()), capacity, shards)
 }
 
 pub fn open(dir: &Path, name: &str, capacity: usize, shards: usize) -> Cache {
