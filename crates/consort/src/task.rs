@@ -597,6 +597,10 @@ impl Task {
 
     /// Blocks until the task ends, then returns its outputs.
     ///
+    /// For a quick task of a service, the waiting thread reads the worker's answer itself
+    /// (for up to 1 ms, looking without sleeping for the first 50 µs), which saves a thread
+    /// hop; lines for other tasks it meets are routed on the way. Listeners never run on it.
+    ///
     /// # Errors
     /// [`TaskError::Failed`], [`TaskError::Canceled`] or [`TaskError::Crashed`].
     pub fn wait(&self) -> Result<Args, TaskError> {

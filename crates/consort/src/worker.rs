@@ -30,6 +30,12 @@
 //! 4. A bad request never stops the reader: it fails its task, or is reported on stderr.
 //! 5. After stdin EOF or SIGTERM, every token is cancelled and `serve` returns within
 //!    `shutdown_grace`, whatever the handlers do.
+//!
+//! # Latency
+//! A task runs on the thread that read its request, and that thread looks for the next
+//! request for 50 µs, yielding, before its read blocks: a client that sends a request as
+//! soon as it has an answer finds it awake, and no CPU has to come out of its halt. An idle
+//! worker costs those 50 µs once, then sleeps.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
