@@ -26,6 +26,7 @@
 //! - `sleep <ms>`: the same, on a thread of its own, after `ms` milliseconds.
 //! - `updates <n>`: LAUNCH, `n` UPDATEs, COMPLETION.
 //! - `hang`: LAUNCH, then nothing, whatever is asked.
+//! - `flood`: LAUNCH, then noise lines on stdout for ever, never answering.
 //! - `cancellable`: LAUNCH, then CANCELATION when a CANCEL arrives.
 //! - `fail <message>`: LAUNCH, FAILURE.
 //! - `double-terminal`: LAUNCH, FAILURE, then COMPLETION.
@@ -198,6 +199,7 @@ const BEHAVIOURS: &[&str] = &[
     "sleep",
     "updates",
     "hang",
+    "flood",
     "cancellable",
     "fail",
     "double-terminal",
@@ -262,6 +264,13 @@ fn run(behaviour: &str, job: Job) -> Option<JoinHandle<()>> {
             job.complete(job.inputs.clone());
         }
         "hang" | "cancellable" => job.launch(),
+        "flood" => {
+            job.launch();
+            let line = format!("{}\n", "flood ".repeat(100));
+            loop {
+                job.out.write(line.as_bytes());
+            }
+        }
         "fail" => {
             job.launch();
             let message = if job.args.is_empty() {

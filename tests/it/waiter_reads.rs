@@ -235,3 +235,35 @@ fn a_worker_that_dies_while_a_waiter_reads_crashes_the_task() {
         }
     }
 }
+
+#[test]
+fn a_waiter_meets_its_deadline_while_the_worker_floods_stdout() {
+    let _watchdog = watchdog("a_waiter_meets_its_deadline_while_the_worker_floods_stdout");
+    // The task makes the worker write noise as fast as it can, never answering, while a slow debug sink (it runs on
+    // whichever thread reads) keeps the pipe full: every read is a full one. The waiter
+    // must still give up at its deadline rather than read for ever.
+    let service = super::fake(&["serve"])
+        .with_debug(|line| {
+            if line.stream == consort::DebugStream::Stdout {
+                std::thread::sleep(Duration::from_micros(10));
+            }
+        })
+        .start()
+        .expect("start");
+    // The stdout thread stands aside: the waiter takes stdout before the flood starts.
+    leave_stdout_to_waiters(&service);
+    let task = service.task("flood").submit().expect("submit");
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            task.wait_timeout(Duration::from_millis(50)),
+            Err(TaskError::Timeout(_))
+        ));
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(5) * slowdown(),
+            "a 50 ms wait took {took:?}"
+        );
+    }
+    assert!(!service.invalid_lines().is_empty());
+}

@@ -199,7 +199,12 @@ enum Pumped {
 /// the stdout thread is never kept out for long.
 const READ_FOR: Duration = Duration::from_millis(1);
 
+/// How long a reading waiter looks for its answer without sleeping (see `read_for`).
 const SPIN_READING: Duration = Duration::from_micros(50);
+
+/// The most full reads one `pump` makes (1 MiB): a worker that floods stdout cannot keep a
+/// reading waiter from its deadline.
+const READS_PER_PUMP: usize = 16;
 
 /// How long the stdout thread leaves stdout to waiters after one got its answer with no
 /// other task pending: a thread that waits for one task after another then reads every
@@ -1005,6 +1010,7 @@ impl ServiceLink {
         let Some(pipe) = pipe.as_mut().filter(|_| !*ended) else {
             return Pumped::Ended;
         };
+        let mut reads = 0;
         loop {
             match pipe.read(buf) {
                 Ok(0) => break,
@@ -1012,8 +1018,10 @@ impl ServiceLink {
                     self.set_stdout_busy(Some(n_read));
                     framer.push(&buf[..n_read], |frame| self.on_frame(frame, decoded));
                     self.set_stdout_busy(None);
-                    if n_read < buf.len() {
-                        // Most likely all there was; a poll tells if more came.
+                    reads += 1;
+                    if n_read < buf.len() || reads == READS_PER_PUMP {
+                        // All there was, most likely, or enough for one go: a poll tells
+                        // if more is there.
                         return Pumped::Drained;
                     }
                 }
