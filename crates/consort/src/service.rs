@@ -345,6 +345,10 @@ impl ServiceBuilder {
     ///
     /// The same lines go to `tracing` at TRACE level (target `consort::service`) whether or
     /// not a sink is set.
+    ///
+    /// `sink` runs on the thread that handles the line: for a stdout line, the service's
+    /// stdout thread or a thread in [`Task::wait`](crate::Task::wait) that reads its own
+    /// answer. A slow sink slows that reading, so keep it quick.
     pub fn with_debug(
         mut self,
         sink: impl Fn(&DebugLine) + Send + Sync + 'static,
