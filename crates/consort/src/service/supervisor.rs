@@ -895,11 +895,8 @@ impl ServiceLink {
                         if let Some(fd) = &poll_fd {
                             // Bounded, so that `exited` and `close` are seen even if the
                             // worker never reads again.
-                            let mut fds = [rustix::event::PollFd::new(
-                                fd,
-                                rustix::event::PollFlags::OUT,
-                            )];
-                            let timeout = rustix::event::Timespec {
+                            let mut fds = [PollFd::new(fd, PollFlags::OUT)];
+                            let timeout = Timespec {
                                 tv_sec: 0,
                                 tv_nsec: 50_000_000,
                             };
@@ -1079,10 +1076,9 @@ impl ServiceLink {
                 return;
             };
             let mut fds = [PollFd::new(pipe, PollFlags::IN)];
-            let timeout = Timespec {
-                tv_sec: 0,
-                tv_nsec: left.subsec_nanos().into(),
-            };
+            // `left` is under READ_FOR: the conversion cannot fail (were it to, a zero
+            // timeout still ends at `until`).
+            let timeout = Timespec::try_from(left).unwrap_or_default();
             match rustix::event::poll(&mut fds, Some(&timeout)) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(_) => return,
