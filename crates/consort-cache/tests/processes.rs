@@ -327,12 +327,20 @@ fn recreate_under_four_busy_writers_retires_them_without_sigbus() {
             helper()
                 .arg(dir.path())
                 .args(["busy", "64/2", "storm", &(i + 1).to_string()])
-                .stdout(Stdio::null())
+                .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
+    // Every writer has opened the cache before it is recreated: one that opened it after
+    // would fail on the new parameters instead of being retired.
+    for writer in &mut writers {
+        let mut line = String::new();
+        let stdout = writer.stdout.as_mut().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+        assert_eq!(line, "storming\n", "a writer did not start");
+    }
     let start = cache.stats().inserts;
     assert!(
         wait_until(Duration::from_secs(20), || cache.stats().inserts

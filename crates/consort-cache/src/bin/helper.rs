@@ -4,7 +4,8 @@
 //!
 //! `consort-cache-helper DIR NAME CAPACITY OP [ARG] [--crash N | --stop N]`
 //! where OP is `insert KEY`, `replace KEY`, `remove KEY`, `purge`, `clear`, `recover`,
-//! `fill N` (keys k0..kN) or `storm SEED` (the torture writer loop, forever).
+//! `fill N` (keys k0..kN) or `storm SEED` (the torture writer loop, forever; it prints
+//! `storming` once the cache is open).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -76,7 +77,12 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         }
         "clear" => cache.clear()?,
         "recover" => cache.recover()?,
-        "storm" => torture::writer_loop(&cache, 2 * cache.capacity() as u64, arg.parse()?)?,
+        "storm" => {
+            // The cache is open: a test may now change it under this writer.
+            println!("storming");
+            std::io::Write::flush(&mut std::io::stdout())?;
+            torture::writer_loop(&cache, 2 * cache.capacity() as u64, arg.parse()?)?;
+        }
         other => return Err(format!("unknown op {other:?}").into()),
     }
     println!("{}", points());
