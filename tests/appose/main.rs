@@ -40,7 +40,7 @@
 //! - the service is consort's `Service`. Each test runs against the real appose 0.12.0
 //!   worker (`Service::python`, the `R` rows of the report's test table) and, where the
 //!   behaviour is the Appose script contract rather than an appose quirk, against consort's
-//!   own Python worker too (`consort::worker::python::service`);
+//!   own Python worker too (`consort::Service::consort_python`);
 //! - every wait is bounded (`wait_timeout`, `wait_until`) and every test runs under a
 //!   watchdog, since upstream's `wait_for()` has no timeout and a lost response hangs it;
 //! - `env.python()` (appose's "system" environment) becomes the test venv's interpreter,
@@ -73,8 +73,8 @@ mod task_exception;
 fn workers() -> [(&'static str, ServiceBuilder); 2] {
     let python = python();
     [
-        ("appose", Service::python(&python)),
-        ("consort", consort::worker::python::service(&python)),
+        ("appose", Service::appose_python(&python)),
+        ("consort", consort::Service::consort_python(&python)),
     ]
 }
 
@@ -82,7 +82,9 @@ fn workers() -> [(&'static str, ServiceBuilder); 2] {
 #[track_caller]
 fn finish(task: &Task) -> Result<consort::Args, TaskError> {
     match task.wait_timeout(Duration::from_secs(60) * slowdown()) {
-        Err(TaskError::Timeout(limit)) => panic!("task {} did not end within {limit:?}", task.id()),
+        Err(TaskError::NotFinished(limit)) => {
+            panic!("task {} did not end within {limit:?}", task.id())
+        }
         result => result,
     }
 }

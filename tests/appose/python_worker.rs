@@ -61,7 +61,7 @@ fn stderr_until_marker(service: &Service) -> Vec<String> {
 #[test]
 fn test_numpy_warning() {
     let _watchdog = watchdog("test_numpy_warning");
-    let service = Service::python(python()).start().expect("start");
+    let service = Service::appose_python(python()).start().expect("start");
     finish(&service.task("pass").submit().expect("submit")).expect("pass");
     assert!(
         wait_until(Duration::from_secs(30), || numpy_warning(
@@ -78,7 +78,7 @@ fn test_numpy_warning() {
 #[test]
 fn test_numpy_no_warning() {
     let _watchdog = watchdog("test_numpy_no_warning");
-    let service = Service::python(python())
+    let service = Service::appose_python(python())
         .with_init("import numpy")
         .start()
         .expect("start");

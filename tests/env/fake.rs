@@ -133,7 +133,7 @@ fn pixi_packages_commands_launcher_and_up_to_date() {
     // CONDA_PREFIX is set here to check the worker does not inherit it. Under nextest this
     // test is its own process.
     std::env::set_var("CONDA_PREFIX", "/leaked/conda");
-    check_worker_behind_launcher(&env.python_service().unwrap(), tmp.path());
+    check_worker_behind_launcher(&env.consort_python_service().unwrap(), tmp.path());
 }
 
 #[test]
@@ -268,7 +268,7 @@ fn micromamba_packages_environment_yml_launcher_and_failure() {
     // Appose's worker, whose command (unlike consort's) does not strip the conda
     // variables itself: the environment must.
     std::env::set_var("CONDA_PREFIX", "/leaked/conda");
-    check_worker_behind_launcher(&env.appose_service().unwrap(), tmp.path());
+    check_worker_behind_launcher(&env.appose_python_service().unwrap(), tmp.path());
 
     let yml_dir = tmp.path().join("from-yml");
     let yml = "name: tools\ndependencies:\n  - numpy\n";

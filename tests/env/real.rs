@@ -17,7 +17,7 @@ fn on_path(name: &str) -> bool {
 }
 
 fn check(env: &consort::Environment) {
-    let service = env.python_service().unwrap().start().unwrap();
+    let service = env.consort_python_service().unwrap().start().unwrap();
     let outputs = service
         .task("import sys\n[6 * 7, sys.prefix]")
         .submit()

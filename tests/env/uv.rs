@@ -63,7 +63,7 @@ fn uv_builds_numpy_runs_a_task_skips_when_unchanged_rebuilds_when_changed() {
         serde_json::json!(["numpy"])
     );
 
-    let service = env.python_service().unwrap().start().unwrap();
+    let service = env.consort_python_service().unwrap().start().unwrap();
     let outputs = service
         .task("import numpy, sys\n[int(numpy.arange(4).sum()), sys.prefix, numpy.__file__]")
         .submit()
@@ -186,7 +186,7 @@ fn uv_requirements_and_pyproject() {
     let env = project.build().unwrap();
     assert_eq!(env.base(), tmp.path().join("proj"));
     assert_eq!(env.bin_paths(), [tmp.path().join("proj/.venv/bin")]);
-    let service = env.python_service().unwrap().start().unwrap();
+    let service = env.consort_python_service().unwrap().start().unwrap();
     let outputs = service
         .task("import numpy\nint(numpy.ones(3).sum())")
         .submit()

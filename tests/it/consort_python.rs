@@ -4,7 +4,7 @@
 use super::*;
 
 fn consort_python() -> ServiceBuilder {
-    consort::worker::python::service(consort_tests::python())
+    consort::Service::consort_python(consort_tests::python())
         .with_close_grace(GRACE)
         .with_kill_grace(GRACE)
 }

@@ -13,7 +13,7 @@ use consort_tests::{python, workspace_root, Watchdog};
 fn appose_python_service_drives_consort_workers() {
     let _watchdog = Watchdog::new("interop", Duration::from_secs(300));
     let python = python();
-    let consort_python = consort::worker::python::command(&python);
+    let consort_python = consort::python::consort_worker_command(&python);
     let mut python_worker = vec![consort_python.get_program().to_string_lossy().into_owned()];
     python_worker.extend(
         consort_python

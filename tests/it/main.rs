@@ -134,7 +134,9 @@ fn assert_cancels_right_after_execute_are_honoured(submit: impl Fn() -> Task) {
 #[track_caller]
 fn finish(task: &Task) -> Result<Args, TaskError> {
     match task.wait_timeout(TASK_LIMIT * slowdown()) {
-        Err(TaskError::Timeout(limit)) => panic!("task {} did not end within {limit:?}", task.id()),
+        Err(TaskError::NotFinished(limit)) => {
+            panic!("task {} did not end within {limit:?}", task.id())
+        }
         result => result,
     }
 }

@@ -7,7 +7,7 @@ use consort_tests::wait_until;
 use super::*;
 
 fn python() -> ServiceBuilder {
-    Service::python(consort_tests::python())
+    Service::appose_python(consort_tests::python())
         .with_close_grace(Duration::from_secs(5))
         .with_kill_grace(GRACE)
 }

@@ -12,8 +12,8 @@ use super::{finish, watchdog};
 fn python_workers() -> [(&'static str, ServiceBuilder); 2] {
     let python = python();
     [
-        ("appose", Service::python(&python)),
-        ("consort", consort::worker::python::service(&python)),
+        ("appose", Service::appose_python(&python)),
+        ("consort", consort::Service::consort_python(&python)),
     ]
 }
 

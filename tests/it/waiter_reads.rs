@@ -132,7 +132,7 @@ fn a_waiter_that_stops_reading_hands_stdout_back() {
         .expect("submit");
     assert!(matches!(
         slower.wait_timeout(Duration::from_micros(200)),
-        Err(TaskError::Timeout(_))
+        Err(TaskError::NotFinished(_))
     ));
     assert!(wait_until(TASK_LIMIT * slowdown(), || slower.state()
         == TaskState::Complete));
@@ -257,7 +257,7 @@ fn a_waiter_meets_its_deadline_while_the_worker_floods_stdout() {
         let started = std::time::Instant::now();
         assert!(matches!(
             task.wait_timeout(Duration::from_millis(50)),
-            Err(TaskError::Timeout(_))
+            Err(TaskError::NotFinished(_))
         ));
         let took = started.elapsed();
         assert!(

@@ -33,7 +33,7 @@ fn echo_worker() -> ServiceBuilder {
 }
 
 fn python_worker() -> ServiceBuilder {
-    consort::worker::python::service(python())
+    consort::Service::consort_python(python())
         .with_close_grace(GRACE)
         .with_kill_grace(GRACE)
 }
@@ -41,7 +41,9 @@ fn python_worker() -> ServiceBuilder {
 #[track_caller]
 fn finish(task: &Task) -> Result<consort::Args, TaskError> {
     match task.wait_timeout(WAIT * slowdown()) {
-        Err(TaskError::Timeout(limit)) => panic!("task {} did not end within {limit:?}", task.id()),
+        Err(TaskError::NotFinished(limit)) => {
+            panic!("task {} did not end within {limit:?}", task.id())
+        }
         result => result,
     }
 }
@@ -497,7 +499,9 @@ fn a_task_past_its_deadline_ends_timed_out_through_the_kill_escalation() {
         .submit()
         .expect("submit");
     match finish(&task) {
-        Err(TaskError::TimedOut(deadline)) => assert_eq!(deadline, Duration::from_millis(500)),
+        Err(TaskError::DeadlinePassed(deadline)) => {
+            assert_eq!(deadline, Duration::from_millis(500))
+        }
         other => panic!("expected TIMED_OUT, got {other:?}"),
     }
     assert_eq!(task.state(), TaskState::TimedOut);
@@ -755,7 +759,7 @@ fn heartbeats_are_swallowed_by_the_supervisor_not_reported_as_noise() {
     // A plain service whose worker was asked for heartbeats: they flow during the task,
     // and none of them shows up as an invalid stdout line.
     let service = python_worker()
-        .with_env(consort::pool::HEARTBEAT_ENV, "0.02")
+        .with_env(consort::protocol::HEARTBEAT_ENV, "0.02")
         .start()
         .expect("start");
     let task = service
@@ -765,8 +769,8 @@ fn heartbeats_are_swallowed_by_the_supervisor_not_reported_as_noise() {
     assert_eq!(finish(&task).expect("completes")["result"], 1);
     assert_eq!(service.invalid_lines(), Vec::<String>::new());
     // And they are really written: read the worker's raw stdout.
-    let mut raw = consort::worker::python::command(python())
-        .env(consort::pool::HEARTBEAT_ENV, "0.02")
+    let mut raw = consort::python::consort_worker_command(python())
+        .env(consort::protocol::HEARTBEAT_ENV, "0.02")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()

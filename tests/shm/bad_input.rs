@@ -42,7 +42,7 @@ fn bad_ndarrays_fail_their_task_with_the_reason() {
             "fewer than the rsize 17",
         ),
     ];
-    let service = consort::worker::python::service(consort_tests::python())
+    let service = consort::Service::consort_python(consort_tests::python())
         .start()
         .expect("start");
     for (descriptor, expected) in &cases {

@@ -21,8 +21,8 @@ use consort_tests::{python, slowdown, Watchdog};
 fn workers() -> [(&'static str, ServiceBuilder); 2] {
     let python = python();
     [
-        ("appose", Service::python(&python)),
-        ("consort", consort::worker::python::service(&python)),
+        ("appose", Service::appose_python(&python)),
+        ("consort", consort::Service::consort_python(&python)),
     ]
 }
 
@@ -34,7 +34,9 @@ fn watchdog(name: &str) -> Watchdog {
 #[track_caller]
 fn finish(task: &Task) -> Result<Args, TaskError> {
     match task.wait_timeout(Duration::from_secs(60) * slowdown()) {
-        Err(TaskError::Timeout(limit)) => panic!("task {} did not end within {limit:?}", task.id()),
+        Err(TaskError::NotFinished(limit)) => {
+            panic!("task {} did not end within {limit:?}", task.id())
+        }
         result => result,
     }
 }

@@ -118,7 +118,7 @@ fn roundtrip(args: &RoundtripArgs) -> anyhow::Result<()> {
                                     0
                                 }
                                 Err(TaskError::Crashed(_)) => 2,
-                                Err(TaskError::Timeout(_)) => 3,
+                                Err(TaskError::NotFinished(_)) => 3,
                                 Err(_) => 1,
                             }
                         }

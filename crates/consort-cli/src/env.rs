@@ -127,8 +127,8 @@ pub fn service_builder(worker: &WorkerArgs, env: &EnvArgs) -> anyhow::Result<Ser
     // user's, so relative paths in a script mean what they mean in the shell.
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let builder = match worker.worker.as_str() {
-        "consort" => environment.python_service()?,
-        "appose" => environment.appose_service()?,
+        "consort" => environment.consort_python_service()?,
+        "appose" => environment.appose_python_service()?,
         line => environment.service(WorkerArgs::command_line(line)?),
     };
     Ok(builder.with_cwd(cwd))

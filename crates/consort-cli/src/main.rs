@@ -121,8 +121,8 @@ impl WorkerArgs {
     /// The service recipe for the chosen worker.
     fn builder(&self) -> anyhow::Result<consort::ServiceBuilder> {
         Ok(match self.worker.as_str() {
-            "consort" => consort::worker::python::service(&self.python),
-            "appose" => consort::Service::python(&self.python),
+            "consort" => consort::Service::consort_python(&self.python),
+            "appose" => consort::Service::appose_python(&self.python),
             line => consort::Service::new(Self::command_line(line)?),
         })
     }
@@ -175,7 +175,7 @@ fn main() -> ExitCode {
 /// Replaces this process with consort's Python worker, so it inherits stdin and stdout.
 fn serve_python(python: &OsString) -> anyhow::Result<u8> {
     use std::os::unix::process::CommandExt;
-    let err = consort::worker::python::command(python).exec();
+    let err = consort::python::consort_worker_command(python).exec();
     Err(anyhow::anyhow!("cannot run {python:?}: {err}"))
 }
 

@@ -260,7 +260,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
 fn ended(task: &Task) -> bool {
     !matches!(
         task.wait_timeout(Duration::ZERO),
-        Err(TaskError::Timeout(_))
+        Err(TaskError::NotFinished(_))
     )
 }
 
@@ -306,7 +306,9 @@ fn write_line(out: &mut impl Write, line: &Line) -> anyhow::Result<bool> {
             Ok(outputs) => ("complete", outputs, None),
             Err(TaskError::Failed { message }) => ("failed", Map::new(), Some(message)),
             Err(err @ TaskError::Crashed(_)) => ("crashed", Map::new(), Some(err.to_string())),
-            Err(err @ TaskError::TimedOut(_)) => ("timeout", Map::new(), Some(err.to_string())),
+            Err(err @ TaskError::DeadlinePassed(_)) => {
+                ("timeout", Map::new(), Some(err.to_string()))
+            }
             Err(err @ TaskError::Canceled { .. }) => {
                 ("canceled", Map::new(), Some(err.to_string()))
             }

@@ -39,7 +39,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::ServiceBuilder;
+use crate::python::{self, CONDA_VARS};
+use crate::service::{Service, ServiceBuilder};
 
 /// The options every builder shares, as `with_*` methods on `$builder` (whose tool is
 /// `$tool`).
@@ -110,15 +111,6 @@ mod uv;
 pub use mamba::MambaBuilder;
 pub use pixi::PixiBuilder;
 pub use uv::UvBuilder;
-
-/// The variables appose-python removes from a worker's environment (0.12.0), so that an
-/// activated conda environment in the parent does not leak into the worker's.
-pub const CONDA_VARS: [&str; 4] = [
-    "CONDA_PREFIX",
-    "CONDA_DEFAULT_ENV",
-    "CONDA_SHLVL",
-    "PYTHONEXECUTABLE",
-];
 
 /// The file, inside a built environment, that marks it built and records its state.
 pub const MARKER: &str = "consort-env.json";
@@ -440,26 +432,22 @@ impl Environment {
         })
     }
 
-    /// A recipe for consort's own Python worker ([`crate::worker::python`]) in this
-    /// environment; it needs nothing installed but Python 3.9+.
+    /// A recipe for consort's own Python worker ([`python::consort_worker_command`]) in
+    /// this environment; it needs nothing installed but Python 3.9+.
     ///
     /// # Errors
     /// [`EnvError::NoPython`] when the environment has no Python.
-    pub fn python_service(&self) -> Result<ServiceBuilder, EnvError> {
-        Ok(self.service(crate::worker::python::command(self.python()?)))
+    pub fn consort_python_service(&self) -> Result<ServiceBuilder, EnvError> {
+        Ok(self.service(python::consort_worker_command(self.python()?)))
     }
 
-    /// A recipe for Appose's Python worker in this environment (`appose` must be
-    /// installed in it), started as `Service::python` starts it.
+    /// A recipe for Appose's Python worker ([`python::appose_worker_command`]) in this
+    /// environment (`appose` must be installed in it).
     ///
     /// # Errors
     /// [`EnvError::NoPython`] when the environment has no Python.
-    pub fn appose_service(&self) -> Result<ServiceBuilder, EnvError> {
-        let mut command = Command::new(self.python()?);
-        command
-            .arg("-c")
-            .arg("import appose.python_worker; appose.python_worker.main()");
-        Ok(self.service(command))
+    pub fn appose_python_service(&self) -> Result<ServiceBuilder, EnvError> {
+        Ok(self.service(python::appose_worker_command(self.python()?)))
     }
 
     /// A recipe for a worker running `command` in this environment.
@@ -470,7 +458,7 @@ impl Environment {
     /// on its `PATH`; the environment's variables are set; and the conda variables
     /// ([`CONDA_VARS`]) are removed unless `command` or the environment sets them.
     pub fn service(&self, command: Command) -> ServiceBuilder {
-        crate::Service::new(self.command_from(&command))
+        Service::new(self.command_from(&command))
     }
 
     /// The command `command` becomes in this environment (see [`Environment::service`]).
@@ -649,18 +637,7 @@ impl Source {
 /// hash of its state.
 fn default_name(tool: &str, state: &Value) -> String {
     let text = serde_json::to_string(state).unwrap_or_default();
-    format!("{tool}-{}", &content_hash(&text)[..12])
-}
-
-/// A 64-bit FNV-1a hash, in hex: the content hash of a state (in an environment's marker
-/// and name), and of consort's Python worker (in its cached module's name).
-pub fn content_hash(text: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{hash:016x}")
+    format!("{tool}-{}", &python::content_hash(&text)[..12])
 }
 
 /// The `name` of a TOML manifest's `[project]`, `[workspace]` or `[tool.poetry]` table,

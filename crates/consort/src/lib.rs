@@ -9,7 +9,7 @@
 //! use consort::Service;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let service = Service::python("python3").with_init("import math").start()?;
+//! let service = Service::appose_python("python3").with_init("import math").start()?;
 //! let task = service
 //!     .task("task.update('half', current=1, maximum=2)\nx * 7")
 //!     .input("x", 6)
@@ -43,6 +43,7 @@ pub mod cancel;
 pub mod env;
 pub mod pool;
 pub mod protocol;
+pub mod python;
 pub mod service;
 pub mod shm;
 pub mod sys;

@@ -3,17 +3,16 @@
 //! recycled between tasks; deadlines end tasks TIMED_OUT; tasks lost to a crash may be
 //! sent again; a bounded queue pushes back on submitters.
 //!
-//! One **manager** thread owns the workers. Submitters push jobs on a bounded queue and
-//! wake it; each attempt of a job is an ordinary [`Service`](crate::Service) task whose listener forwards
-//! LAUNCH and UPDATE to the pool task's own listeners and sends the terminal event to the
-//! manager, which decides: finish the pool task, or send it again. The manager also
-//! watches the clock: deadlines, restarts waiting out their backoff, silent workers. It
-//! lives in `pool/manager.rs`; this file holds the API, the queue and the jobs.
+//! One **manager** thread owns the workers (`pool/manager.rs`). Submitters push jobs on a
+//! bounded queue (`pool/queue.rs`) and wake it; each attempt of a job is an ordinary
+//! [`Service`](crate::service::Service) task whose end reaches the manager, which decides: finish the pool task, or
+//! send it again. The manager sleeps until something happens: a job queued, an attempt's
+//! end, a worker's exit, or the next deadline, restart or heartbeat check. This file holds
+//! the API; `pool/settings.rs` the policies, `pool/events.rs` what the pool reports.
+//! docs/design/pool.md tells the life of a pool task.
 //!
 //! # Invariants
-//! 1. A pool task ends exactly once: its `TaskCore` is the one `task` uses, and every
-//!    path that ends it (an attempt's end, a cancel before dispatch, the pool closing)
-//!    goes through `TaskCore::finish`, the first caller wins.
+//! 1. A pool task ends exactly once (see `pool/queue.rs`).
 //! 2. The listener of an attempt never takes a pool lock: it may run on any thread, even
 //!    one that holds a pool lock (a service that refuses a task delivers its CRASH on the
 //!    submitting thread), so it only forwards events and sends a message.
@@ -23,33 +22,33 @@
 //!    worker does; a slot that keeps failing is reported (`PoolEvent::WorkerFailing`).
 //! 5. `close` (and drop) is bounded: queued tasks end CANCELED, every worker gets
 //!    `Service::close` (itself bounded) in parallel, and no worker outlives the pool.
+//! 6. An idle pool costs no CPU: the manager has no tick.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::protocol::Args;
+use crate::protocol::{new_task_id, Args, HEARTBEAT_ENV};
 use crate::service::{ServiceBuilder, StartError, SubmitError, TaskSpec};
-use crate::task::{EventKind, Task, TaskCore, TaskError, TaskEvent, TaskLink, TaskState};
+use crate::task::{Route, Task, TaskCore, TaskError, TaskEvent};
 
+mod events;
 mod manager;
+mod queue;
+mod settings;
 
-/// The environment variable that asks consort's own workers for heartbeats: its value is
-/// the interval in seconds. Appose's workers never see it, so they never see a heartbeat.
-pub const HEARTBEAT_ENV: &str = "CONSORT_HEARTBEAT_SECS";
+pub use events::{PoolEvent, PoolStats};
 
-/// How often the manager looks at its workers when nothing else wakes it.
-const TICK: Duration = Duration::from_millis(10);
-
-/// A worker that died within this long of its start without finishing a task "crashed at
-/// start": consecutive ones are restarted with a growing delay.
-const QUICK_DEATH: Duration = Duration::from_secs(2);
+use events::Monitor;
+use manager::Msg;
+use queue::{lock, Declined, JobQueue, JobSpec, PoolJob};
+use settings::Settings;
 
 /// Why a pool could not be started or a task not submitted.
 #[derive(Debug, thiserror::Error)]
@@ -75,114 +74,12 @@ pub enum PoolError {
     Closed,
 }
 
-/// Something that happened to a pool's workers, as its monitor callback sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum PoolEvent {
-    /// A worker process started in `slot`.
-    WorkerStarted {
-        /// The slot, `0..workers`.
-        slot: usize,
-        /// Its process id.
-        pid: u32,
-    },
-    /// A worker ended without the pool asking; it will be restarted.
-    WorkerExited {
-        /// The slot.
-        slot: usize,
-        /// Its process id.
-        pid: u32,
-        /// How and why it ended (display form of the `CrashReport`).
-        report: String,
-    },
-    /// A worker is being replaced between tasks.
-    WorkerRecycled {
-        /// The slot.
-        slot: usize,
-        /// Its process id.
-        pid: u32,
-        /// `max_tasks` or the memory limit.
-        reason: String,
-    },
-    /// A worker stopped answering (no line, heartbeats included, for too long) and is killed.
-    WorkerWedged {
-        /// The slot.
-        slot: usize,
-        /// Its process id.
-        pid: u32,
-        /// How long it has been silent.
-        silent_ms: u64,
-    },
-    /// A slot keeps failing at start: its next restart waits `delay_ms`.
-    WorkerFailing {
-        /// The slot.
-        slot: usize,
-        /// Consecutive deaths without a finished task.
-        consecutive: u32,
-        /// How long until the next start.
-        delay_ms: u64,
-        /// The last failure.
-        last_error: String,
-    },
-}
-
-/// A snapshot of a pool's workers and queue.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PoolStats {
-    /// Process ids of the workers that take tasks (not those retiring), by slot; `None`
-    /// for a slot waiting to restart.
-    pub pids: Vec<Option<u32>>,
-    /// Process ids of the workers running at least one task.
-    pub busy: Vec<u32>,
-    /// Tasks waiting for a worker.
-    pub queued: usize,
-    /// Tasks sent to workers and not ended.
-    pub running: usize,
-    /// Workers started to replace one that died.
-    pub restarts: u64,
-    /// Workers replaced between tasks (`max_tasks`, memory).
-    pub recycled: u64,
-    /// Workers killed because they stopped answering.
-    pub wedged: u64,
-    /// Slots whose last workers died at start, waiting out their backoff.
-    pub failing: Vec<usize>,
-}
-
-impl PoolStats {
-    /// How many workers are running and take tasks.
-    pub fn alive(&self) -> usize {
-        self.pids.iter().flatten().count()
-    }
-}
-
-type Monitor = Arc<dyn Fn(&PoolEvent) + Send + Sync>;
-
 /// A recipe for a pool: the worker recipe and the pool's policies.
 #[derive(Clone)]
 pub struct PoolBuilder {
     recipe: ServiceBuilder,
     settings: Settings,
     monitor: Option<Monitor>,
-}
-
-#[derive(Debug, Clone)]
-struct Settings {
-    workers: usize,
-    tasks_per_worker: usize,
-    queue_limit: usize,
-    retries: u32,
-    deadline: Option<Duration>,
-    cancel_grace: Duration,
-    max_tasks: Option<u64>,
-    max_rss_growth: Option<u64>,
-    backoff_initial: Duration,
-    backoff_max: Duration,
-    max_restarts_per_minute: usize,
-    heartbeat: Option<Duration>,
-    wedged_after: Duration,
-    spare: bool,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -199,7 +96,10 @@ impl fmt::Debug for PoolBuilder {
 /// `Pool` is `Send + Sync`; submit from any thread. Dropping it does what
 /// [`Pool::close`] does.
 pub struct Pool {
-    shared: Arc<Shared>,
+    settings: Settings,
+    queue: Arc<JobQueue>,
+    /// Published by the manager.
+    stats: Arc<Mutex<PoolStats>>,
     manager: Mutex<Option<JoinHandle<()>>>,
     wake: Mutex<Sender<Msg>>,
 }
@@ -212,84 +112,13 @@ impl fmt::Debug for Pool {
     }
 }
 
-struct Shared {
-    settings: Settings,
-    queue: Mutex<Queue>,
-    /// Signalled when the queue has room, or the pool closes.
-    space: Condvar,
-    stats: Mutex<PoolStats>,
-}
-
-struct Queue {
-    jobs: VecDeque<Arc<Job>>,
-    closed: bool,
-}
-
-enum Msg {
-    /// A job was queued.
-    Queued,
-    /// An attempt of `job` on service `service` ended; the attempt holds the result.
-    Ended { job: Arc<Job>, service: u64 },
-    /// The pool is closing.
-    Close,
-}
-
-/// One pool task: its core, what to run, and which attempt runs it.
-pub(crate) struct Job {
-    core: Arc<TaskCore>,
-    script: String,
-    inputs: Args,
-    queue: Option<String>,
-    retries: u32,
-    deadline: Option<Duration>,
-    cancel_grace: Duration,
-    state: Mutex<JobState>,
-    /// The pool's queue, to leave it when cancelled while waiting there.
-    pool: std::sync::Weak<Shared>,
-}
-
-#[derive(Default)]
-struct JobState {
-    /// The running attempt.
-    attempt: Option<Task>,
-    /// How many attempts were sent.
-    n_attempts: u32,
-    dispatched_at: Option<Instant>,
-    timed_out: bool,
-    /// The caller asked for a cancel: a crash after that is not retried.
-    cancel_requested: bool,
-}
-
-impl fmt::Debug for Job {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Job")
-            .field("id", &self.core.id)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Pool {
     /// A recipe for a pool of `workers` workers started from `recipe`.
     #[allow(clippy::new_ret_no_self)]
     pub fn new(recipe: ServiceBuilder, workers: usize) -> PoolBuilder {
         PoolBuilder {
             recipe,
-            settings: Settings {
-                workers,
-                tasks_per_worker: 4,
-                queue_limit: 10_000,
-                retries: 0,
-                deadline: None,
-                cancel_grace: Duration::from_secs(1),
-                max_tasks: None,
-                max_rss_growth: None,
-                backoff_initial: Duration::from_millis(100),
-                backoff_max: Duration::from_secs(10),
-                max_restarts_per_minute: 60,
-                heartbeat: None,
-                wedged_after: Duration::from_secs(5),
-                spare: false,
-            },
+            settings: Settings::new(workers),
             monitor: None,
         }
     }
@@ -304,8 +133,8 @@ impl Pool {
         PoolTaskBuilder {
             pool: self,
             spec: TaskSpec::new(script.into()),
-            retries: self.shared.settings.retries,
-            deadline: self.shared.settings.deadline,
+            retries: self.settings.retries,
+            deadline: self.settings.deadline,
         }
     }
 
@@ -317,7 +146,7 @@ impl Pool {
     where
         I: IntoIterator<Item = Args>,
     {
-        let settings = &self.shared.settings;
+        let settings = &self.settings;
         let window = (settings.workers * settings.tasks_per_worker * 2)
             .clamp(2, settings.queue_limit.max(2));
         PoolMap {
@@ -331,53 +160,30 @@ impl Pool {
 
     /// A snapshot of the workers and the queue.
     pub fn stats(&self) -> PoolStats {
-        let mut stats = lock(&self.shared.stats).clone();
-        stats.queued = lock(&self.shared.queue).jobs.len();
+        let mut stats = lock(&self.stats).clone();
+        stats.queued = self.queue.len();
         stats
     }
 
     /// Ends the pool within a bound: queued tasks end CANCELED, every worker is closed in
-    /// parallel ([`Service::close`](crate::Service::close): stdin EOF, SIGTERM, SIGKILL), and tasks still running
+    /// parallel ([`Service::close`](crate::service::Service::close): stdin EOF, SIGTERM, SIGKILL), and tasks still running
     /// end CRASHED with the cause "service closed". Calling it again does nothing.
     pub fn close(&self) {
-        {
-            let mut queue = lock(&self.shared.queue);
-            queue.closed = true;
-        }
-        self.shared.space.notify_all();
+        self.queue.close();
         let _ = lock(&self.wake).send(Msg::Close);
         if let Some(manager) = lock(&self.manager).take() {
             let _ = manager.join();
         }
     }
 
-    fn enqueue(&self, job: Arc<Job>, block: bool) -> Result<(), PoolError> {
-        let limit = self.shared.settings.queue_limit;
-        let was_empty = {
-            let mut queue = lock(&self.shared.queue);
-            loop {
-                if queue.closed {
-                    return Err(PoolError::Closed);
-                }
-                if queue.jobs.len() < limit {
-                    break;
-                }
-                if !block {
-                    return Err(PoolError::QueueFull(queue.jobs.len()));
-                }
-                queue = self
-                    .shared
-                    .space
-                    .wait(queue)
-                    .unwrap_or_else(|poison| poison.into_inner());
-            }
-            queue.jobs.push_back(job);
-            queue.jobs.len() == 1
-        };
-        // Only the first job of an empty queue wakes the manager: with jobs already
-        // waiting, the manager is either dispatching (it empties the queue or fills the
-        // workers before it sleeps) or the workers are full and the next attempt's end
-        // wakes it. The tick covers anything else.
+    fn enqueue(&self, job: Arc<PoolJob>, block: bool) -> Result<(), PoolError> {
+        let was_empty = self
+            .queue
+            .push(job, block)
+            .map_err(|declined| match declined {
+                Declined::Full(n) => PoolError::QueueFull(n),
+                Declined::Closed => PoolError::Closed,
+            })?;
         if was_empty {
             let _ = lock(&self.wake).send(Msg::Queued);
         }
@@ -513,18 +319,21 @@ impl PoolBuilder {
             recipe = recipe.with_env(HEARTBEAT_ENV, format!("{}", interval.as_secs_f64()));
         }
         let first = recipe.start().map_err(PoolError::Start)?;
-        let shared = Arc::new(Shared {
-            settings: settings.clone(),
-            queue: Mutex::new(Queue {
-                jobs: VecDeque::new(),
-                closed: false,
-            }),
-            space: Condvar::new(),
-            stats: Mutex::new(PoolStats::default()),
-        });
-        let (handle, wake) = manager::spawn(Arc::clone(&shared), recipe, self.monitor, first)?;
+        let queue = Arc::new(JobQueue::new(settings.queue_limit));
+        let stats = Arc::new(Mutex::new(PoolStats::default()));
+        let (handle, wake) = manager::spawn(
+            settings.clone(),
+            Arc::clone(&queue),
+            Arc::clone(&stats),
+            recipe,
+            self.monitor,
+            first,
+        )
+        .map_err(PoolError::Thread)?;
         Ok(Pool {
-            shared,
+            settings,
+            queue,
+            stats,
             manager: Mutex::new(Some(handle)),
             wake: Mutex::new(wake),
         })
@@ -615,23 +424,18 @@ impl PoolTaskBuilder<'_> {
         if let Some(err) = error {
             return Err(err.into());
         }
-        let core = TaskCore::new(crate::service::new_task_id(), listeners);
-        let job = Arc::new(Job {
-            core: Arc::clone(&core),
+        let core = TaskCore::new(new_task_id(), listeners);
+        let spec = JobSpec {
             script,
             inputs,
             queue,
             retries: self.retries,
             deadline: self.deadline,
-            cancel_grace: self.pool.shared.settings.cancel_grace,
-            state: Mutex::new(JobState::default()),
-            pool: Arc::downgrade(&self.pool.shared),
-        });
+            cancel_grace: self.pool.settings.cancel_grace,
+        };
+        let job = Arc::new(PoolJob::new(Arc::clone(&core), spec, &self.pool.queue));
         self.pool.enqueue(Arc::clone(&job), block)?;
-        Ok(Task {
-            core,
-            link: TaskLink::Pool(job),
-        })
+        Ok(Task::new(core, job as Arc<dyn Route>))
     }
 }
 
@@ -682,110 +486,6 @@ impl<I: Iterator<Item = Args>> Iterator for PoolMap<'_, I> {
             Err(err) => Err(err.into()),
         })
     }
-}
-
-// -- jobs ------------------------------------------------------------------------------
-
-impl Job {
-    /// A cooperative cancel: a queued task ends CANCELED now; a running one gets a CANCEL.
-    pub(crate) fn cancel(&self) {
-        let attempt = {
-            let mut state = lock(&self.state);
-            state.cancel_requested = true;
-            match &state.attempt {
-                Some(attempt) => attempt.clone_handle(),
-                None => {
-                    // The manager sees `cancel_requested` and never sends it.
-                    drop(state);
-                    self.leave_queue();
-                    self.finish(
-                        TaskState::Canceled,
-                        Err(TaskError::Canceled { forced: false }),
-                    );
-                    return;
-                }
-            }
-        };
-        attempt.cancel();
-    }
-
-    /// The end of a hard cancel's grace: a queued task ends CANCELED; a running one has
-    /// its worker killed (`Task::cancel_hard`'s escalation, on the attempt).
-    pub(crate) fn hard_cancel(&self) {
-        let attempt = {
-            let mut state = lock(&self.state);
-            state.cancel_requested = true;
-            match &state.attempt {
-                Some(attempt) => attempt.clone_handle(),
-                None => {
-                    drop(state);
-                    self.leave_queue();
-                    self.finish(
-                        TaskState::Canceled,
-                        Err(TaskError::Canceled { forced: true }),
-                    );
-                    return;
-                }
-            }
-        };
-        attempt.cancel_hard(Duration::ZERO);
-    }
-
-    /// Takes this job off the pool's queue, so a cancelled job frees its place at once.
-    fn leave_queue(&self) {
-        let Some(shared) = self.pool.upgrade() else {
-            return;
-        };
-        let removed = {
-            let mut queue = lock(&shared.queue);
-            let before = queue.jobs.len();
-            queue
-                .jobs
-                .retain(|job| !std::ptr::eq(Arc::as_ptr(job), self));
-            queue.jobs.len() < before
-        };
-        if removed {
-            shared.space.notify_one();
-        }
-    }
-
-    /// Ends the pool task (first caller wins) and delivers its terminal event.
-    fn finish(&self, state: TaskState, result: Result<Args, TaskError>) {
-        let mut event = TaskEvent::new(
-            self.core.id.clone(),
-            match state {
-                TaskState::Complete => EventKind::Completion,
-                TaskState::Canceled => EventKind::Cancelation,
-                TaskState::Failed => EventKind::Failure,
-                TaskState::TimedOut => EventKind::Timeout,
-                _ => EventKind::Crash,
-            },
-        );
-        match &result {
-            Ok(outputs) if self.core.has_listeners() => event.outputs = Some(outputs.clone()),
-            Ok(_) => {}
-            Err(TaskError::Failed { message }) => event.error = Some(message.clone()),
-            Err(err) => event.error = Some(err.to_string()),
-        }
-        if self.core.finish(state, result) {
-            self.core.deliver(&event);
-            self.core.release_waiters();
-        }
-    }
-}
-
-impl Task {
-    /// Another handle on the same task (crate-internal: pool jobs keep their attempt).
-    fn clone_handle(&self) -> Task {
-        Task {
-            core: Arc::clone(&self.core),
-            link: self.link.clone(),
-        }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 #[allow(dead_code)]

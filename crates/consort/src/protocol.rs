@@ -18,7 +18,9 @@
 //!    takes a blank line as end of input).
 
 use std::fmt::Write as _;
-use std::io;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -52,6 +54,36 @@ impl std::fmt::Display for TaskId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// A fresh task id: this process's random prefix, then a rising serial, in 32 hex digits.
+pub(crate) fn new_task_id() -> TaskId {
+    static NEXT_TASK: AtomicU64 = AtomicU64::new(1);
+    let serial = NEXT_TASK.fetch_add(1, Ordering::Relaxed);
+    // As `format!("{:016x}{:016x}")`, without the formatting machinery (a tenth of a
+    // round trip's instructions went there).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(32);
+    for word in [task_prefix(), serial] {
+        for shift in (0..16).rev() {
+            id.push(char::from(HEX[((word >> (shift * 4)) & 0xf) as usize]));
+        }
+    }
+    TaskId(id)
+}
+
+/// A per-process random prefix, so task ids never collide across processes.
+///
+/// The standard library seeds each `RandomState` from the operating system's random source
+/// (once per thread, then varied): hashing this process's id with one gives 64 random bits
+/// without a system call of this module's own.
+fn task_prefix() -> u64 {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    *PREFIX.get_or_init(|| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.finish()
+    })
 }
 
 /// A message from the service to the worker.
@@ -368,10 +400,15 @@ fn write_python_float(out: &mut String, float: f64) {
 // Decoding
 
 /// consort's heartbeat extension: the line a worker writes every few seconds when its
-/// supervisor set `CONSORT_HEARTBEAT_SECS` (see `pool`). It names no task, so an Appose
-/// decoder would call it noise; consort's supervisor swallows it. Appose's workers are
-/// never asked for it.
+/// supervisor set [`HEARTBEAT_ENV`] (see `pool`). It names no task, so an Appose decoder
+/// would call it noise; consort's supervisor swallows it. Appose's workers are never asked
+/// for it.
 pub const HEARTBEAT_LINE: &[u8] = b"{\"responseType\":\"HEARTBEAT\"}";
+
+/// The environment variable that asks consort's own workers for [`HEARTBEAT_LINE`]: its
+/// value is the interval in seconds. Appose's workers never see it, so they never see a
+/// heartbeat.
+pub const HEARTBEAT_ENV: &str = "CONSORT_HEARTBEAT_SECS";
 
 /// Decodes one line from a worker's stdout into the responses and noise it holds.
 ///
@@ -861,29 +898,6 @@ impl Framer {
 
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|byte| *byte == b'\n')
-}
-
-/// Reads `reader` to its end, framing lines; a convenience for tests and simple workers.
-///
-/// # Errors
-/// Any read error other than `Interrupted`.
-pub fn read_frames(
-    mut reader: impl io::Read,
-    max_line: usize,
-    mut sink: impl FnMut(Frame<'_>),
-) -> io::Result<()> {
-    let mut framer = Framer::new(max_line);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n_read) => framer.push(&buf[..n_read], &mut sink),
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err),
-        }
-    }
-    framer.finish(&mut sink);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,6 +6,9 @@
 //! [`Service`]. [`Service::task`] submits tasks; [`Service::close`] (or dropping the
 //! service) ends the worker: stdin EOF, then SIGTERM to its process group, then SIGKILL.
 //!
+//! The supervisor behind a `Service` is in `service/supervisor.rs`, a file per thread
+//! beside it (see its header, and docs/design/supervisor.md).
+//!
 //! # Invariants
 //! 1. Every task ends exactly once (see `task`), and every task ends: when the worker dies
 //!    each pending task ends CRASHED, and a task submitted after that ends CRASHED at once.
@@ -14,7 +17,7 @@
 //! 3. Nothing waits without a bound: not `close`, not `drop`, not a hard cancel.
 //! 4. This module (with `sys`) is the only one that creates or signals processes.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fmt;
 use std::path::PathBuf;
 use std::process::Command;
@@ -25,76 +28,23 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::protocol::{Args, DEFAULT_MAX_LINE};
+use crate::python;
 use crate::task::{CrashReport, ExitStatus, Listener, Task, TaskEvent};
 
+mod config;
+mod dispatch;
+mod drain;
+mod exit;
 mod spawner;
+mod stderr;
+mod stdin;
+mod stdout;
 mod supervisor;
 
-pub(crate) use supervisor::{new_task_id, ServiceLink};
+pub use config::{DebugLine, DebugSink, DebugStream, StartError};
+pub(crate) use supervisor::ServiceLink;
 
-/// The command line of appose's own Python worker.
-pub const APPOSE_PYTHON_WORKER: &str = "import appose.python_worker; appose.python_worker.main()";
-
-/// A line of debug output from a service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DebugLine {
-    /// The service's number, unique in this process.
-    pub service: u64,
-    /// Where the line comes from.
-    pub stream: DebugStream,
-    /// The text.
-    pub text: String,
-}
-
-/// The source of a [`DebugLine`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DebugStream {
-    /// A request written to the worker's stdin.
-    Stdin,
-    /// A line read from the worker's stdout.
-    Stdout,
-    /// A line read from the worker's stderr.
-    Stderr,
-    /// A lifecycle note from the supervisor.
-    Note,
-}
-
-impl fmt::Display for DebugLine {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let tag = match self.stream {
-            DebugStream::Stdin => "SERVICE",
-            DebugStream::Stdout => "WORKER-OUT",
-            DebugStream::Stderr => "WORKER",
-            DebugStream::Note => "SERVICE",
-        };
-        write!(f, "[{tag}-{}] {}", self.service, self.text)
-    }
-}
-
-/// A debug callback.
-pub type DebugSink = Arc<dyn Fn(&DebugLine) + Send + Sync>;
-
-/// Why a worker could not be started.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StartError {
-    /// The process could not be spawned (missing program, permissions, ...).
-    #[error("cannot start worker {program:?}: {source}")]
-    Spawn {
-        /// The program that was to run.
-        program: OsString,
-        /// The operating system's reason.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The init script could not be written to a temporary file.
-    #[error("cannot write the init script: {0}")]
-    InitScript(#[source] std::io::Error),
-    /// A supervisor thread could not be started.
-    #[error("cannot start a supervisor thread: {0}")]
-    Thread(#[source] std::io::Error),
-}
+use config::Config;
 
 /// Why a task could not be submitted.
 #[derive(Debug, thiserror::Error)]
@@ -117,21 +67,6 @@ pub enum SubmitError {
 #[derive(Clone)]
 pub struct ServiceBuilder {
     pub(crate) config: Arc<Config>,
-}
-
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) program: OsString,
-    pub(crate) args: Vec<OsString>,
-    pub(crate) cwd: Option<PathBuf>,
-    pub(crate) env: Vec<(OsString, Option<OsString>)>,
-    pub(crate) init_script: Option<String>,
-    pub(crate) close_grace: Duration,
-    pub(crate) kill_grace: Duration,
-    pub(crate) drain_silence: Duration,
-    pub(crate) max_line: usize,
-    pub(crate) tail_bytes: usize,
-    pub(crate) debug: Option<DebugSink>,
 }
 
 impl fmt::Debug for ServiceBuilder {
@@ -193,16 +128,17 @@ impl Service {
         }
     }
 
-    /// A recipe for appose's own Python worker (`appose` must be installed for `python`):
+    /// A recipe for Appose's own Python worker (`appose` must be installed for `python`):
     /// `python -c "import appose.python_worker; appose.python_worker.main()"`, with the
     /// conda variables removed from its environment, as appose-python does.
-    pub fn python(python: impl AsRef<OsStr>) -> ServiceBuilder {
-        let mut command = Command::new(python);
-        command.arg("-c").arg(APPOSE_PYTHON_WORKER);
-        for var in crate::env::CONDA_VARS {
-            command.env_remove(var);
-        }
-        Service::new(command)
+    pub fn appose_python(python: impl AsRef<OsStr>) -> ServiceBuilder {
+        Service::new(python::appose_worker_command(python))
+    }
+
+    /// A recipe for consort's own Python worker, shipped inside this library: it needs
+    /// nothing installed but `python` (3.9 or newer). See [`python`](crate::python).
+    pub fn consort_python(python: impl AsRef<OsStr>) -> ServiceBuilder {
+        Service::new(python::consort_worker_command(python))
     }
 
     /// This service's number, unique in this process (as in debug lines).

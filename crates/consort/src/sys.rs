@@ -148,13 +148,3 @@ pub fn random_u64() -> io::Result<u64> {
     }
     Ok(u64::from_ne_bytes(bytes))
 }
-
-/// The number of open file descriptors of this process (Linux; for leak checks).
-pub fn count_open_fds() -> io::Result<usize> {
-    Ok(std::fs::read_dir("/proc/self/fd")?.count())
-}
-
-/// The number of threads of this process (Linux; for leak checks).
-pub fn count_threads() -> io::Result<usize> {
-    Ok(std::fs::read_dir("/proc/self/task")?.count())
-}

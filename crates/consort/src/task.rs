@@ -1,13 +1,21 @@
 //! Tasks: their states, the events listeners receive, the errors a wait returns, and the
 //! one-way state machine that guarantees a single terminal state.
 //!
+//! A task knows nothing of what runs it: its cancel requests, and a waiter's offer to read
+//! the answer itself, go through a [`Route`] that the service and the pool implement.
+//!
 //! # Invariants
-//! 1. A task reaches exactly one terminal state. `TaskCore::finish` is the only way there
+//! 1. A task reaches exactly one terminal state. [`TaskCore::end`] is the only way there
 //!    and it is a compare-and-set under the task's lock: the first caller wins (a COMPLETION,
-//!    a FAILURE, a crash, a hard cancel), every later one is told it lost and does nothing.
+//!    a FAILURE, a crash, a hard cancel, a deadline), every later one is told it lost and
+//!    does nothing.
 //! 2. Waiters are woken only once the terminal event has been delivered to every listener,
-//!    so a caller that returns from [`Task::wait`] has seen all of the task's events.
-//! 3. A listener that panics is caught; the task and the service carry on.
+//!    so a caller that returns from [`Task::wait`] has seen all of the task's events: the
+//!    winner of `end` holds an [`Ending`], and only delivering it (or dropping it) releases
+//!    the waiters, after the listeners.
+//! 3. The terminal event is built in one place, from the state and the result, so a service
+//!    task and a pool task that end the same way send the same event.
+//! 4. A listener that panics is caught; the task and the service carry on.
 
 use std::fmt;
 use std::future::Future;
@@ -21,9 +29,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::pool::Job;
 use crate::protocol::{Args, Progress, TaskId};
-use crate::service::ServiceLink;
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -257,12 +263,13 @@ pub enum TaskError {
     /// The worker ended before the task finished.
     #[error("task crashed: {0}")]
     Crashed(Box<CrashReport>),
-    /// The task passed its deadline and was cancelled, with the kill escalation.
+    /// The task passed its deadline (a pool task's) and was cancelled, with the kill
+    /// escalation; the task ended [`TaskState::TimedOut`].
     #[error("task passed its deadline of {0:?} and was cancelled")]
-    TimedOut(Duration),
-    /// [`Task::wait_timeout`] gave up; the task itself goes on.
+    DeadlinePassed(Duration),
+    /// [`Task::wait_timeout`] gave up waiting; the task has not ended and goes on.
     #[error("task did not finish within {0:?}")]
-    Timeout(Duration),
+    NotFinished(Duration),
 }
 
 /// How long a waiter yields before it parks (see `TaskCore::wait_deadline`).
@@ -301,6 +308,49 @@ struct CoreInner {
 
 /// What a pool runs when one attempt of its task has ended.
 pub(crate) type EndHook = Box<dyn FnOnce() + Send>;
+
+/// A task that has just ended and whose end nobody has been told yet: its terminal event,
+/// owed to the listeners, and its waiters, released after them. Only [`TaskCore::end`]'s
+/// winner holds one. Deliver it on any thread (a service sends it to its dispatcher);
+/// dropped undelivered, it delivers itself, so no waiter is ever left behind.
+#[must_use = "the waiters of an ended task are released only when its Ending is delivered"]
+pub(crate) struct Ending {
+    core: Arc<TaskCore>,
+    event: Option<TaskEvent>,
+}
+
+impl Ending {
+    /// The task that ended.
+    pub(crate) fn core(&self) -> &Arc<TaskCore> {
+        &self.core
+    }
+
+    /// Tells the listeners, then releases the waiters.
+    pub(crate) fn deliver(mut self) {
+        self.deliver_now();
+    }
+
+    fn deliver_now(&mut self) {
+        if let Some(event) = self.event.take() {
+            self.core.deliver(&event);
+            self.core.release_waiters();
+        }
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        self.deliver_now();
+    }
+}
+
+impl fmt::Debug for Ending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ending")
+            .field("event", &self.event)
+            .finish_non_exhaustive()
+    }
+}
 
 impl fmt::Debug for TaskCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -377,17 +427,48 @@ impl TaskCore {
         }
     }
 
-    /// Moves the task to a terminal state. Returns false, changing nothing, when it had
-    /// already ended: the first terminal transition wins.
-    pub(crate) fn finish(&self, state: TaskState, result: Result<Args, TaskError>) -> bool {
-        debug_assert!(state.is_finished());
-        let mut inner = self.lock();
-        if inner.state.is_finished() {
-            return false;
+    /// Ends the task in `state` with `result`, unless it had already ended: the first
+    /// terminal transition wins, and only the winner gets the [`Ending`], whose delivery
+    /// tells the listeners and then releases the waiters.
+    ///
+    /// The terminal event is made here, for every task: COMPLETION (with the outputs, when
+    /// someone listens), FAILURE (with the worker's error text), CANCELATION, CRASH and
+    /// TIMEOUT (with the error's text).
+    pub(crate) fn end(
+        self: &Arc<Self>,
+        state: TaskState,
+        result: Result<Args, TaskError>,
+    ) -> Option<Ending> {
+        let kind = match state {
+            TaskState::Complete => EventKind::Completion,
+            TaskState::Failed => EventKind::Failure,
+            TaskState::Canceled => EventKind::Cancelation,
+            TaskState::Crashed => EventKind::Crash,
+            TaskState::TimedOut => EventKind::Timeout,
+            TaskState::Queued | TaskState::Running => {
+                debug_assert!(false, "{state:?} is not a terminal state");
+                return None;
+            }
+        };
+        let mut event = TaskEvent::new(self.id.clone(), kind);
+        match &result {
+            Ok(outputs) if self.has_listeners() => event.outputs = Some(outputs.clone()),
+            Ok(_) | Err(TaskError::Canceled { .. }) => {}
+            Err(TaskError::Failed { message }) => event.error = Some(message.clone()),
+            Err(err) => event.error = Some(err.to_string()),
         }
-        inner.state = state;
-        inner.result = Some(result);
-        true
+        {
+            let mut inner = self.lock();
+            if inner.state.is_finished() {
+                return None;
+            }
+            inner.state = state;
+            inner.result = Some(result);
+        }
+        Some(Ending {
+            core: Arc::clone(self),
+            event: Some(event),
+        })
     }
 
     /// Calls every listener with `event`, isolating panics.
@@ -399,8 +480,8 @@ impl TaskCore {
         }
     }
 
-    /// Wakes waiters; called after the terminal event was delivered.
-    pub(crate) fn release_waiters(&self) {
+    /// Wakes waiters; called (by `Ending`) after the terminal event was delivered.
+    fn release_waiters(&self) {
         let (wakers, on_end, parked) = {
             let mut inner = self.lock();
             inner.delivered = true;
@@ -500,37 +581,32 @@ impl TaskCore {
     }
 }
 
+/// Where a task's requests go: the service that runs it, or the pool that routes it to a
+/// worker (and may send it again). `task` knows its route only through this trait.
+pub(crate) trait Route: Send + Sync {
+    /// Asks for a cooperative cancel of `core` (a CANCEL request to its worker).
+    fn cancel(&self, core: &Arc<TaskCore>);
+
+    /// The end of a hard cancel's grace: `core` ends CANCELED (forced) and what runs it is
+    /// killed, unless it ended first.
+    fn hard_cancel(&self, core: &Arc<TaskCore>);
+
+    /// Called by a thread about to wait for `core` (a task without listeners) until
+    /// `deadline`: the route may read the answer on this thread. By default it does not.
+    fn read_while_waiting(&self, _core: &TaskCore, _deadline: Option<Instant>) {}
+
+    /// Makes sure the answer is read without a waiter's help, for a task whose end a
+    /// hook or a future observes. By default there is nothing to do.
+    fn wake_reader(&self) {}
+}
+
 /// A task submitted to a worker.
 ///
 /// Wait for it with [`Task::wait`] or [`Task::wait_timeout`], or `.await` it: `Task` is a
 /// [`Future`] that needs no particular runtime. Dropping a `Task` does not cancel it.
 pub struct Task {
     pub(crate) core: Arc<TaskCore>,
-    pub(crate) link: TaskLink,
-}
-
-/// Where a task's cancel requests go: the one service that runs it, or the pool that
-/// routes it to a worker (and may send it again).
-#[derive(Clone)]
-pub(crate) enum TaskLink {
-    Service(ServiceLink),
-    Pool(Arc<Job>),
-}
-
-impl TaskLink {
-    fn cancel(&self, id: &TaskId) {
-        match self {
-            TaskLink::Service(link) => link.cancel(id),
-            TaskLink::Pool(job) => job.cancel(),
-        }
-    }
-
-    fn hard_cancel(&self, core: &Arc<TaskCore>) {
-        match self {
-            TaskLink::Service(link) => link.hard_cancel(core),
-            TaskLink::Pool(job) => job.hard_cancel(),
-        }
-    }
+    route: Arc<dyn Route>,
 }
 
 impl fmt::Debug for Task {
@@ -543,6 +619,18 @@ impl fmt::Debug for Task {
 }
 
 impl Task {
+    pub(crate) fn new(core: Arc<TaskCore>, route: Arc<dyn Route>) -> Task {
+        Task { core, route }
+    }
+
+    /// Another handle on the same task (crate-internal: a pool job keeps its attempt).
+    pub(crate) fn clone_handle(&self) -> Task {
+        Task {
+            core: Arc::clone(&self.core),
+            route: Arc::clone(&self.route),
+        }
+    }
+
     /// The task's identifier, as sent to the worker.
     pub fn id(&self) -> &TaskId {
         &self.core.id
@@ -559,7 +647,7 @@ impl Task {
     /// Use [`Task::cancel_hard`] when it may not.
     pub fn cancel(&self) {
         if !self.core.state().is_finished() {
-            self.link.cancel(&self.core.id);
+            self.route.cancel(&self.core);
         }
     }
 
@@ -578,20 +666,20 @@ impl Task {
             return;
         }
         self.core.ask_hard_cancel();
-        self.link.cancel(&self.core.id);
+        self.route.cancel(&self.core);
         let core = Arc::clone(&self.core);
-        let link = self.link.clone();
+        let route = Arc::clone(&self.route);
         let spawned = std::thread::Builder::new()
             .name("consort-hard-cancel".to_owned())
             .spawn(move || {
                 if core.wait_deadline(Some(Instant::now() + grace)).is_some() {
                     return;
                 }
-                link.hard_cancel(&core);
+                route.hard_cancel(&core);
             });
         if spawned.is_err() {
             // No thread to wait with: escalate now rather than not at all.
-            self.link.hard_cancel(&self.core);
+            self.route.hard_cancel(&self.core);
         }
     }
 
@@ -613,33 +701,29 @@ impl Task {
     /// Blocks until the task ends or `timeout` passes.
     ///
     /// # Errors
-    /// As [`Task::wait`], and [`TaskError::Timeout`] when the time ran out; the task is
+    /// As [`Task::wait`], and [`TaskError::NotFinished`] when the time ran out; the task is
     /// not cancelled then.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Args, TaskError> {
         let deadline = Instant::now().checked_add(timeout);
         self.read_while_waiting(deadline);
         match self.core.wait_deadline(deadline) {
             Some(result) => result,
-            None => Err(TaskError::Timeout(timeout)),
+            None => Err(TaskError::NotFinished(timeout)),
         }
     }
 
-    /// Reads the worker's answer on this thread when it can (see `ServiceLink::read_for`):
-    /// a task with listeners needs the dispatcher to end, and a pool's task its manager.
+    /// Lets the route read the answer on this thread (a service does, see
+    /// `service::stdout`): a task with listeners needs the dispatcher to end.
     fn read_while_waiting(&self, deadline: Option<Instant>) {
-        if let TaskLink::Service(link) = &self.link {
-            if !self.core.has_listeners() && !self.core.is_delivered() {
-                link.read_for(&self.core, deadline);
-            }
+        if !self.core.has_listeners() && !self.core.is_delivered() {
+            self.route.read_while_waiting(&self.core, deadline);
         }
     }
 
-    /// Makes sure the service's stdout thread reads (see `ServiceLink::wake_reader`), for
-    /// a task whose end is observed by a hook or a future rather than by a waiter.
+    /// Makes sure the answer is read without a waiter (see [`Route::wake_reader`]), for a
+    /// task whose end is observed by a hook or a future rather than by a waiter.
     pub(crate) fn wake_reader(&self) {
-        if let TaskLink::Service(link) = &self.link {
-            link.wake_reader();
-        }
+        self.route.wake_reader();
     }
 
     /// The outputs, once the task completed.

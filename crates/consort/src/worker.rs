@@ -1,7 +1,7 @@
 //! The worker SDK: write an Appose worker in Rust as one function.
 //!
 //! [`serve`] reads requests from stdin and writes responses to stdout. Each task runs on a
-//! bounded thread pool (or, with `queue: "main"`, in order on the thread that called
+//! bounded pool of threads (or, with `queue: "main"`, in order on the thread that called
 //! `serve`), with a fresh [`CancelToken`] that a CANCEL request, stdin EOF or SIGTERM
 //! cancels. The handler returns the outputs, or a [`Failure`]; a panic fails the task and
 //! the worker lives on.
@@ -55,8 +55,6 @@ use serde_json::Value;
 use crate::cancel::CancelToken;
 use crate::protocol::{decode_request, Args, Progress, Request, Response, ResponseKind, TaskId};
 
-pub mod python;
-
 /// Why a task did not complete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
@@ -97,7 +95,7 @@ pub struct TaskContext {
     inputs: Args,
     queue: Option<String>,
     token: CancelToken,
-    shared: Arc<Shared>,
+    session: Arc<Session>,
 }
 
 impl fmt::Debug for TaskContext {
@@ -156,7 +154,7 @@ impl TaskContext {
 
     /// Reports progress with every field, `info` included.
     pub fn report(&self, progress: Progress) {
-        self.shared
+        self.session
             .respond(&self.id, ResponseKind::Update(progress));
     }
 
@@ -182,13 +180,13 @@ impl TaskContext {
     /// When the value cannot be represented as JSON.
     pub fn export(&self, name: &str, value: impl Serialize) -> Result<(), Failure> {
         let value = serde_json::to_value(value)?;
-        lock(&self.shared.exports).insert(name.to_owned(), value);
+        lock(&self.session.exports).insert(name.to_owned(), value);
         Ok(())
     }
 
     /// A value exported by an earlier task, if any.
     pub fn exported(&self, name: &str) -> Option<Value> {
-        lock(&self.shared.exports).get(name).cloned()
+        lock(&self.session.exports).get(name).cloned()
     }
 }
 
@@ -254,7 +252,7 @@ impl Worker {
         let out = protocol_output(self.protect_stdout)?;
         let root = CancelToken::new();
         let (events, incoming) = mpsc::channel();
-        let shared = Arc::new(Shared {
+        let session = Arc::new(Session {
             out: Mutex::new(io::BufWriter::with_capacity(64 * 1024, out)),
             root: root.clone(),
             running: Mutex::new(HashMap::new()),
@@ -263,9 +261,9 @@ impl Worker {
             events: events.clone(),
         });
         let handler: Arc<dyn Handler> = Arc::new(handler);
-        let pool = Pool {
-            inner: Arc::new(PoolInner {
-                state: Mutex::new(PoolState {
+        let task_threads = TaskThreads {
+            inner: Arc::new(TaskThreadsInner {
+                state: Mutex::new(TaskThreadsState {
                     queue: VecDeque::new(),
                     threads: 0,
                     starting: 0,
@@ -284,23 +282,23 @@ impl Worker {
                 reading: AtomicBool::new(false),
                 eof: AtomicBool::new(false),
                 max: self.threads,
-                shared: Arc::clone(&shared),
+                session: Arc::clone(&session),
                 handler,
                 events,
             }),
         };
-        watch_sigterm(pool.inner.events.clone())?;
-        start_heartbeat(&shared);
+        watch_sigterm(task_threads.inner.events.clone())?;
+        start_heartbeat(&session);
         {
             // A reader, and a follower to read on while the first task runs.
-            let mut state = lock(&pool.inner.state);
-            pool.start_thread(&mut state)?;
-            pool.start_thread(&mut state)?;
+            let mut state = lock(&task_threads.inner.state);
+            task_threads.start_thread(&mut state)?;
+            task_threads.start_thread(&mut state)?;
         }
         // The main thread: main-queue tasks in FIFO order, until shutdown.
         for event in incoming.iter() {
             match event {
-                Event::Main(job) => job.run(),
+                Event::Main(accepted) => accepted.run(),
                 Event::Shutdown(reason) => {
                     eprintln!("consort worker: {reason}; cancelling running tasks");
                     break;
@@ -310,22 +308,22 @@ impl Worker {
         root.cancel();
         // Main-queue tasks still queued get their one answer (CANCELATION), not silence.
         for event in incoming.try_iter() {
-            if let Event::Main(job) = event {
-                job.run();
+            if let Event::Main(accepted) = event {
+                accepted.run();
             }
         }
-        shared.wait_idle(self.shutdown_grace);
-        let _ = lock(&shared.out).flush();
+        session.wait_idle(self.shutdown_grace);
+        let _ = lock(&session.out).flush();
         Ok(())
     }
 }
 
 enum Event {
-    Main(Job),
+    Main(Accepted),
     Shutdown(&'static str),
 }
 
-struct Shared {
+struct Session {
     out: Mutex<io::BufWriter<File>>,
     root: CancelToken,
     /// Tokens of accepted tasks that have not answered yet.
@@ -335,7 +333,7 @@ struct Shared {
     events: Sender<Event>,
 }
 
-impl Shared {
+impl Session {
     fn respond(&self, task: &TaskId, kind: ResponseKind) {
         let response = Response {
             task: task.clone(),
@@ -385,22 +383,22 @@ impl Shared {
 }
 
 /// One accepted task, ready to run on some thread.
-struct Job {
+struct Accepted {
     context: TaskContext,
     handler: Arc<dyn Handler>,
 }
 
-impl Job {
+impl Accepted {
     fn run(self) {
-        let Job { context, handler } = self;
-        let shared = Arc::clone(&context.shared);
+        let Accepted { context, handler } = self;
+        let session = Arc::clone(&context.session);
         if context.token.is_cancelled() {
             // Cancelled before it started (a CANCEL while queued, or shutdown): it still
             // gets its one terminal response.
-            shared.finish(&context.id, ResponseKind::Cancelation);
+            session.finish(&context.id, ResponseKind::Cancelation);
             return;
         }
-        shared.respond(&context.id, ResponseKind::Launch);
+        session.respond(&context.id, ResponseKind::Launch);
         let outcome = catch_unwind(AssertUnwindSafe(|| handler.run(&context)));
         let kind = match outcome {
             Ok(Ok(outputs)) => ResponseKind::Completion(outputs),
@@ -411,7 +409,7 @@ impl Job {
                 panic_message(panic.as_ref())
             ))),
         };
-        shared.finish(&context.id, kind);
+        session.finish(&context.id, kind);
     }
 }
 
@@ -444,14 +442,14 @@ fn read_line(stdin: &mut io::BufReader<File>) -> Option<Vec<u8>> {
     }
 }
 
-/// Acts on one request line. Returns the job of a worker-pool task, to run; main-queue
+/// Acts on one request line. Returns the accepted task to run on a task thread; main-queue
 /// tasks go to the main thread, the rest is done here.
 fn handle_line(
-    shared: &Arc<Shared>,
+    session: &Arc<Session>,
     handler: &Arc<dyn Handler>,
     events: &Sender<Event>,
     line: &[u8],
-) -> Option<Job> {
+) -> Option<Accepted> {
     if line.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
@@ -463,9 +461,9 @@ fn handle_line(
                 inputs,
                 queue,
             }) => {
-                let token = shared.root.child_token();
+                let token = session.root.child_token();
                 let duplicate = {
-                    let mut running = lock(&shared.running);
+                    let mut running = lock(&session.running);
                     if running.contains_key(&task) {
                         true
                     } else {
@@ -478,35 +476,37 @@ fn handle_line(
                     return None;
                 }
                 let on_main = queue.as_deref() == Some("main");
-                let job = Job {
+                let accepted = Accepted {
                     context: TaskContext {
                         id: task,
                         script,
                         inputs,
                         queue,
                         token,
-                        shared: Arc::clone(shared),
+                        session: Arc::clone(session),
                     },
                     handler: Arc::clone(handler),
                 };
                 if on_main {
-                    if let Err(mpsc::SendError(Event::Main(job))) = events.send(Event::Main(job)) {
+                    if let Err(mpsc::SendError(Event::Main(accepted))) =
+                        events.send(Event::Main(accepted))
+                    {
                         // The main loop has shut down: answer rather than drop the task.
-                        shared.finish(&job.context.id, ResponseKind::Cancelation);
+                        session.finish(&accepted.context.id, ResponseKind::Cancelation);
                     }
                 } else {
-                    return Some(job);
+                    return Some(accepted);
                 }
             }
-            Ok(Request::Cancel { task }) => match lock(&shared.running).get(&task) {
+            Ok(Request::Cancel { task }) => match lock(&session.running).get(&task) {
                 Some(token) => token.cancel(),
                 None => eprintln!("No such task: {task}"),
             },
             Err((Some(task), reason)) => {
-                if lock(&shared.running).contains_key(&task) {
+                if lock(&session.running).contains_key(&task) {
                     eprintln!("consort worker: bad request for running task {task}: {reason}");
                 } else {
-                    shared.respond(
+                    session.respond(
                         &task,
                         ResponseKind::Failure(Some(format!("bad request: {reason}"))),
                     );
@@ -555,8 +555,8 @@ fn await_input(stdin: &File) {
 /// At most `max` tasks run at once; past that, tasks wait in a FIFO queue that finishing
 /// threads take from, and the reader keeps reading (a CANCEL is always read).
 #[derive(Clone)]
-struct Pool {
-    inner: Arc<PoolInner>,
+struct TaskThreads {
+    inner: Arc<TaskThreadsInner>,
 }
 
 /// How long the reader's seat may stay vacant before a free thread takes it.
@@ -565,8 +565,8 @@ const VACANCY: Duration = Duration::from_millis(1);
 /// How long after the last task the watcher keeps polling rather than waiting to be woken.
 const BUSY: Duration = Duration::from_millis(50);
 
-struct PoolInner {
-    state: Mutex<PoolState>,
+struct TaskThreadsInner {
+    state: Mutex<TaskThreadsState>,
     /// Free threads wait here for the seat.
     seat: Condvar,
     /// Held by the thread reading stdin (the seat).
@@ -575,7 +575,7 @@ struct PoolInner {
     reading: AtomicBool,
     eof: AtomicBool,
     max: usize,
-    shared: Arc<Shared>,
+    session: Arc<Session>,
     handler: Arc<dyn Handler>,
     events: Sender<Event>,
 }
@@ -584,9 +584,9 @@ struct Reader {
     stdin: io::BufReader<File>,
 }
 
-struct PoolState {
+struct TaskThreadsState {
     /// Tasks read while `max` others ran.
-    queue: VecDeque<Job>,
+    queue: VecDeque<Accepted>,
     threads: usize,
     /// Threads started that have not yet looked at the seat.
     starting: usize,
@@ -600,12 +600,12 @@ struct PoolState {
     busy: Option<Instant>,
 }
 
-impl Pool {
-    fn start_thread(&self, state: &mut PoolState) -> io::Result<()> {
-        let pool = self.clone();
+impl TaskThreads {
+    fn start_thread(&self, state: &mut TaskThreadsState) -> io::Result<()> {
+        let task_threads = self.clone();
         std::thread::Builder::new()
             .name("consort-worker-task".to_owned())
-            .spawn(move || pool.serve())?;
+            .spawn(move || task_threads.serve())?;
         state.threads += 1;
         state.starting += 1;
         Ok(())
@@ -643,14 +643,14 @@ impl Pool {
                 inner.seat.notify_all();
                 break;
             };
-            let mut job = handle_line(&inner.shared, &inner.handler, &inner.events, &line)
-                .and_then(|job| self.take(job));
+            let mut accepted = handle_line(&inner.session, &inner.handler, &inner.events, &line)
+                .and_then(|accepted| self.take(accepted));
             inner.reading.store(false, Ordering::Release);
             // Nobody waits on this lock (free threads wait on `seat`): no wake-up here.
             drop(reader);
-            while let Some(next) = job {
+            while let Some(next) = accepted {
                 next.run();
-                job = lock(&inner.state).queue.pop_front();
+                accepted = lock(&inner.state).queue.pop_front();
             }
         }
         lock(&inner.state).threads -= 1;
@@ -691,15 +691,15 @@ impl Pool {
         take
     }
 
-    /// The reader got `job`: returns it to run on this thread (leaving the seat vacant),
+    /// The reader accepted a task: returns it to run on this thread (leaving the seat vacant),
     /// or queues it.
-    fn take(&self, job: Job) -> Option<Job> {
+    fn take(&self, accepted: Accepted) -> Option<Accepted> {
         let mut state = lock(&self.inner.state);
         let now = Instant::now();
         state.busy = Some(now);
         if state.free + state.starting == 0 {
             if state.threads > self.inner.max {
-                state.queue.push_back(job);
+                state.queue.push_back(accepted);
                 return None;
             }
             if let Err(err) = self.start_thread(&mut state) {
@@ -707,7 +707,7 @@ impl Pool {
                 // here rather than leave it unanswered (a CANCEL waits until it ends).
                 eprintln!("consort worker: cannot start a task thread: {err}");
                 if state.threads > 1 {
-                    state.queue.push_back(job);
+                    state.queue.push_back(accepted);
                     return None;
                 }
             }
@@ -716,7 +716,7 @@ impl Pool {
             self.inner.seat.notify_one();
         }
         state.vacant = Some(now);
-        Some(job)
+        Some(accepted)
     }
 }
 
@@ -733,8 +733,8 @@ fn protocol_output(protect: bool) -> io::Result<File> {
 /// consort's heartbeat extension: only when the supervisor set `CONSORT_HEARTBEAT_SECS`
 /// (an Appose supervisor never does), a thread writes [`crate::protocol::HEARTBEAT_LINE`]
 /// that often, until shutdown, so the supervisor can tell a stopped process from a busy one.
-fn start_heartbeat(shared: &Arc<Shared>) {
-    let Some(secs) = std::env::var(crate::pool::HEARTBEAT_ENV)
+fn start_heartbeat(session: &Arc<Session>) {
+    let Some(secs) = std::env::var(crate::protocol::HEARTBEAT_ENV)
         .ok()
         .and_then(|value| value.parse::<f64>().ok())
         .filter(|secs| secs.is_finite() && *secs > 0.0)
@@ -742,12 +742,12 @@ fn start_heartbeat(shared: &Arc<Shared>) {
         return;
     };
     let interval = Duration::from_secs_f64(secs.max(0.01));
-    let shared = Arc::clone(shared);
+    let session = Arc::clone(session);
     let spawned = std::thread::Builder::new()
         .name("consort-worker-heartbeat".to_owned())
         .spawn(move || {
-            while !shared.root.wait_timeout(interval) {
-                let mut out = lock(&shared.out);
+            while !session.root.wait_timeout(interval) {
+                let mut out = lock(&session.out);
                 let written = out
                     .write_all(crate::protocol::HEARTBEAT_LINE)
                     .and_then(|()| out.write_all(b"\n"))

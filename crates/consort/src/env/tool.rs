@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{content_hash, BuildEvent, Common, EnvError, Stream, MARKER};
+use super::{BuildEvent, Common, EnvError, Stream, MARKER};
+use crate::python::content_hash;
 use crate::sys::{signals, Pgid, Pid};
 
 /// How long the output of a tool that has exited may stay open (held by a process that

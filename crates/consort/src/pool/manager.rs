@@ -2,34 +2,62 @@
 //! the least-loaded worker, settles each attempt's end (finish, retry, time out), restarts
 //! dead workers with backoff under a per-minute cap, recycles leaky ones between tasks,
 //! keeps the optional spare, kills wedged workers, and closes everything on shutdown.
+//!
+//! It sleeps on its inbox ([`Msg`]) until a message comes or its next timer is due: a
+//! running job's deadline, a slot's restart, a heartbeat check. Workers report their exit
+//! through an exit hook, so nothing is polled.
+//!
+//! # Invariants
+//! 1. Only this thread changes the slots, the retirees and the spare.
+//! 2. Every timer the manager keeps is in `next_due`, so no deadline, restart or wedged
+//!    worker waits for an unrelated wake-up.
 
 use std::collections::{HashMap, VecDeque};
+use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{lock, Job, Monitor, Msg, PoolError, PoolEvent, Shared, QUICK_DEATH, TICK};
+use super::events::{Monitor, PoolEvent, PoolStats};
+use super::queue::{lock, JobQueue, PoolJob};
+use super::settings::{Settings, QUICK_DEATH};
 use crate::protocol::{Args, TaskId};
 use crate::service::{Service, ServiceBuilder};
-use crate::task::{CrashReport, EventKind, Task, TaskError, TaskEvent, TaskState};
+use crate::task::{CrashReport, EventKind, ExitStatus, Task, TaskError, TaskEvent, TaskState};
+
+/// What wakes the manager.
+pub(crate) enum Msg {
+    /// A job was queued on an empty queue.
+    Queued,
+    /// An attempt of `job` on service `service` ended; the attempt holds the result.
+    Ended { job: Arc<PoolJob>, service: u64 },
+    /// The worker of service `service` has ended, and its tasks with it.
+    Exited { service: u64 },
+    /// The pool is closing.
+    Close,
+}
 
 /// Starts the manager thread with `first`, the worker `Pool::start` already started (so
 /// that a recipe that cannot start fails `start` itself). Returns the thread and its
 /// wake-up channel.
-pub(super) fn spawn(
-    shared: Arc<Shared>,
+pub(crate) fn spawn(
+    settings: Settings,
+    queue: Arc<JobQueue>,
+    stats: Arc<Mutex<PoolStats>>,
     recipe: ServiceBuilder,
     monitor: Option<Monitor>,
     first: Service,
-) -> Result<(JoinHandle<()>, Sender<Msg>), PoolError> {
-    let workers = shared.settings.workers;
+) -> io::Result<(JoinHandle<()>, Sender<Msg>)> {
+    let workers = settings.workers;
     let (wake, messages) = mpsc::channel();
     let mut manager = Manager {
-        shared,
+        settings,
+        queue,
+        stats,
         recipe,
         monitor,
         messages,
@@ -53,14 +81,13 @@ pub(super) fn spawn(
     manager.publish();
     let handle = std::thread::Builder::new()
         .name("consort-pool".to_owned())
-        .spawn(move || manager.run())
-        .map_err(PoolError::Thread)?;
+        .spawn(move || manager.run())?;
     Ok((handle, wake))
 }
 
 #[derive(Default)]
 struct Slot {
-    worker: Option<Worker>,
+    member: Option<Member>,
     /// Consecutive deaths at start.
     failures: u32,
     /// When the slot may start its next worker, if it waits.
@@ -72,7 +99,8 @@ struct Slot {
     last_error: String,
 }
 
-struct Worker {
+/// A worker of the pool: its service and what the pool knows of it.
+struct Member {
     service: Service,
     started: Instant,
     running: usize,
@@ -84,16 +112,18 @@ struct Worker {
 }
 
 struct Manager {
-    shared: Arc<Shared>,
+    settings: Settings,
+    queue: Arc<JobQueue>,
+    stats: Arc<Mutex<PoolStats>>,
     recipe: ServiceBuilder,
     monitor: Option<Monitor>,
     messages: Receiver<Msg>,
     wake: Sender<Msg>,
     slots: Vec<Slot>,
     /// Workers replaced between tasks, closed once idle.
-    retiring: Vec<Worker>,
+    retiring: Vec<Member>,
     /// Jobs sent to a worker, by task id, with the service running them.
-    running: HashMap<TaskId, (Arc<Job>, u64)>,
+    running: HashMap<TaskId, (Arc<PoolJob>, u64)>,
     closers: Vec<JoinHandle<()>>,
     restarts: u64,
     recycled: u64,
@@ -107,7 +137,16 @@ struct Manager {
 impl Manager {
     fn run(mut self) {
         loop {
-            let msg = match self.messages.recv_timeout(TICK) {
+            let msg = match self.next_due() {
+                None => self
+                    .messages
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+                Some(due) => self
+                    .messages
+                    .recv_timeout(due.saturating_duration_since(Instant::now())),
+            };
+            let msg = match msg {
                 Ok(msg) => Some(msg),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -118,6 +157,7 @@ impl Manager {
                 match msg {
                     Msg::Queued => {}
                     Msg::Ended { job, service } => self.on_ended(job, service),
+                    Msg::Exited { service } => self.on_exited(service),
                     Msg::Close => closing = true,
                 }
                 next = self.messages.try_recv().ok();
@@ -136,6 +176,30 @@ impl Manager {
         self.shutdown();
     }
 
+    /// When the manager must look again without a message: the earliest deadline of a
+    /// running job, restart of a waiting slot, or silence limit of a worker.
+    fn next_due(&self) -> Option<Instant> {
+        let deadlines = self.running.values().filter_map(|(job, _)| {
+            let deadline = job.deadline?;
+            let state = job.state();
+            let at = state.dispatched_at.filter(|_| !state.timed_out)?;
+            Some(at + deadline)
+        });
+        let restarts = self
+            .slots
+            .iter()
+            .filter(|slot| slot.member.is_none())
+            .filter_map(|slot| slot.restart_at);
+        let wedged = self.wedged_after().into_iter().flat_map(|wedged_after| {
+            self.slots
+                .iter()
+                .filter_map(|slot| slot.member.as_ref())
+                .filter(|member| !member.killed)
+                .map(move |member| member.service.link.last_heard() + wedged_after)
+        });
+        deadlines.chain(restarts).chain(wedged).min()
+    }
+
     fn emit(&self, event: PoolEvent) {
         tracing::debug!(target: "consort::pool", "{event:?}");
         if let Some(monitor) = &self.monitor {
@@ -146,18 +210,18 @@ impl Manager {
     }
 
     fn publish(&self) {
-        let mut stats = lock(&self.shared.stats);
+        let mut stats = lock(&self.stats);
         stats.pids = self
             .slots
             .iter()
-            .map(|slot| slot.worker.as_ref().map(|worker| worker.service.pid()))
+            .map(|slot| slot.member.as_ref().map(|member| member.service.pid()))
             .collect();
         stats.busy = self
             .slots
             .iter()
-            .filter_map(|slot| slot.worker.as_ref())
-            .filter(|worker| worker.running > 0)
-            .map(|worker| worker.service.pid())
+            .filter_map(|slot| slot.member.as_ref())
+            .filter(|member| member.running > 0)
+            .map(|member| member.service.pid())
             .collect();
         stats.running = self.running.len();
         stats.restarts = self.restarts;
@@ -167,14 +231,21 @@ impl Manager {
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, slot)| slot.failures > 1 || (slot.capped && slot.worker.is_none()))
+            .filter(|(_, slot)| slot.failures > 1 || (slot.capped && slot.member.is_none()))
             .map(|(slot_idx, _)| slot_idx)
             .collect();
     }
 
     fn install(&mut self, slot_idx: usize, service: Service) {
         let pid = service.pid();
-        self.slots[slot_idx].worker = Some(Worker {
+        let wake = self.wake.clone();
+        let service_id = service.id();
+        service.link.on_exit(Box::new(move || {
+            let _ = wake.send(Msg::Exited {
+                service: service_id,
+            });
+        }));
+        self.slots[slot_idx].member = Some(Member {
             service,
             started: Instant::now(),
             running: 0,
@@ -214,7 +285,7 @@ impl Manager {
 
     /// Starts the standby worker, when the pool keeps one.
     fn start_spare(&mut self) {
-        if !self.shared.settings.spare || self.closing || self.spare.is_some() {
+        if !self.settings.spare || self.closing || self.spare.is_some() {
             return;
         }
         match self.recipe.start() {
@@ -229,7 +300,7 @@ impl Manager {
     /// lived, with a doubling delay after consecutive deaths at start, and never more than
     /// `max_restarts_per_minute` times in a minute.
     fn schedule_restart(&mut self, slot_idx: usize, died_at_start: bool, error: String) {
-        let settings = &self.shared.settings;
+        let settings = &self.settings;
         let slot = &mut self.slots[slot_idx];
         slot.failures = if died_at_start { slot.failures + 1 } else { 0 };
         slot.last_error = error;
@@ -274,38 +345,41 @@ impl Manager {
         }
     }
 
-    /// Finds dead and wedged workers, starts slots whose wait is over, closes idle
-    /// retirees.
+    /// The worker of `service_id` has ended (its exit hook said so): its slot is emptied
+    /// and scheduled to restart. A retiree that ended is closed by `check_workers`.
+    fn on_exited(&mut self, service_id: u64) {
+        let Some(slot_idx) = slot_idx_of(&self.slots, service_id) else {
+            return;
+        };
+        let Some(member) = self.slots[slot_idx].member.take() else {
+            return;
+        };
+        let report = member.service.crash_report().map_or_else(
+            || "the worker ended".to_owned(),
+            |report| report.to_string(),
+        );
+        // Silent on stdout and short-lived: it never got going.
+        let at_start = !member.finished_a_task
+            && !member.service.link.heard_anything()
+            && member.started.elapsed() < QUICK_DEATH;
+        self.emit(PoolEvent::WorkerExited {
+            slot: slot_idx,
+            pid: member.service.pid(),
+            report: report.clone(),
+        });
+        self.retire(member);
+        self.restarts += 1;
+        self.schedule_restart(slot_idx, at_start, report);
+    }
+
+    /// Kills wedged workers, starts slots whose wait is over, closes idle retirees.
     fn check_workers(&mut self) {
-        let now = Instant::now();
         for slot_idx in 0..self.slots.len() {
-            let dead = match &self.slots[slot_idx].worker {
-                Some(worker) => worker.service.crash_report().map(|report| {
-                    // Silent on stdout and short-lived: it never got going.
-                    let at_start = !worker.finished_a_task
-                        && !worker.service.link.heard_anything()
-                        && now.duration_since(worker.started) < QUICK_DEATH;
-                    (report, at_start)
-                }),
-                None => None,
-            };
-            if let Some((report, at_start)) = dead {
-                if let Some(worker) = self.slots[slot_idx].worker.take() {
-                    self.emit(PoolEvent::WorkerExited {
-                        slot: slot_idx,
-                        pid: worker.service.pid(),
-                        report: report.to_string(),
-                    });
-                    self.retire(worker);
-                }
-                self.restarts += 1;
-                self.schedule_restart(slot_idx, at_start, report.to_string());
-            } else if let Some(wedged_after) = self.wedged_after() {
+            if let Some(wedged_after) = self.wedged_after() {
                 self.check_wedged(slot_idx, wedged_after);
             }
             let slot = &self.slots[slot_idx];
-            // A fresh `now`: a restart scheduled just above with no delay is due now.
-            if slot.worker.is_none() && slot.restart_at.is_some_and(|at| at <= Instant::now()) {
+            if slot.member.is_none() && slot.restart_at.is_some_and(|at| at <= Instant::now()) {
                 self.start_slot(slot_idx);
             }
         }
@@ -313,8 +387,8 @@ impl Manager {
         let mut idx = 0;
         while idx < self.retiring.len() {
             if self.retiring[idx].running == 0 || !self.retiring[idx].service.is_alive() {
-                let worker = self.retiring.swap_remove(idx);
-                self.close_in_background(worker.service);
+                let member = self.retiring.swap_remove(idx);
+                self.close_in_background(member.service);
             } else {
                 idx += 1;
             }
@@ -323,32 +397,25 @@ impl Manager {
     }
 
     fn wedged_after(&self) -> Option<Duration> {
-        self.shared
-            .settings
-            .heartbeat
-            .map(|_| self.shared.settings.wedged_after)
+        self.settings.heartbeat.map(|_| self.settings.wedged_after)
     }
 
     fn check_wedged(&mut self, slot_idx: usize, wedged_after: Duration) {
-        let Some(worker) = &mut self.slots[slot_idx].worker else {
+        let Some(member) = &mut self.slots[slot_idx].member else {
             return;
         };
-        let silent = worker.service.link.last_heard().elapsed();
-        if silent < wedged_after || worker.killed {
+        let silent = member.service.link.last_heard().elapsed();
+        if silent < wedged_after || member.killed {
             return;
         }
-        worker.killed = true;
-        let pid = worker.service.pid();
-        let link = worker.service.link.clone();
+        member.killed = true;
+        let pid = member.service.pid();
+        let link = member.service.link.clone();
         let cause = format!(
             "the worker stopped answering: nothing heard for {:.1} s (heartbeats expected \
              every {:.1} s), so it was killed as wedged or stopped",
             silent.as_secs_f64(),
-            self.shared
-                .settings
-                .heartbeat
-                .unwrap_or_default()
-                .as_secs_f64()
+            self.settings.heartbeat.unwrap_or_default().as_secs_f64()
         );
         self.wedged += 1;
         self.emit(PoolEvent::WorkerWedged {
@@ -356,8 +423,8 @@ impl Manager {
             pid,
             silent_ms: silent.as_millis() as u64,
         });
-        // The kill is immediate; the monitor then crashes its tasks with this cause and
-        // the next check finds the slot dead and restarts it.
+        // The kill is immediate; the monitor then crashes its tasks with this cause, and
+        // the worker's exit hook brings the slot back here to restart it.
         let fallback = link.clone();
         let spawned = std::thread::Builder::new()
             .name("consort-pool-kill".to_owned())
@@ -372,8 +439,8 @@ impl Manager {
         }
     }
 
-    fn retire(&mut self, worker: Worker) {
-        self.retiring.push(worker);
+    fn retire(&mut self, member: Member) {
+        self.retiring.push(member);
     }
 
     fn close_in_background(&mut self, service: Service) {
@@ -395,7 +462,7 @@ impl Manager {
                 continue;
             };
             let attempt = {
-                let mut state = lock(&job.state);
+                let mut state = job.state();
                 match state.dispatched_at {
                     Some(at) if !state.timed_out && now.duration_since(at) >= deadline => {
                         state.timed_out = true;
@@ -412,17 +479,17 @@ impl Manager {
 
     /// Sends queued jobs to the least-loaded workers that have room.
     fn dispatch(&mut self) {
-        let cap = self.shared.settings.tasks_per_worker;
+        let cap = self.settings.tasks_per_worker;
         loop {
             let Some(slot_idx) = self
                 .slots
                 .iter()
                 .enumerate()
                 .filter_map(|(slot_idx, slot)| {
-                    let worker = slot.worker.as_ref()?;
-                    (worker.running < cap && !worker.killed).then_some((
-                        worker.running,
-                        worker.n_tasks,
+                    let member = slot.member.as_ref()?;
+                    (member.running < cap && !member.killed).then_some((
+                        member.running,
+                        member.n_tasks,
                         slot_idx,
                     ))
                 })
@@ -431,30 +498,25 @@ impl Manager {
             else {
                 return;
             };
-            let job = {
-                let mut queue = lock(&self.shared.queue);
-                match queue.jobs.pop_front() {
-                    Some(job) => job,
-                    None => return,
-                }
+            let Some(job) = self.queue.pop() else {
+                return;
             };
-            self.shared.space.notify_one();
             self.send(slot_idx, job);
         }
     }
 
     /// Sends one attempt of `job` to the worker in `slot_idx`.
-    fn send(&mut self, slot_idx: usize, job: Arc<Job>) {
-        let Some(worker) = self.slots[slot_idx].worker.as_mut() else {
+    fn send(&mut self, slot_idx: usize, job: Arc<PoolJob>) {
+        let Some(member) = self.slots[slot_idx].member.as_mut() else {
             return;
         };
-        let service_id = worker.service.id();
-        let mut state = lock(&job.state);
+        let service_id = member.service.id();
+        let mut state = job.state();
         if job.core.state().is_finished() || state.cancel_requested {
-            // Cancelled while queued (`Job::cancel` ends it, if it has not yet).
+            // Cancelled while queued (its cancel ends it, if it has not yet).
             return;
         }
-        let mut builder = worker
+        let mut builder = member
             .service
             .task(job.script.clone())
             .inputs(job.inputs.clone());
@@ -491,7 +553,7 @@ impl Manager {
                 state.n_attempts += 1;
                 state.dispatched_at = Some(Instant::now());
                 state.attempt = Some(attempt);
-                worker.running += 1;
+                member.running += 1;
                 drop(state);
                 self.running
                     .insert(job.core.id.clone(), (Arc::clone(&job), service_id));
@@ -509,26 +571,22 @@ impl Manager {
         }
     }
 
-    fn worker_mut(&mut self, service_id: u64) -> Option<(Option<usize>, &mut Worker)> {
-        if let Some(slot_idx) = self.slots.iter().position(|slot| {
-            slot.worker
-                .as_ref()
-                .is_some_and(|worker| worker.service.id() == service_id)
-        }) {
+    fn member_mut(&mut self, service_id: u64) -> Option<(Option<usize>, &mut Member)> {
+        if let Some(slot_idx) = slot_idx_of(&self.slots, service_id) {
             return self.slots[slot_idx]
-                .worker
+                .member
                 .as_mut()
-                .map(|worker| (Some(slot_idx), worker));
+                .map(|member| (Some(slot_idx), member));
         }
         self.retiring
             .iter_mut()
-            .find(|worker| worker.service.id() == service_id)
-            .map(|worker| (None, worker))
+            .find(|member| member.service.id() == service_id)
+            .map(|member| (None, member))
     }
 
-    fn on_ended(&mut self, job: Arc<Job>, service_id: u64) {
+    fn on_ended(&mut self, job: Arc<PoolJob>, service_id: u64) {
         self.running.remove(&job.core.id);
-        let Some(attempt) = lock(&job.state).attempt.take() else {
+        let Some(attempt) = job.state().attempt.take() else {
             debug_assert!(false, "an attempt ended twice");
             return;
         };
@@ -538,24 +596,24 @@ impl Manager {
                 message: "internal error: the attempt ended without a result".to_owned(),
             })
         });
-        let max_tasks = self.shared.settings.max_tasks;
-        let max_growth = self.shared.settings.max_rss_growth;
+        let max_tasks = self.settings.max_tasks;
+        let max_growth = self.settings.max_rss_growth;
         let mut recycle = None;
         let forced = matches!(result, Err(TaskError::Canceled { forced: true }));
-        if let Some((slot_idx, worker)) = self.worker_mut(service_id) {
-            worker.running = worker.running.saturating_sub(1);
+        if let Some((slot_idx, member)) = self.member_mut(service_id) {
+            member.running = member.running.saturating_sub(1);
             // A hard cancel is killing it: it must take no task meanwhile.
-            worker.killed |= forced;
+            member.killed |= forced;
             if state != TaskState::Crashed {
-                worker.n_tasks += 1;
-                worker.finished_a_task = true;
+                member.n_tasks += 1;
+                member.finished_a_task = true;
                 if let Some(slot_idx) = slot_idx {
-                    let pid = worker.service.pid();
-                    if max_tasks.is_some_and(|max| worker.n_tasks >= max) {
-                        recycle = Some((slot_idx, format!("ran {} tasks", worker.n_tasks)));
+                    let pid = member.service.pid();
+                    if max_tasks.is_some_and(|max| member.n_tasks >= max) {
+                        recycle = Some((slot_idx, format!("ran {} tasks", member.n_tasks)));
                     } else if let Some(max_growth) = max_growth {
                         if let Some(rss) = rss_bytes(pid) {
-                            let base = *worker.base_rss.get_or_insert(rss);
+                            let base = *member.base_rss.get_or_insert(rss);
                             if rss > base.saturating_add(max_growth) {
                                 recycle = Some((
                                     slot_idx,
@@ -577,14 +635,14 @@ impl Manager {
             }
         }
         if let Some((slot_idx, reason)) = recycle.filter(|_| !self.closing) {
-            if let Some(worker) = self.slots[slot_idx].worker.take() {
+            if let Some(member) = self.slots[slot_idx].member.take() {
                 self.recycled += 1;
                 self.emit(PoolEvent::WorkerRecycled {
                     slot: slot_idx,
-                    pid: worker.service.pid(),
+                    pid: member.service.pid(),
                     reason,
                 });
-                self.retire(worker);
+                self.retire(member);
                 self.start_slot(slot_idx);
             }
         }
@@ -592,15 +650,15 @@ impl Manager {
     }
 
     /// Ends the pool task from its attempt's end, or sends it again.
-    fn settle(&mut self, job: Arc<Job>, state: TaskState, result: Result<Args, TaskError>) {
+    fn settle(&mut self, job: Arc<PoolJob>, state: TaskState, result: Result<Args, TaskError>) {
         let (timed_out, retry) = {
-            let mut job_state = lock(&job.state);
+            let mut job_state = job.state();
             job_state.dispatched_at = None;
             let retry = state == TaskState::Crashed
                 && !job_state.timed_out
                 && !job_state.cancel_requested
                 && job_state.n_attempts <= job.retries
-                && !lock(&self.shared.queue).closed;
+                && !self.queue.is_closed();
             (
                 job_state.timed_out,
                 retry.then_some(job_state.n_attempts + 1),
@@ -608,7 +666,10 @@ impl Manager {
         };
         if timed_out && state != TaskState::Complete && state != TaskState::Failed {
             let deadline = job.deadline.unwrap_or_default();
-            job.finish(TaskState::TimedOut, Err(TaskError::TimedOut(deadline)));
+            job.finish(
+                TaskState::TimedOut,
+                Err(TaskError::DeadlinePassed(deadline)),
+            );
             return;
         }
         if state == TaskState::Crashed && job.core.hard_cancel_asked() {
@@ -627,7 +688,7 @@ impl Manager {
                 job.core.deliver(&event);
             }
             // Retries go to the front: they were submitted before what waits.
-            lock(&self.shared.queue).jobs.push_front(job);
+            self.queue.push_front(job);
             return;
         }
         job.finish(state, result);
@@ -635,8 +696,7 @@ impl Manager {
 
     fn shutdown(mut self) {
         self.closing = true;
-        let queued: Vec<_> = lock(&self.shared.queue).jobs.drain(..).collect();
-        self.shared.space.notify_all();
+        let queued = self.queue.drain();
         for job in queued {
             job.finish(
                 TaskState::Canceled,
@@ -645,11 +705,11 @@ impl Manager {
         }
         let mut services = Vec::new();
         for slot in &mut self.slots {
-            if let Some(worker) = slot.worker.take() {
-                services.push(worker.service);
+            if let Some(member) = slot.member.take() {
+                services.push(member.service);
             }
         }
-        services.extend(self.retiring.drain(..).map(|worker| worker.service));
+        services.extend(self.retiring.drain(..).map(|member| member.service));
         services.extend(self.spare.take());
         for service in services {
             self.close_in_background(service);
@@ -665,11 +725,11 @@ impl Manager {
         }
         for (_, (job, _)) in self.running.drain() {
             // The attempt's listener holds the job: break the cycle.
-            let attempt = lock(&job.state).attempt.take();
+            let attempt = job.state().attempt.take();
             drop(attempt);
             let report = CrashReport {
                 pid: 0,
-                status: crate::task::ExitStatus::Unknown,
+                status: ExitStatus::Unknown,
                 cause: Some("the pool closed before the task ended".to_owned()),
                 stderr: Vec::new(),
                 stdout: Vec::new(),
@@ -685,15 +745,15 @@ impl Manager {
 
 fn slot_idx_of(slots: &[Slot], service_id: u64) -> Option<usize> {
     slots.iter().position(|slot| {
-        slot.worker
+        slot.member
             .as_ref()
-            .is_some_and(|worker| worker.service.id() == service_id)
+            .is_some_and(|member| member.service.id() == service_id)
     })
 }
 
 /// An attempt's listener: LAUNCH and UPDATE go to the pool task's listeners; the end goes
 /// to the manager. Takes no pool lock (invariant 2 of `pool.rs`).
-fn forward_event(job: &Arc<Job>, wake: &Sender<Msg>, service: u64, event: &TaskEvent) {
+fn forward_event(job: &Arc<PoolJob>, wake: &Sender<Msg>, service: u64, event: &TaskEvent) {
     match event.kind {
         EventKind::Launch => {
             if job.core.launch() && job.core.has_listeners() {

@@ -502,3 +502,19 @@ fn the_single_response_fast_path_agrees_with_the_general_path() {
         assert_eq!(via_decode_line, general, "decode_line differs on {line}");
     }
 }
+
+#[test]
+fn task_ids_are_the_prefix_and_serial_in_32_hex_digits() {
+    let first = new_task_id();
+    let second = new_task_id();
+    for id in [&first, &second] {
+        let text = id.to_string();
+        assert_eq!(text.len(), 32, "{text}");
+        assert!(text
+            .bytes()
+            .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')));
+        assert_eq!(text[..16], format!("{:016x}", task_prefix()));
+    }
+    let serial = |id: &TaskId| u64::from_str_radix(&id.to_string()[16..], 16).unwrap();
+    assert!(serial(&second) > serial(&first));
+}

@@ -1,11 +1,14 @@
-//! One long-lived thread that spawns every worker process.
+//! One long-lived thread that spawns every worker process, and the init script's
+//! temporary file that a worker is started with.
 //!
 //! On Linux a child's parent-death signal fires when the *thread* that forked it exits. If
 //! workers were spawned from whatever thread called `start()` (a short-lived thread, a
 //! runtime's blocking pool), they would be SIGKILLed when that thread ended. Spawning from
 //! this thread, which lives as long as the process, ties them to the process instead.
 
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Mutex, OnceLock};
@@ -45,4 +48,43 @@ pub(crate) fn spawn(mut command: Command) -> io::Result<Child> {
     answer
         .recv()
         .map_err(|_| io::Error::other("the consort spawner thread did not answer"))?
+}
+
+/// A temporary file removed on drop, written with mode 0600: the init script a worker
+/// reads through `APPOSE_INIT_SCRIPT`.
+pub(crate) struct TempPath(PathBuf);
+
+impl TempPath {
+    pub(crate) fn write(prefix: &str, contents: &str) -> io::Result<TempPath> {
+        let dir = std::env::temp_dir();
+        for _ in 0..16 {
+            let name = format!("{prefix}{:016x}.txt", sys::random_u64()?);
+            let path = dir.join(name);
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(mut file) => {
+                    file.write_all(contents.as_bytes())?;
+                    return Ok(TempPath(path));
+                }
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Err(io::Error::other("cannot find a free temporary file name"))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        // The worker deletes it after reading it; this covers a worker that never did.
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

@@ -32,15 +32,18 @@ fn a_recipe_keeps_program_args_cwd_and_env_of_the_command() {
 }
 
 #[test]
-fn the_python_recipe_runs_appose_worker_without_conda_variables() {
-    let builder = Service::python("python3");
+fn the_appose_python_recipe_runs_appose_worker_without_conda_variables() {
+    let builder = Service::appose_python("python3");
     let config = &builder.config;
     assert_eq!(config.program, OsString::from("python3"));
     assert_eq!(
         config.args,
-        vec![OsString::from("-c"), OsString::from(APPOSE_PYTHON_WORKER)]
+        vec![
+            OsString::from("-c"),
+            OsString::from(python::APPOSE_WORKER_SCRIPT)
+        ]
     );
-    for var in crate::env::CONDA_VARS {
+    for var in python::CONDA_VARS {
         assert!(
             config.env.contains(&(OsString::from(var), None)),
             "{var} is removed"

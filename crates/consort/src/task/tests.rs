@@ -1,7 +1,7 @@
 //! Unit tests for `task`: the one-terminal-state machine, listener isolation, waiting.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Wake;
 use std::thread;
 
@@ -22,18 +22,22 @@ fn first_terminal_transition_wins_and_later_ones_change_nothing() {
     let core = core_with(Vec::new());
     assert!(core.launch());
     assert_eq!(core.state(), TaskState::Running);
-    assert!(core.finish(TaskState::Complete, complete(1)));
-    assert!(!core.finish(
-        TaskState::Failed,
-        Err(TaskError::Failed {
-            message: "late".to_owned()
-        })
-    ));
-    assert!(!core.finish(TaskState::Complete, complete(2)));
+    let ending = core
+        .end(TaskState::Complete, complete(1))
+        .expect("the first end wins");
+    assert!(core
+        .end(
+            TaskState::Failed,
+            Err(TaskError::Failed {
+                message: "late".to_owned()
+            })
+        )
+        .is_none());
+    assert!(core.end(TaskState::Complete, complete(2)).is_none());
     // A LAUNCH after the end does not bring the task back to life.
     assert!(!core.launch());
     assert_eq!(core.state(), TaskState::Complete);
-    core.release_waiters();
+    ending.deliver();
     assert_eq!(core.wait_deadline(None), Some(complete(1)));
 }
 
@@ -47,7 +51,7 @@ fn concurrent_finishers_have_exactly_one_winner() {
                 let core = Arc::clone(&core);
                 let winners = Arc::clone(&winners);
                 thread::spawn(move || {
-                    if core.finish(TaskState::Complete, complete(idx)) {
+                    if core.end(TaskState::Complete, complete(idx)).is_some() {
                         winners.fetch_add(1, Ordering::SeqCst);
                     }
                 })
@@ -63,13 +67,13 @@ fn concurrent_finishers_have_exactly_one_winner() {
 #[test]
 fn waiters_are_released_only_after_delivery() {
     let core = core_with(Vec::new());
-    assert!(core.finish(TaskState::Complete, complete(7)));
+    let ending = core.end(TaskState::Complete, complete(7)).expect("ends");
     // Finished but not yet delivered: a bounded wait must time out, not return early.
     assert_eq!(
         core.wait_deadline(Some(Instant::now() + Duration::from_millis(20))),
         None
     );
-    core.release_waiters();
+    ending.deliver();
     assert_eq!(
         core.wait_deadline(Some(Instant::now() + Duration::from_millis(20))),
         Some(complete(7))
@@ -110,8 +114,9 @@ fn polling_registers_a_waker_that_release_wakes() {
     let finisher = {
         let core = Arc::clone(&core);
         thread::spawn(move || {
-            core.finish(TaskState::Complete, complete(3));
-            core.release_waiters();
+            core.end(TaskState::Complete, complete(3))
+                .expect("ends")
+                .deliver();
         })
     };
     // Park until woken; spurious wake-ups just poll again.
@@ -123,6 +128,72 @@ fn polling_registers_a_waker_that_release_wakes() {
     };
     finisher.join().expect("finisher thread");
     assert_eq!(result, complete(3));
+}
+
+#[test]
+fn a_dropped_ending_still_tells_the_listeners_then_releases_the_waiters() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let core = core_with(vec![Box::new(move |event: &TaskEvent| {
+        record.lock().unwrap().push(event.kind);
+    })]);
+    drop(core.end(
+        TaskState::Canceled,
+        Err(TaskError::Canceled { forced: true }),
+    ));
+    assert_eq!(*seen.lock().unwrap(), vec![EventKind::Cancelation]);
+    assert_eq!(
+        core.wait_deadline(Some(Instant::now())),
+        Some(Err(TaskError::Canceled { forced: true }))
+    );
+}
+
+#[test]
+fn the_terminal_event_is_made_from_the_state_and_the_result() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let ends: Vec<(TaskState, Result<Args, TaskError>)> = vec![
+        (TaskState::Complete, complete(1)),
+        (
+            TaskState::Failed,
+            Err(TaskError::Failed {
+                message: "boom".to_owned(),
+            }),
+        ),
+        (
+            TaskState::Canceled,
+            Err(TaskError::Canceled { forced: true }),
+        ),
+        (
+            TaskState::TimedOut,
+            Err(TaskError::DeadlinePassed(Duration::from_secs(1))),
+        ),
+    ];
+    for (state, result) in ends {
+        let record = Arc::clone(&seen);
+        let core = core_with(vec![Box::new(move |event: &TaskEvent| {
+            record.lock().unwrap().push(event.clone());
+        })]);
+        core.end(state, result).expect("ends").deliver();
+    }
+    let seen = seen.lock().unwrap();
+    let kinds: Vec<_> = seen.iter().map(|event| event.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::Completion,
+            EventKind::Failure,
+            EventKind::Cancelation,
+            EventKind::Timeout
+        ]
+    );
+    assert_eq!(seen[0].outputs, complete(1).ok());
+    assert_eq!(seen[1].error.as_deref(), Some("boom"));
+    // A CANCELATION carries no error, as on the wire.
+    assert_eq!(seen[2].error, None);
+    assert_eq!(
+        seen[3].error.as_deref(),
+        Some("task passed its deadline of 1s and was cancelled")
+    );
 }
 
 #[test]
