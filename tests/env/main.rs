@@ -1,7 +1,8 @@
 //! Environments: uv for real (a numpy environment built, used, skipped when unchanged and
 //! rebuilt when changed), pixi and micromamba against fake executables that record how
-//! they were called, the real tools when they are on `PATH`, and the failures: a missing
-//! tool, a failing install, a package that does not exist.
+//! they were called, the real tools (ignored: they need conda channels that cannot be
+//! reached here), and the failures: a missing tool, a failing install, a package that
+//! does not exist.
 //!
 //! Every test runs under a [`Watchdog`] in its own temporary folder and waits with
 //! bounds, never with sleeps.

@@ -1,8 +1,9 @@
 //! Integration tests: one binary, one module per area.
 //!
 //! `framing`, `crash`, `close` and `concurrency` drive `fake_worker` (tests/bin), a worker
-//! that misbehaves on request; `python` drives the real appose 0.12.0 Python worker. Each test
-//! names the behaviour it pins down and runs under a [`Watchdog`].
+//! that misbehaves on request; `python` drives the real appose 0.12.0 Python worker; `tidy`
+//! checks the source tree itself. Each test names the behaviour it pins down and runs
+//! under a [`Watchdog`].
 
 mod close;
 mod concurrency;
@@ -12,6 +13,7 @@ mod framing;
 mod interop;
 mod python;
 mod shm;
+mod tidy;
 mod waiter_reads;
 mod worker_sdk;
 

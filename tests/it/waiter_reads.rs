@@ -1,14 +1,16 @@
 //! A thread that waits for a task reads the worker's stdout itself (no thread hop), and
-//! the stdout thread stands aside meanwhile. Nothing else may pay for it: tasks with
+//! the stdout thread stands aside meanwhile. The first test shows that it happens (which
+//! thread handled each COMPLETION); the others, that nothing else pays for it: tasks with
 //! listeners, futures, tasks nobody waits for, waiters that give up, a worker that dies.
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
+use std::thread::ThreadId;
 use std::time::Duration;
 
-use consort::{EventKind, Service, Task, TaskError, TaskState};
+use consort::{DebugStream, EventKind, Service, Task, TaskError, TaskId, TaskState};
 use consort_tests::{slowdown, wait_until};
 
 use super::worker_sdk::echo_worker;
@@ -48,6 +50,109 @@ fn leave_stdout_to_waiters(service: &Service) {
     for _ in 0..3 {
         finish(&service.task("echo").submit().expect("submit")).expect("echo");
     }
+}
+
+/// A stdout line, and the thread its debug sink ran on: the thread that handled it.
+struct Handled {
+    thread: ThreadId,
+    thread_name: Option<String>,
+    line: String,
+}
+
+/// Whether `line` is the COMPLETION of `task`.
+fn is_completion_of(line: &str, task: &TaskId) -> bool {
+    serde_json::from_str::<serde_json::Value>(line).is_ok_and(|response| {
+        response["responseType"] == "COMPLETION" && response["task"] == task.as_str()
+    })
+}
+
+#[test]
+fn sequential_waits_on_an_idle_worker_read_their_own_completions() {
+    let _watchdog = watchdog("sequential_waits_on_an_idle_worker_read_their_own_completions");
+    // The debug sink runs on the thread that handles the line (`with_debug`): the stdout
+    // thread, or a waiter reading its own answer.
+    let handled: Arc<Mutex<Vec<Handled>>> = Arc::default();
+    let sink = Arc::clone(&handled);
+    let service = echo_worker()
+        .with_debug(move |line| {
+            if line.stream == DebugStream::Stdout {
+                let thread = std::thread::current();
+                sink.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(Handled {
+                        thread: thread.id(),
+                        thread_name: thread.name().map(str::to_owned),
+                        line: line.text.clone(),
+                    });
+            }
+        })
+        .start()
+        .expect("start");
+    let stdout_thread = format!("consort-{}-stdout", service.id());
+    let waiter = std::thread::current().id();
+
+    // One task at a time, each waited for as soon as it is submitted: the worker is idle
+    // between them and nothing else is pending, the case the waiter reads for.
+    let n_tasks = 200;
+    let tasks: Vec<TaskId> = (0..n_tasks)
+        .map(|task_idx| {
+            let task = service
+                .task("echo")
+                .input("idx", task_idx)
+                .submit()
+                .expect("submit");
+            let outputs = if task_idx % 2 == 0 {
+                task.wait()
+            } else {
+                task.wait_timeout(TASK_LIMIT * slowdown())
+            };
+            assert_eq!(outputs.expect("echo")["idx"], task_idx);
+            task.id().clone()
+        })
+        .collect();
+    let completion_of = |task: &TaskId| {
+        let handled = handled.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut found = handled
+            .iter()
+            .filter(|seen| is_completion_of(&seen.line, task))
+            .map(|seen| (seen.thread, seen.thread_name.clone()));
+        let first = found.next();
+        assert!(found.next().is_none(), "task {task}: two COMPLETION lines");
+        first
+    };
+    assert!(
+        wait_until(TASK_LIMIT, || tasks
+            .iter()
+            .all(|task| completion_of(task).is_some())),
+        "the debug sink did not see every COMPLETION"
+    );
+
+    let mut n_on_waiter = 0;
+    let mut n_on_stdout_thread = 0;
+    for task in &tasks {
+        let (thread, thread_name) = completion_of(task).expect("seen above");
+        if thread == waiter {
+            n_on_waiter += 1;
+        } else {
+            assert_eq!(
+                thread_name.as_deref(),
+                Some(stdout_thread.as_str()),
+                "task {task}: its COMPLETION was handled by neither its waiter nor the stdout thread"
+            );
+            n_on_stdout_thread += 1;
+        }
+    }
+    eprintln!(
+        "COMPLETIONs read by the waiting thread: {n_on_waiter}; by {stdout_thread}: {n_on_stdout_thread}"
+    );
+    // Not all of them: on a loaded machine a round trip can outlast the 1 ms a waiter reads
+    // for, or the stdout thread can come back between two tasks and win the line. Most of
+    // them: with no waiter reading, none would be.
+    assert!(
+        n_on_waiter * 2 > n_tasks,
+        "only {n_on_waiter} of {n_tasks} sequential waits read their own COMPLETION \
+         ({n_on_stdout_thread} went through {stdout_thread}): the waiter does not read its answer"
+    );
 }
 
 #[test]
