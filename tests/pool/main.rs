@@ -786,3 +786,74 @@ fn heartbeats_are_swallowed_by_the_supervisor_not_reported_as_noise() {
     drop(raw.stdin.take());
     raw.wait().expect("the worker exits at stdin EOF");
 }
+
+/// The events of `task` once it ended, with its id blanked and a worker's pid in an error
+/// text made `_`, so that a service task's and a pool task's can be compared.
+fn ended_events(task: &Task, events: &Mutex<Vec<TaskEvent>>) -> Vec<TaskEvent> {
+    let _ = finish(task);
+    // Listeners have seen the end before a wait returns (`task` invariant 2).
+    let events = events.lock().unwrap().clone();
+    events
+        .into_iter()
+        .map(|mut event| {
+            event.task = consort::TaskId::new("");
+            if let Some(error) = &mut event.error {
+                if let Some(start) = error.find("(pid ") {
+                    if let Some(len) = error[start..].find(')') {
+                        error.replace_range(start..start + len + 1, "(pid _)");
+                    }
+                }
+            }
+            event
+        })
+        .collect()
+}
+
+#[test]
+fn a_service_task_and_a_pool_task_that_end_the_same_way_send_the_same_events() {
+    let _watchdog = Watchdog::new("same_events", LIMIT);
+    let cases: [(&str, serde_json::Value, bool); 4] = [
+        ("progress", json!({"n": 2}), false),
+        ("fail", json!({"message": "no such thing"}), false),
+        ("sleep", json!({"seconds": 30.0}), true),
+        ("abort", json!({}), false),
+    ];
+    for (script, inputs, cancel) in cases {
+        let inputs: consort::Args = serde_json::from_value(inputs).unwrap();
+        let service = echo_worker().start().expect("start");
+        let (service_events, listener) = recorder();
+        let service_task = service
+            .task(script)
+            .inputs(inputs.clone())
+            .listen(listener)
+            .submit()
+            .expect("submit");
+        let pool = Pool::new(echo_worker(), 1).start().expect("pool");
+        let (pool_events, listener) = recorder();
+        let pool_task = pool
+            .task(script)
+            .inputs(inputs)
+            .listen(listener)
+            .submit()
+            .expect("submit");
+        if cancel {
+            for task in [&service_task, &pool_task] {
+                assert!(
+                    wait_until(WAIT, || task.state() == TaskState::Running),
+                    "{script}: the task never ran"
+                );
+                task.cancel();
+            }
+        }
+        let from_service = ended_events(&service_task, &service_events);
+        let from_pool = ended_events(&pool_task, &pool_events);
+        assert!(
+            from_service.len() >= 2,
+            "{script}: a LAUNCH and an end at least: {from_service:?}"
+        );
+        assert_eq!(from_service, from_pool, "{script}: service vs pool");
+        assert_eq!(service_task.state(), pool_task.state(), "{script}");
+        pool.close();
+        service.close();
+    }
+}
