@@ -20,19 +20,21 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules, in reading order:
-//! - [`protocol`]: Appose messages and the line codec; pure, no I/O.
-//! - [`task`]: task states, events, errors, and the one-terminal-state machine.
+//! Modules, lowest first (each imports only modules above it; see ARCHITECTURE.md):
+//! - [`protocol`]: Appose messages, task ids and the line codec; pure, no I/O.
 //! - [`cancel`]: `CancelToken`, one-way, with child tokens; there is no reset.
-//! - [`service`]: the supervisor: spawn, route, detect crashes, terminate within a bound.
-//! - [`pool`]: many workers from one recipe: least-loaded routing, restarts with backoff,
-//!   recycling, deadlines, retries, a bounded queue, wedged-worker detection.
-//! - [`worker`]: the worker SDK: serve Appose requests with a Rust function.
-//! - [`env`](mod@env): Python environments (uv, pixi, micromamba, a venv, the system's) to run
-//!   workers in, built once and rebuilt when their recipe changes.
+//! - [`sys`]: thin wrappers over process system calls.
+//! - [`python`]: the commands that start consort's own Python worker (embedded) and
+//!   Appose's.
+//! - [`task`]: task states, events, errors, and the one-terminal-state machine.
 //! - [`shm`]: named shared-memory blocks and zero-copy n-d arrays that Python and Appose
 //!   attach to; `.npy` files; the creator registry behind `consort shm ls` and `shm gc`.
-//! - [`sys`]: thin wrappers over process system calls.
+//! - [`worker`]: the worker SDK: serve Appose requests with a Rust function.
+//! - [`service`]: the supervisor: spawn, route, detect crashes, terminate within a bound.
+//! - [`env`](mod@env): Python environments (uv, pixi, micromamba, a venv, the system's) to run
+//!   workers in, built once and rebuilt when their recipe changes.
+//! - [`pool`]: many workers from one recipe: least-loaded routing, restarts with backoff,
+//!   recycling, deadlines, retries, a bounded queue, wedged-worker detection.
 //!
 //! `unsafe` is confined to `sys` (`pre_exec`), `shm` (`mmap`) and `shm::array` (typed views).
 

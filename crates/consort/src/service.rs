@@ -136,7 +136,7 @@ impl Service {
     }
 
     /// A recipe for consort's own Python worker, shipped inside this library: it needs
-    /// nothing installed but `python` (3.9 or newer). See [`python`](crate::python).
+    /// nothing installed but `python` (3.9 or newer). See [`crate::python`].
     pub fn consort_python(python: impl AsRef<OsStr>) -> ServiceBuilder {
         Service::new(python::consort_worker_command(python))
     }

@@ -2,16 +2,16 @@
 //! one-way state machine that guarantees a single terminal state.
 //!
 //! A task knows nothing of what runs it: its cancel requests, and a waiter's offer to read
-//! the answer itself, go through a [`Route`] that the service and the pool implement.
+//! the answer itself, go through a `Route` that the service and the pool implement.
 //!
 //! # Invariants
-//! 1. A task reaches exactly one terminal state. [`TaskCore::end`] is the only way there
+//! 1. A task reaches exactly one terminal state. `TaskCore::end` is the only way there
 //!    and it is a compare-and-set under the task's lock: the first caller wins (a COMPLETION,
 //!    a FAILURE, a crash, a hard cancel, a deadline), every later one is told it lost and
 //!    does nothing.
 //! 2. Waiters are woken only once the terminal event has been delivered to every listener,
 //!    so a caller that returns from [`Task::wait`] has seen all of the task's events: the
-//!    winner of `end` holds an [`Ending`], and only delivering it (or dropping it) releases
+//!    winner of `end` holds an `Ending`, and only delivering it (or dropping it) releases
 //!    the waiters, after the listeners.
 //! 3. The terminal event is built in one place, from the state and the result, so a service
 //!    task and a pool task that end the same way send the same event.
