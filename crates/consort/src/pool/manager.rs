@@ -180,7 +180,7 @@ impl Manager {
     /// running job, restart of a waiting slot, or silence limit of a worker.
     fn next_due(&self) -> Option<Instant> {
         let deadlines = self.running.values().filter_map(|(job, _)| {
-            let deadline = job.deadline?;
+            let deadline = job.spec.deadline?;
             let state = job.state();
             let at = state.dispatched_at.filter(|_| !state.timed_out)?;
             Some(at + deadline)
@@ -458,7 +458,7 @@ impl Manager {
     fn check_deadlines(&mut self) {
         let now = Instant::now();
         for (job, _) in self.running.values() {
-            let Some(deadline) = job.deadline else {
+            let Some(deadline) = job.spec.deadline else {
                 continue;
             };
             let attempt = {
@@ -472,7 +472,7 @@ impl Manager {
                 }
             };
             if let Some(attempt) = attempt {
-                attempt.cancel_hard(job.cancel_grace);
+                attempt.cancel_hard(job.spec.cancel_grace);
             }
         }
     }
@@ -518,8 +518,8 @@ impl Manager {
         }
         let mut builder = member
             .service
-            .task(job.script.clone())
-            .inputs(job.inputs.clone());
+            .task(job.spec.script.clone())
+            .inputs(job.spec.inputs.clone());
         // With listeners, the attempt's events are forwarded; without, only its end
         // matters, and a hook reports it without the dispatcher's thread hop.
         let listened = job.core.has_listeners();
@@ -529,7 +529,7 @@ impl Manager {
             builder =
                 builder.listen(move |event| forward_event(&forward, &wake, service_id, event));
         }
-        if let Some(queue) = &job.queue {
+        if let Some(queue) = &job.spec.queue {
             builder = builder.queue(queue.clone());
         }
         match builder.submit() {
@@ -657,7 +657,7 @@ impl Manager {
             let retry = state == TaskState::Crashed
                 && !job_state.timed_out
                 && !job_state.cancel_requested
-                && job_state.n_attempts <= job.retries
+                && job_state.n_attempts <= job.spec.retries
                 && !self.queue.is_closed();
             (
                 job_state.timed_out,
@@ -665,7 +665,7 @@ impl Manager {
             )
         };
         if timed_out && state != TaskState::Complete && state != TaskState::Failed {
-            let deadline = job.deadline.unwrap_or_default();
+            let deadline = job.spec.deadline.unwrap_or_default();
             job.finish(
                 TaskState::TimedOut,
                 Err(TaskError::DeadlinePassed(deadline)),

@@ -22,13 +22,8 @@ use crate::task::{Route, Task, TaskCore, TaskError, TaskState};
 /// One pool task: its core, what to run, and which attempt runs it.
 pub(crate) struct PoolJob {
     pub(crate) core: Arc<TaskCore>,
-    pub(crate) script: String,
-    pub(crate) inputs: Args,
-    pub(crate) queue: Option<String>,
-    pub(crate) retries: u32,
-    pub(crate) deadline: Option<Duration>,
-    pub(crate) cancel_grace: Duration,
-    pub(crate) state: Mutex<JobState>,
+    pub(crate) spec: JobSpec,
+    state: Mutex<JobState>,
     /// The queue, to leave it when cancelled while waiting there.
     waits_in: Weak<JobQueue>,
 }
@@ -68,12 +63,7 @@ impl PoolJob {
     pub(crate) fn new(core: Arc<TaskCore>, spec: JobSpec, waits_in: &Arc<JobQueue>) -> PoolJob {
         PoolJob {
             core,
-            script: spec.script,
-            inputs: spec.inputs,
-            queue: spec.queue,
-            retries: spec.retries,
-            deadline: spec.deadline,
-            cancel_grace: spec.cancel_grace,
+            spec,
             state: Mutex::new(JobState::default()),
             waits_in: Arc::downgrade(waits_in),
         }
