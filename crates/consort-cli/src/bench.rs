@@ -13,7 +13,7 @@ use clap::{Args, Subcommand};
 use consort::{EventKind, TaskError, TaskState};
 use serde_json::json;
 
-use crate::WorkerArgs;
+use crate::args::{EnvArgs, Recipe, WorkerArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
@@ -34,6 +34,8 @@ pub enum BenchCmd {
 pub struct RoundtripArgs {
     #[command(flatten)]
     worker: WorkerArgs,
+    #[command(flatten)]
+    env: EnvArgs,
     /// How many tasks to time.
     #[arg(long, default_value_t = 1000)]
     tasks: usize,
@@ -56,6 +58,8 @@ pub struct RoundtripArgs {
 pub struct CrashArgs {
     #[command(flatten)]
     worker: WorkerArgs,
+    #[command(flatten)]
+    env: EnvArgs,
     /// How many kills.
     #[arg(long, default_value_t = 20)]
     kills: usize,
@@ -82,16 +86,16 @@ fn roundtrip(args: &RoundtripArgs) -> anyhow::Result<()> {
     if args.tasks == 0 || args.concurrency == 0 {
         bail!("--tasks and --concurrency must be at least 1");
     }
+    let recipe = args.worker.recipe(Some(&args.env))?;
     let script = args.script.clone().unwrap_or_else(|| {
-        if args.worker.is_python() {
+        if recipe.is_python() {
             "task.outputs['result'] = 1".to_owned()
         } else {
             "echo".to_owned()
         }
     });
-    let builder = args.worker.builder()?;
     let started = Instant::now();
-    let service = builder.start().context("starting the worker")?;
+    let service = recipe.builder.start().context("starting the worker")?;
     service
         .task(script.clone())
         .submit()?
@@ -140,10 +144,9 @@ fn roundtrip(args: &RoundtripArgs) -> anyhow::Result<()> {
 
     // References measured in the same run.
     let pipe_p50_us = pipe_ping_pong(2000)?.as_secs_f64() * 1e6;
-    let python_start_ms = if args.worker.is_python() {
-        Some(bare_python_start(&args.worker.python, 5)?.as_secs_f64() * 1e3)
-    } else {
-        None
+    let python_start_ms = match recipe.python_command() {
+        Some(_) => Some(bare_python_start(&recipe, 5)?.as_secs_f64() * 1e3),
+        None => None,
     };
 
     if args.json {
@@ -159,7 +162,7 @@ fn roundtrip(args: &RoundtripArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "{} tasks ({} in flight) on `{}`: {tasks_per_s:.0} tasks/s, p50 {p50_us:.1} µs, p99 {p99_us:.1} µs",
-            args.tasks, args.concurrency, args.worker.worker
+            args.tasks, args.concurrency, recipe.label
         );
         println!("complete {complete}, failed {failed}, crashed {crashed}, hung {hung}");
         println!("start to first completion: {start_ms:.1} ms");
@@ -175,13 +178,14 @@ fn crash(args: &CrashArgs) -> anyhow::Result<()> {
     if args.kills == 0 {
         bail!("--kills must be at least 1");
     }
+    let recipe = args.worker.recipe(Some(&args.env))?;
     let (script, inputs) = match &args.script {
         Some(script) => (script.clone(), json!({})),
-        None if args.worker.is_python() => ("import time\ntime.sleep(3600)".to_owned(), json!({})),
+        None if recipe.is_python() => ("import time\ntime.sleep(3600)".to_owned(), json!({})),
         None => ("sleep".to_owned(), json!({"seconds": 3600})),
     };
     let inputs = inputs.as_object().cloned().unwrap_or_default();
-    let builder = args.worker.builder()?;
+    let builder = &recipe.builder;
     let mut delays = Vec::with_capacity(args.kills);
     for _ in 0..args.kills {
         let service = builder.start().context("starting the worker")?;
@@ -238,7 +242,7 @@ fn crash(args: &CrashArgs) -> anyhow::Result<()> {
     // The floor, in the same run: SIGKILL to reap of a bare interpreter (or of `sleep`),
     // with no supervisor in between. Most of a crash's latency is the kernel ending the
     // process, which grows with the process.
-    let floor_ms = kill_to_reap_floor(&args.worker, args.kills.min(20))?.as_secs_f64() * 1e3;
+    let floor_ms = kill_to_reap_floor(&recipe, args.kills.min(20))?.as_secs_f64() * 1e3;
     if args.json {
         println!(
             "{}",
@@ -249,7 +253,7 @@ fn crash(args: &CrashArgs) -> anyhow::Result<()> {
         println!(
             "{} kills of `{}`: SIGKILL to CRASHED p50 {p50:.3} ms, p99 {p99:.3} ms, max {max:.3} ms",
             delays.len(),
-            args.worker.worker
+            recipe.label
         );
         println!(
             "reference, SIGKILL to reap of a bare process, no supervisor: p50 {floor_ms:.3} ms"
@@ -260,11 +264,10 @@ fn crash(args: &CrashArgs) -> anyhow::Result<()> {
 
 /// The median time from SIGKILL to `waitpid` returning, for a bare process that waits:
 /// `python -c 'import time; time.sleep(3600)'` for Python workers, `sleep 3600` otherwise.
-fn kill_to_reap_floor(worker: &WorkerArgs, runs: usize) -> anyhow::Result<Duration> {
+fn kill_to_reap_floor(recipe: &Recipe, runs: usize) -> anyhow::Result<Duration> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
-        let mut command = if worker.is_python() {
-            let mut command = Command::new(&worker.python);
+        let mut command = if let Some(mut command) = recipe.python_command() {
             command.args([
                 "-c",
                 "import sys, time; sys.stdout.write('up\\n'); sys.stdout.flush(); time.sleep(3600)",
@@ -324,17 +327,20 @@ fn pipe_ping_pong(rounds: usize) -> anyhow::Result<Duration> {
     Ok(percentile(&times, 0.5))
 }
 
-/// The median time to start and end `python -c pass`.
-pub(crate) fn bare_python_start(python: &std::ffi::OsStr, runs: usize) -> anyhow::Result<Duration> {
+/// The median time to start and end `python -c pass`, with the worker's interpreter.
+pub(crate) fn bare_python_start(recipe: &Recipe, runs: usize) -> anyhow::Result<Duration> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
+        let mut command = recipe
+            .python_command()
+            .context("the worker has no Python interpreter")?;
+        command.args(["-c", "pass"]);
         let begin = Instant::now();
-        let status = Command::new(python)
-            .args(["-c", "pass"])
+        let status = command
             .status()
-            .with_context(|| format!("running {python:?} -c pass"))?;
+            .with_context(|| format!("running {:?} -c pass", command.get_program()))?;
         if !status.success() {
-            bail!("{python:?} -c pass failed: {status}");
+            bail!("{:?} -c pass failed: {status}", command.get_program());
         }
         times.push(begin.elapsed());
     }

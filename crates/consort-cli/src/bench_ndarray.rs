@@ -9,12 +9,14 @@ use clap::Args;
 use consort::shm::bench::{self, NdarrayOptions};
 use serde_json::json;
 
-use crate::WorkerArgs;
+use crate::args::{EnvArgs, WorkerArgs};
 
 #[derive(Debug, Args)]
 pub struct NdarrayArgs {
     #[command(flatten)]
     worker: WorkerArgs,
+    #[command(flatten)]
+    env: EnvArgs,
     /// The array's size in MiB.
     #[arg(long, default_value_t = 64)]
     mib: usize,
@@ -40,11 +42,8 @@ pub fn run(args: &NdarrayArgs) -> anyhow::Result<()> {
     let mut options = NdarrayOptions::new(args.mib);
     options.repeats = args.repeats;
     options.inline_max_mib = args.inline_max_mib;
-    let service = args
-        .worker
-        .builder()?
-        .start()
-        .context("starting the worker")?;
+    let recipe = args.worker.recipe(Some(&args.env))?;
+    let service = recipe.builder.start().context("starting the worker")?;
     let report = bench::ndarray(&service, &options)?;
     service.close();
 
@@ -52,7 +51,7 @@ pub fn run(args: &NdarrayArgs) -> anyhow::Result<()> {
     let inline_vs_shm = report.inline_ms.map(|inline_ms| inline_ms / report.shm_ms);
     if args.json {
         let mut object = serde_json::to_value(&report)?;
-        object["worker"] = json!(args.worker.worker);
+        object["worker"] = json!(recipe.label);
         object["repeats"] = json!(args.repeats);
         object["copy_vs_memcpy"] = json!(copy_vs_memcpy);
         object["inline_vs_shm"] = json!(inline_vs_shm);
@@ -61,7 +60,7 @@ pub fn run(args: &NdarrayArgs) -> anyhow::Result<()> {
     }
     println!(
         "{} MiB float32 array, summed by `{}`, best of {}:",
-        report.mib, args.worker.worker, args.repeats
+        report.mib, recipe.label, args.repeats
     );
     println!(
         "  shared memory: {:10.1} ms  (the worker's own pass over the data: {:.1} ms)",

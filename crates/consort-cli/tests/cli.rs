@@ -135,6 +135,28 @@ fn a_timeout_honoured_by_the_script_also_exits_124() {
 }
 
 #[test]
+fn a_timeout_that_is_not_a_positive_duration_is_a_usage_error_naming_it() {
+    let _watchdog = Watchdog::new("cli-bad-timeout", Duration::from_secs(60));
+    for command in ["run", "map"] {
+        for bad in ["0", "-1", "nan", "1e30"] {
+            // Refused while parsing, before any worker starts.
+            let output = consort()
+                .args([command, "--timeout", bad, "x"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run consort");
+            let text = stderr(&output);
+            assert_eq!(output.status.code(), Some(2), "{command} {bad}: {text}");
+            assert!(
+                text.contains(&format!("invalid value '{bad}' for '--timeout <SECS>'")),
+                "{command} {bad}: {text}"
+            );
+            assert!(output.stdout.is_empty(), "{command} {bad}");
+        }
+    }
+}
+
+#[test]
 fn events_are_json_lines_ending_with_the_completion() {
     let _watchdog = Watchdog::new("cli-events", Duration::from_secs(60));
     let output = run("consort", &["--events", "task.update('m', current=1); 5"]);
