@@ -12,9 +12,6 @@ use clap::{Parser, Subcommand};
 
 mod args;
 mod bench;
-mod bench_cache;
-mod bench_ndarray;
-mod bench_pool;
 mod cache;
 mod env;
 mod exit;

@@ -2,7 +2,8 @@
 //! (`concurrent.futures.ProcessPoolExecutor` and `loky`), same worker count, same run, and
 //! the time from a worker's SIGKILL to its replacement taking a task.
 //!
-//! The Python side is `scripts/bench-pool.py`, embedded and run with `--python`.
+//! The Python side is `pool.py` beside this file, embedded and run with the worker's
+//! interpreter.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,11 +13,12 @@ use clap::Args;
 use consort::{Args as Inputs, EventKind, Pool, TaskState};
 use serde_json::{json, Value};
 
+use super::reference::bare_python_start;
 use crate::args::{EnvArgs, Recipe, WorkerArgs};
 
-const PYTHON_SIDE: &str = include_str!("../../../scripts/bench-pool.py");
+const PYTHON_SIDE: &str = include_str!("pool.py");
 
-/// Scripts for the consort side, the same work as `bench-pool.py`'s functions.
+/// Scripts for the consort side, the same work as `pool.py`'s functions.
 const TINY: &str = "task.outputs['result'] = 1";
 const CPU_1MS: &str = "import time\nend = time.perf_counter() + 0.001\n\
                        while time.perf_counter() < end:\n    pass\ntask.outputs['result'] = 1";
@@ -58,7 +60,7 @@ pub fn run(args: &PoolArgs) -> anyhow::Result<()> {
     pool.close();
     let respawn_plain = respawn(args, &recipe, false)?;
     let respawn_spare = respawn(args, &recipe, true)?;
-    let python_start = crate::bench::bare_python_start(&recipe, 10)?;
+    let python_start = bare_python_start(&recipe, 10)?;
     let python_side = python_pools(args, &recipe)?;
     let get = |key: &str| python_side.get(key).and_then(Value::as_f64);
     let ms = |duration: Duration| duration.as_secs_f64() * 1e3;
@@ -177,7 +179,7 @@ fn respawn(args: &PoolArgs, recipe: &Recipe, spare: bool) -> anyhow::Result<Dura
     Ok(times[times.len() / 2])
 }
 
-/// The Python pools' rates, from `scripts/bench-pool.py`.
+/// The Python pools' rates, from `pool.py`.
 fn python_pools(args: &PoolArgs, recipe: &Recipe) -> anyhow::Result<Value> {
     let mut command = recipe
         .python_command()

@@ -1,0 +1,156 @@
+//! The reference points every benchmark measures in its own run, beside its figures: a
+//! pipe ping-pong, a bare interpreter's start, the kill-to-reap floor of a bare process,
+//! and the percentile that reports them.
+//!
+//! These machines are shared and their speed varies by 2× from one minute to the next, so
+//! only ratios to a reference taken in the same run mean anything.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::args::Recipe;
+
+/// The element at `fraction` (0 to 1) of `sorted`, nearest rank; zero when empty.
+pub fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() - 1) as f64 * fraction).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// The median of a 32-byte line's round trip through `cat`: the floor for any pipe
+/// protocol here.
+pub fn pipe_ping_pong(rounds: usize) -> anyhow::Result<Duration> {
+    let mut child = Command::new("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting `cat` for the pipe reference")?;
+    let mut input = child.stdin.take().context("cat stdin")?;
+    let mut output = BufReader::new(child.stdout.take().context("cat stdout")?);
+    let message = b"0123456789abcdef0123456789abcde\n";
+    let mut line = Vec::with_capacity(64);
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let begin = Instant::now();
+        input.write_all(message)?;
+        input.flush()?;
+        line.clear();
+        output.read_until(b'\n', &mut line)?;
+        times.push(begin.elapsed());
+    }
+    drop(input);
+    child.wait()?;
+    times.sort_unstable();
+    Ok(percentile(&times, 0.5))
+}
+
+/// The median time to start and end `python -c pass` with the worker's interpreter.
+///
+/// # Errors
+/// When the worker is not a Python worker, or the interpreter does not run.
+pub fn bare_python_start(recipe: &Recipe, runs: usize) -> anyhow::Result<Duration> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let mut command = recipe
+            .python_command()
+            .context("the worker has no Python interpreter")?;
+        command.args(["-c", "pass"]);
+        let begin = Instant::now();
+        let status = command
+            .status()
+            .with_context(|| format!("running {:?} -c pass", command.get_program()))?;
+        if !status.success() {
+            bail!("{:?} -c pass failed: {status}", command.get_program());
+        }
+        times.push(begin.elapsed());
+    }
+    times.sort_unstable();
+    Ok(percentile(&times, 0.5))
+}
+
+/// The median kill-to-reap time of a bare process that waits, with no supervisor:
+/// `python -c 'import time; time.sleep(3600)'` with the worker's interpreter for Python
+/// workers, `sleep 3600` otherwise. (What `floor_p50_ms` measured before it was taken on
+/// the worker itself.)
+pub fn bare_kill_to_reap(recipe: &Recipe, runs: usize) -> anyhow::Result<Duration> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let command = match recipe.python_command() {
+            Some(mut command) => {
+                command.args([
+                    "-c",
+                    "import sys, time; sys.stdout.write('up\\n'); sys.stdout.flush(); time.sleep(3600)",
+                ]);
+                command
+            }
+            None => {
+                let mut command = Command::new("sh");
+                command.args(["-c", "echo up; exec sleep 3600"]);
+                command
+            }
+        };
+        let mut child = Reaped(spawn_with_stdout(command, "the reference process")?);
+        let stdout = child.0.stdout.take().context("reference stdout")?;
+        await_line(stdout, Duration::from_secs(60), |line| line == "up")?;
+        times.push(kill_and_reap(&mut child.0)?);
+    }
+    times.sort_unstable();
+    Ok(percentile(&times, 0.5))
+}
+
+/// A child killed and reaped when dropped, so that no reference process outlives an
+/// error (it is also in a process group of its own and dies with this process on Linux).
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `command` with stdout piped, dying with this process.
+fn spawn_with_stdout(mut command: Command, what: &str) -> anyhow::Result<Child> {
+    command.stdout(Stdio::piped());
+    consort::sys::isolate_child(&mut command);
+    command
+        .spawn()
+        .with_context(|| format!("starting {what} ({:?})", command.get_program()))
+}
+
+/// Reads lines of `stdout` on a thread until one satisfies `wanted`, for up to `limit`.
+/// The thread ends when the child's stdout closes, that is when the child dies.
+fn await_line(
+    stdout: std::process::ChildStdout,
+    limit: Duration,
+    wanted: impl Fn(&str) -> bool + Send + 'static,
+) -> anyhow::Result<()> {
+    let (found_tx, found) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if wanted(line.trim_end()) {
+                let _ = found_tx.send(());
+                // Keep reading, so the child never blocks on a full pipe before its kill.
+                continue;
+            }
+        }
+    });
+    match found.recv_timeout(limit) {
+        Ok(()) => Ok(()),
+        Err(_) => bail!("no such line within {limit:?}"),
+    }
+}
+
+/// SIGKILL, then `waitpid`: the time between the two.
+fn kill_and_reap(child: &mut Child) -> anyhow::Result<Duration> {
+    let begin = Instant::now();
+    child.kill()?;
+    child.wait()?;
+    Ok(begin.elapsed())
+}
