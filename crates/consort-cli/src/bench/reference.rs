@@ -1,6 +1,6 @@
 //! The reference points every benchmark measures in its own run, beside its figures: a
 //! pipe ping-pong, a bare interpreter's start, the kill-to-reap floor of a bare process,
-//! and the percentile that reports them.
+//! a `memcpy`, and the percentile that reports them.
 //!
 //! These machines are shared and their speed varies by 2× from one minute to the next, so
 //! only ratios to a reference taken in the same run mean anything.
@@ -101,6 +101,21 @@ pub fn bare_kill_to_reap(recipe: &Recipe, runs: usize) -> anyhow::Result<Duratio
     }
     times.sort_unstable();
     Ok(percentile(&times, 0.5))
+}
+
+/// The best of `repeats` copies of `source` in this process, in GB/s: the reference for a
+/// worker's copy out of shared memory. The target is written once first, so that every
+/// page is present before timing, as the worker's is.
+pub fn memcpy_gbps(source: &[u8], repeats: usize) -> f64 {
+    let mut target = vec![1u8; source.len()];
+    let mut best = Duration::MAX;
+    for _ in 0..repeats.max(1) {
+        let started = Instant::now();
+        target.copy_from_slice(std::hint::black_box(source));
+        std::hint::black_box(&mut target);
+        best = best.min(started.elapsed());
+    }
+    source.len() as f64 / best.as_secs_f64() / 1e9
 }
 
 /// A child killed and reaped when dropped, so that no reference process outlives an
