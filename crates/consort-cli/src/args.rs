@@ -1,7 +1,7 @@
 //! The arguments that several commands share, each defined once: the worker (`--worker`,
 //! `--python`), its environment (`--env`, `--with`), the script (`SCRIPT | -f FILE`, `-f -`
 //! for stdin) and the `--timeout` parser; and [`Recipe`], what the worker arguments
-//! resolve to.
+//! resolve to: the service recipe and the very command it runs.
 //!
 //! The library's worker constructors are named here and nowhere else in the CLI, so that
 //! a rename in the library touches one file.
@@ -118,13 +118,15 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// A worker to start: the service recipe and its interpreter.
+/// A worker to start: the service recipe, the command it runs, and its interpreter.
 #[derive(Debug)]
 pub struct Recipe {
     /// The service recipe (the worker's command, its environment, its working directory).
     pub builder: ServiceBuilder,
     /// The `--worker` value, to name the worker in reports.
     pub label: String,
+    /// The command `builder` runs, kept to start the same worker without a supervisor.
+    command: Command,
     /// The Python interpreter of a Python worker, and the environment it runs in.
     python: Option<(OsString, Option<Environment>)>,
 }
@@ -192,14 +194,21 @@ impl WorkerArgs {
 
     fn finish(&self, command: Command, python: Option<(OsString, Option<Environment>)>) -> Recipe {
         Recipe {
-            builder: Service::new(command),
+            builder: Service::new(copy(&command)),
             label: self.worker.clone(),
+            command,
             python,
         }
     }
 }
 
 impl Recipe {
+    /// A new copy of the command the service runs: the same program, arguments,
+    /// variables and working directory, with no supervisor around it.
+    pub fn command(&self) -> Command {
+        copy(&self.command)
+    }
+
     /// Whether the worker runs Python scripts.
     pub fn is_python(&self) -> bool {
         self.python.is_some()
@@ -233,6 +242,23 @@ fn command_line(line: &str) -> anyhow::Result<Command> {
     let mut command = Command::new(program);
     command.args(args);
     Ok(command)
+}
+
+/// A copy of `command` as far as a service sees it: program, arguments, variables set or
+/// removed, working directory (what `Service::new` takes from a command).
+fn copy(command: &Command) -> Command {
+    let mut out = Command::new(command.get_program());
+    out.args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => out.env(key, value),
+            None => out.env_remove(key),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        out.current_dir(dir);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -374,10 +374,52 @@ fn bench_json_has_the_documented_keys() {
         .expect("bench crash");
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
-    for key in ["p50_ms", "p99_ms", "max_ms", "kills"] {
+    for key in ["p50_ms", "p99_ms", "max_ms", "kills", "floor_p50_ms"] {
         assert!(report.get(key).is_some(), "missing {key} in {report}");
     }
     assert_eq!(report["kills"], 2);
+}
+
+#[test]
+fn bench_crash_measures_its_floor_on_the_same_worker() {
+    let _watchdog = Watchdog::new("cli-bench-crash-floor", Duration::from_secs(120));
+    for worker in ["consort", "appose"] {
+        let output = consort()
+            .args([
+                "bench", "crash", "--kills", "2", "--json", "--worker", worker,
+            ])
+            .arg("--python")
+            .arg(python())
+            .output()
+            .expect("bench crash");
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{worker}: {}",
+            stderr(&output)
+        );
+        let report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        // The floor names the worker it was measured on: the one under test, run from
+        // the same command (here, the test Python), not a bare interpreter.
+        assert_eq!(report["floor_worker"], worker, "{report}");
+        assert_eq!(
+            report["floor_program"].as_str(),
+            python().to_str(),
+            "{report}"
+        );
+        for key in [
+            "floor_p50_ms",
+            "floor_p99_ms",
+            "floor_bare_p50_ms",
+            "above_floor_p50_ms",
+        ] {
+            let value = report[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{worker}: {key} in {report}"));
+            assert!(value.is_finite(), "{worker}: {key} in {report}");
+        }
+        assert!(report["floor_p50_ms"].as_f64() > Some(0.0), "{report}");
+    }
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The `--timeout` parser's limits, and that the recipes built from a command are the
-//! library's own.
+//! library's own (so the crash floor runs the very worker the service runs).
 
 use std::time::Duration;
 
@@ -40,6 +40,13 @@ fn the_python_recipes_are_the_librarys_own() {
         format!("{:?}", Service::python("python3"))
     );
     assert!(consort.is_python() && appose.is_python());
+    // The command kept for the floor is the one the builder runs.
+    for recipe in [&consort, &appose] {
+        assert_eq!(
+            format!("{:?}", Service::new(recipe.command())),
+            format!("{:?}", recipe.builder)
+        );
+    }
 }
 
 #[test]
@@ -85,6 +92,11 @@ fn in_an_environment_the_recipes_are_the_environments_own() {
         assert_eq!(
             format!("{:?}", recipe.builder),
             format!("{:?}", expected.with_cwd(&cwd)),
+            "{name}"
+        );
+        assert_eq!(
+            format!("{:?}", Service::new(recipe.command())),
+            format!("{:?}", recipe.builder),
             "{name}"
         );
         let reference = recipe.python_command().expect("a Python worker");

@@ -1,6 +1,6 @@
 //! The reference points every benchmark measures in its own run, beside its figures: a
-//! pipe ping-pong, a bare interpreter's start, the kill-to-reap floor of a bare process,
-//! a `memcpy`, and the percentile that reports them.
+//! pipe ping-pong, a bare interpreter's start, the kill-to-reap floor of the very worker
+//! under test and of a bare process, a `memcpy`, and the percentile that reports them.
 //!
 //! These machines are shared and their speed varies by 2× from one minute to the next, so
 //! only ratios to a reference taken in the same run mean anything.
@@ -10,6 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use consort::protocol::{Request, TaskId};
+use consort::Args;
+use serde_json::Value;
 
 use crate::args::Recipe;
 
@@ -71,6 +74,53 @@ pub fn bare_python_start(recipe: &Recipe, runs: usize) -> anyhow::Result<Duratio
     }
     times.sort_unstable();
     Ok(percentile(&times, 0.5))
+}
+
+/// Kill-to-reap times of the very worker command the service runs, with no supervisor:
+/// plain pipes, one EXECUTE request of `script` written to its stdin, its LAUNCH line
+/// awaited on stdout, then SIGKILL, timed until `waitpid` returns. Sorted.
+///
+/// This is the physical limit of crash detection for that worker: the kernel ending the
+/// process, which grows with the process (Appose's worker takes longer to die than a bare
+/// interpreter).
+///
+/// # Errors
+/// When the worker cannot be started or does not send LAUNCH within `launch_limit`.
+pub fn worker_kill_to_reap(
+    recipe: &Recipe,
+    script: &str,
+    inputs: &Args,
+    runs: usize,
+    launch_limit: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    let request = Request::Execute {
+        task: TaskId::new("consort-bench-floor"),
+        script: script.to_owned(),
+        inputs: inputs.clone(),
+        queue: None,
+    };
+    let mut line = request.encode();
+    line.push('\n');
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let mut command = recipe.command();
+        command.stdin(Stdio::piped()).stderr(Stdio::null());
+        let mut child = Reaped(spawn_with_stdout(command, "the worker")?);
+        let mut stdin = child.0.stdin.take().context("the worker's stdin")?;
+        stdin.write_all(line.as_bytes())?;
+        stdin.flush()?;
+        let stdout = child.0.stdout.take().context("the worker's stdout")?;
+        await_line(stdout, launch_limit, |line| {
+            serde_json::from_str::<Value>(line)
+                .is_ok_and(|response| response["responseType"] == "LAUNCH")
+        })
+        .context("the worker did not LAUNCH the waiting task")?;
+        times.push(kill_and_reap(&mut child.0)?);
+        // The worker's stdin stays open until it is dead, as under a service.
+        drop(stdin);
+    }
+    times.sort_unstable();
+    Ok(times)
 }
 
 /// The median kill-to-reap time of a bare process that waits, with no supervisor:
