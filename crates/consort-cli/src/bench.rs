@@ -6,8 +6,11 @@
 
 use clap::Subcommand;
 
+use crate::args::{EnvArgs, WorkerArgs};
+
 mod cache;
 mod crash;
+mod idle;
 mod ndarray;
 mod pool;
 mod reference;
@@ -26,6 +29,16 @@ pub enum BenchCmd {
     Ndarray(ndarray::NdarrayArgs),
     /// consort-cache gets and inserts against LMDB, moka and Redis, side by side.
     Cache(cache::CacheBenchArgs),
+    /// What idle costs: CPU of consort and of its workers over a service whose one task
+    /// sleeps, then over an idle pool.
+    Idle {
+        #[command(flatten)]
+        worker: WorkerArgs,
+        #[command(flatten)]
+        env: EnvArgs,
+        #[command(flatten)]
+        idle: idle::IdleArgs,
+    },
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
@@ -35,5 +48,11 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Crash(args) => crash::run(&args),
         BenchCmd::Ndarray(args) => ndarray::run(&args),
         BenchCmd::Cache(args) => cache::run(&args),
+        // `idle` takes the recipe rather than the arguments: it stays one file that an
+        // older consort-cli can also run (see its header).
+        BenchCmd::Idle { worker, env, idle } => {
+            let recipe = worker.recipe(Some(&env))?;
+            idle::run(&idle, &recipe.builder, recipe.is_python(), &recipe.label)
+        }
     }
 }

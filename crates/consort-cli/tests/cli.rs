@@ -423,6 +423,39 @@ fn bench_crash_measures_its_floor_on_the_same_worker() {
 }
 
 #[test]
+fn bench_idle_reports_the_cpu_of_each_phase() {
+    let _watchdog = Watchdog::new("cli-bench-idle", Duration::from_secs(120));
+    let output = consort()
+        .args(["bench", "idle", "--secs", "1", "--workers", "2", "--json"])
+        .arg("--python")
+        .arg(python())
+        .output()
+        .expect("bench idle");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(report["secs"], 1.0, "{report}");
+    assert_eq!(report["workers"], 2, "{report}");
+    assert_eq!(report["pool_workers_measured"], 2, "{report}");
+    for key in [
+        "service_cpu_s",
+        "service_worker_cpu_s",
+        "pool_cpu_s",
+        "pool_workers_cpu_s",
+    ] {
+        let value = report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} in {report}"));
+        assert!(value >= 0.0 && value.is_finite(), "{key} in {report}");
+    }
+    let output = consort()
+        .args(["bench", "idle", "--secs", "0", "--json"])
+        .output()
+        .expect("bench idle");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--secs"), "{}", stderr(&output));
+}
+
+#[test]
 fn worker_python_serves_appose_requests_on_stdin_and_stdout() {
     let _watchdog = Watchdog::new("cli-worker", Duration::from_secs(60));
     let mut child = consort()
