@@ -412,6 +412,7 @@ fn bench_crash_measures_its_floor_on_the_same_worker() {
             "floor_p99_ms",
             "floor_bare_p50_ms",
             "above_floor_p50_ms",
+            "floor_settle_ms",
         ] {
             let value = report[key]
                 .as_f64()

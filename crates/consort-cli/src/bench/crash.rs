@@ -16,6 +16,10 @@ use crate::args::{EnvArgs, ScriptArgs, WorkerArgs};
 /// How long a worker gets to start and LAUNCH the waiting task.
 const LAUNCH_LIMIT: Duration = Duration::from_secs(60);
 
+/// How long the floor's worker runs its task before the kill: long enough to be past the
+/// threads a worker starts at a task's launch (see `worker_kill_to_reap`).
+const FLOOR_SETTLE: Duration = Duration::from_millis(10);
+
 #[derive(Debug, Args)]
 #[command(mut_arg("script", |arg| arg.help(
     "The waiting task's script (default: a long sleep, for Python workers and for \
@@ -101,11 +105,18 @@ pub fn run(args: &CrashArgs) -> anyhow::Result<()> {
         ms(percentile(&delays, 0.99)),
         ms(*delays.last().unwrap_or(&Duration::ZERO)),
     );
-    // The floor, in the same run: SIGKILL to reap of the very worker command, mid-task,
-    // with no supervisor in between. Most of a crash's latency is the kernel ending the
+    // The floor, in the same run: SIGKILL to reap of the very worker command, mid-task
+    // (FLOOR_SETTLE after its LAUNCH), with no supervisor in between. Most of a crash's latency is the kernel ending the
     // process, which grows with the process; what is above the floor is consort's.
     let n_floor = args.kills.min(20);
-    let floor = worker_kill_to_reap(&recipe, &script, &inputs, n_floor, LAUNCH_LIMIT)?;
+    let floor = worker_kill_to_reap(
+        &recipe,
+        &script,
+        &inputs,
+        n_floor,
+        LAUNCH_LIMIT,
+        FLOOR_SETTLE,
+    )?;
     let (floor_p50, floor_p99) = (ms(percentile(&floor, 0.50)), ms(percentile(&floor, 0.99)));
     // And of a bare process that waits (an interpreter, or `sleep`): the floor as it was
     // measured before, to show what the worker's own size adds.
@@ -121,6 +132,7 @@ pub fn run(args: &CrashArgs) -> anyhow::Result<()> {
             json!({"p50_ms": p50, "p99_ms": p99, "max_ms": max, "kills": delays.len(),
                    "floor_p50_ms": floor_p50, "floor_p99_ms": floor_p99,
                    "floor_worker": recipe.label, "floor_program": program,
+                   "floor_settle_ms": ms(FLOOR_SETTLE),
                    "floor_bare_p50_ms": bare_p50, "above_floor_p50_ms": p50 - floor_p50})
         );
     } else {

@@ -78,11 +78,16 @@ pub fn bare_python_start(recipe: &Recipe, runs: usize) -> anyhow::Result<Duratio
 
 /// Kill-to-reap times of the very worker command the service runs, with no supervisor:
 /// plain pipes, one EXECUTE request of `script` written to its stdin, its LAUNCH line
-/// awaited on stdout, then SIGKILL, timed until `waitpid` returns. Sorted.
+/// awaited on stdout, `settle` left to pass, then SIGKILL, timed until `waitpid` returns.
+/// Sorted.
 ///
 /// This is the physical limit of crash detection for that worker: the kernel ending the
 /// process, which grows with the process (Appose's worker takes longer to die than a bare
-/// interpreter).
+/// interpreter). The settling matters: right after its LAUNCH a worker may still be
+/// starting a thread (Appose's worker runs each task on a new one; the Rust SDK hands
+/// stdin to a new reader after 1 ms), and a kill then takes up to twice as long
+/// (measured here: Appose's worker 3.4-5.0 ms at once against 1.9-2.3 ms 5-20 ms later,
+/// `echo_worker` 0.7-1.5 ms against 0.15-0.3 ms), a moment a real task spends little of.
 ///
 /// # Errors
 /// When the worker cannot be started or does not send LAUNCH within `launch_limit`.
@@ -92,6 +97,7 @@ pub fn worker_kill_to_reap(
     inputs: &Args,
     runs: usize,
     launch_limit: Duration,
+    settle: Duration,
 ) -> anyhow::Result<Vec<Duration>> {
     let request = Request::Execute {
         task: TaskId::new("consort-bench-floor"),
@@ -115,6 +121,7 @@ pub fn worker_kill_to_reap(
                 .is_ok_and(|response| response["responseType"] == "LAUNCH")
         })
         .context("the worker did not LAUNCH the waiting task")?;
+        std::thread::sleep(settle);
         times.push(kill_and_reap(&mut child.0)?);
         // The worker's stdin stays open until it is dead, as under a service.
         drop(stdin);
