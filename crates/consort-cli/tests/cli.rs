@@ -157,6 +157,40 @@ fn a_timeout_that_is_not_a_positive_duration_is_a_usage_error_naming_it() {
 }
 
 #[test]
+fn seconds_too_large_for_a_duration_are_usage_errors_not_panics() {
+    let _watchdog = Watchdog::new("cli-huge-seconds", Duration::from_secs(60));
+    let dir = std::env::temp_dir().join(format!("consort-cli-huge-{}", std::process::id()));
+    let dir = dir.to_str().expect("a UTF-8 temp dir");
+    let commands: [&[&str]; 2] = [
+        &["bench", "roundtrip", "--give-up", "1e30", "--tasks", "1"],
+        &[
+            "cache",
+            "torture",
+            "huge",
+            "--seconds",
+            "1e30",
+            "--dir",
+            dir,
+        ],
+    ];
+    for args in commands {
+        // Refused before any worker or cache exists.
+        let output = consort()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run consort");
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {text}");
+        assert!(
+            text.contains("1e30") && text.contains("too large"),
+            "{args:?}: {text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn events_are_json_lines_ending_with_the_completion() {
     let _watchdog = Watchdog::new("cli-events", Duration::from_secs(60));
     let output = run("consort", &["--events", "task.update('m', current=1); 5"]);

@@ -44,6 +44,12 @@ pub fn run(args: &RoundtripArgs) -> anyhow::Result<()> {
     if args.tasks == 0 || args.concurrency == 0 {
         bail!("--tasks and --concurrency must be at least 1");
     }
+    // Negative counts as 0 (give up at once), as it always has; too large is refused
+    // rather than a panic in Duration or Instant.
+    let give_up_after = Duration::try_from_secs_f64(args.give_up.max(0.0))
+        .ok()
+        .filter(|after| Instant::now().checked_add(*after).is_some())
+        .with_context(|| format!("--give-up {:?}: too large", args.give_up))?;
     let recipe = args.worker.recipe(Some(&args.env))?;
     let script = args.script.read(false)?.unwrap_or_else(|| {
         if recipe.is_python() {
@@ -61,7 +67,7 @@ pub fn run(args: &RoundtripArgs) -> anyhow::Result<()> {
         .context("the warm-up task")?;
     let start_ms = started.elapsed().as_secs_f64() * 1e3;
 
-    let give_up = Instant::now() + Duration::from_secs_f64(args.give_up.max(0.0));
+    let give_up = Instant::now() + give_up_after;
     let next = AtomicUsize::new(0);
     let latencies = Mutex::new(Vec::with_capacity(args.tasks));
     let counts = Mutex::new([0usize; 4]); // complete, failed, crashed, hung
