@@ -38,7 +38,7 @@
 //!
 //! Changes from the original, for every test:
 //! - the service is consort's `Service`. Each test runs against the real appose 0.12.0
-//!   worker (`Service::python`, the `R` rows of the report's test table) and, where the
+//!   worker (`Service::appose_python`, the `R` rows of the report's test table) and, where the
 //!   behaviour is the Appose script contract rather than an appose quirk, against consort's
 //!   own Python worker too (`consort::Service::consort_python`);
 //! - every wait is bounded (`wait_timeout`, `wait_until`) and every test runs under a

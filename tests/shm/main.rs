@@ -6,7 +6,6 @@
 
 mod appose_port;
 mod bad_input;
-mod bench;
 mod gc;
 mod interop;
 mod npy;

@@ -123,6 +123,8 @@ fn torture_run(args: &TortureArgs) -> anyhow::Result<u8> {
     if args.writers == 0 || !args.seconds.is_finite() || args.seconds <= 0.0 {
         bail!("--writers and --seconds must be positive");
     }
+    let duration = Duration::try_from_secs_f64(args.seconds)
+        .with_context(|| format!("--seconds {:?}: too large", args.seconds))?;
     let config = torture_config(args.name.dir.clone());
     let cache = Cache::open(&args.name.name, &config).with_context(|| {
         format!(
@@ -143,14 +145,8 @@ fn torture_run(args: &TortureArgs) -> anyhow::Result<u8> {
         cmd.spawn()
     };
     let keys = 2 * config.capacity as u64;
-    let report = torture::storm(
-        &cache,
-        keys,
-        args.writers,
-        Duration::from_secs_f64(args.seconds),
-        &mut spawn,
-    )
-    .context("torture")?;
+    let report =
+        torture::storm(&cache, keys, args.writers, duration, &mut spawn).context("torture")?;
     if args.name.json {
         println!(
             "{}",

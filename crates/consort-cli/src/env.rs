@@ -1,7 +1,8 @@
 //! `consort env build|delete`: environments from the command line, with a progress bar
-//! and, on request, the tool's own output; and `consort run --env DIR | --with PKG...`,
-//! which start the worker in such an environment.
+//! and, on request, the tool's own output; and the build behind `--with PKG...`, which
+//! starts a worker (of `run`, `map`, `bench`) in such an environment.
 
+use std::ffi::OsStr;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,10 +10,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use consort::env::{BuildEvent, MambaBuilder, PixiBuilder, Stream, UvBuilder};
-use consort::{Environment, ServiceBuilder};
+use consort::Environment;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::{exit, WorkerArgs};
+use crate::exit;
 
 #[derive(Debug, Subcommand)]
 pub enum EnvCmd {
@@ -78,19 +79,6 @@ pub struct BuildArgs {
     packages: Vec<String>,
 }
 
-/// `consort run`'s environment options.
-#[derive(Debug, Clone, Args)]
-pub struct EnvArgs {
-    /// Run the worker in this environment: a venv, a uv project, a pixi project or a
-    /// conda prefix.
-    #[arg(long = "env", value_name = "DIR", conflicts_with_all = ["with", "python"])]
-    env: Option<PathBuf>,
-    /// Run the worker in a uv environment with these PyPI packages (built the first
-    /// time, under the environments folder, and reused while the list is the same).
-    #[arg(long = "with", value_name = "PKG")]
-    with: Vec<String>,
-}
-
 pub fn run(cmd: EnvCmd) -> anyhow::Result<u8> {
     match cmd {
         EnvCmd::Build(args) => {
@@ -105,33 +93,21 @@ pub fn run(cmd: EnvCmd) -> anyhow::Result<u8> {
     }
 }
 
-/// The worker's recipe for `consort run`: in the environment `--env` or `--with` asks
-/// for, else as `--worker` and `--python` say.
-pub fn service_builder(worker: &WorkerArgs, env: &EnvArgs) -> anyhow::Result<ServiceBuilder> {
-    let environment = match (&env.env, env.with.is_empty()) {
-        (Some(dir), _) => Environment::wrap(dir)?,
-        (None, false) => {
-            let recipe = UvBuilder::new()
-                .packages(env.with.iter().cloned())
-                .python(worker.python.to_string_lossy());
-            let bar = progress(false);
-            let built = recipe
-                .subscribe(subscriber(bar.clone(), false, false))
-                .build();
-            bar.finish_and_clear();
-            built.context("building the --with environment")?
-        }
-        (None, true) => return worker.builder(),
-    };
-    // Appose starts workers in the environment's folder; a command line keeps the
-    // user's, so relative paths in a script mean what they mean in the shell.
-    let cwd = std::env::current_dir().context("reading the current directory")?;
-    let builder = match worker.worker.as_str() {
-        "consort" => environment.consort_python_service()?,
-        "appose" => environment.appose_python_service()?,
-        line => environment.service(WorkerArgs::command_line(line)?),
-    };
-    Ok(builder.with_cwd(cwd))
+/// The uv environment `--with PKG...` asks for, on `python`: built the first time, with a
+/// step bar on a terminal, and reused while the list is the same.
+///
+/// # Errors
+/// When the build fails.
+pub fn build_with_packages(packages: &[String], python: &OsStr) -> anyhow::Result<Environment> {
+    let recipe = UvBuilder::new()
+        .packages(packages.iter().cloned())
+        .python(python.to_string_lossy());
+    let bar = progress(false);
+    let built = recipe
+        .subscribe(subscriber(bar.clone(), false, false))
+        .build();
+    bar.finish_and_clear();
+    Ok(built?)
 }
 
 fn build(args: &BuildArgs) -> anyhow::Result<Environment> {

@@ -9,7 +9,6 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufWriter, IsTerminal, Read, Write};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -21,15 +20,24 @@ use consort::{Pool, PoolEvent, Task, TaskError};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
-use crate::{exit, WorkerArgs};
+use crate::args::{parse_timeout, EnvArgs, ScriptArgs, WorkerArgs};
+use crate::exit;
 
 /// How long a cancelled task gets to stop before its worker is killed.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("script", |arg| arg
+        .required_unless_present_any(["file", "script_option"])
+        .help("The script; each input line's keys are its variables")),
+    mut_arg("file", |arg| arg.help("Read the script from FILE (not stdin: it carries the input lines)")),
+)]
 pub struct MapArgs {
     #[command(flatten)]
     worker: WorkerArgs,
+    #[command(flatten)]
+    env: EnvArgs,
     /// How many workers (default: the number of CPUs).
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -37,23 +45,15 @@ pub struct MapArgs {
     /// failed in its script).
     #[arg(long, value_name = "R", default_value_t = 0)]
     retries: u32,
-    /// End a task that runs longer than SECS (status `timeout`; the kill escalation).
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
+    /// End a task that runs longer than SECS seconds (a number > 0, e.g. 0.5; status
+    /// `timeout`; the kill escalation).
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
+    timeout: Option<Duration>,
     /// One task per worker at a time, so a crash or a kill touches no other line.
     #[arg(long)]
     isolated: bool,
-    /// Read the script from FILE.
-    #[arg(
-        short = 'f',
-        long = "file",
-        value_name = "FILE",
-        conflicts_with = "script"
-    )]
-    file: Option<PathBuf>,
-    /// The script; each input line's keys are its variables.
-    #[arg(required_unless_present = "file")]
-    script: Option<String>,
+    #[command(flatten)]
+    script: ScriptArgs,
 }
 
 /// One input line on its way to an output line.
@@ -71,17 +71,8 @@ struct Line {
 }
 
 pub fn run(args: MapArgs) -> anyhow::Result<u8> {
-    let script = match (&args.script, &args.file) {
-        (Some(script), _) => script.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the script from {}", path.display()))?,
-        (None, None) => bail!("no script given"),
-    };
-    let deadline = match args.timeout {
-        Some(secs) if secs.is_finite() && secs > 0.0 => Some(Duration::from_secs_f64(secs)),
-        Some(secs) => bail!("--timeout must be a number of seconds > 0, not {secs}"),
-        None => None,
-    };
+    let script = args.script.read(true)?.context("no script given")?;
+    let deadline = args.timeout;
     let n_workers = match args.workers {
         Some(0) => bail!("--workers must be at least 1"),
         Some(n) => n,
@@ -93,7 +84,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
     let interrupts = Arc::new(AtomicUsize::new(0));
     crate::interrupts::watch(Arc::clone(&interrupts))?;
 
-    let mut builder = Pool::new(args.worker.builder()?, n_workers)
+    let mut builder = Pool::new(args.worker.recipe(Some(&args.env))?.builder, n_workers)
         .with_tasks_per_worker(tasks_per_worker)
         .with_queue_limit(window)
         .with_retries(args.retries)
@@ -459,6 +450,9 @@ not a JSON object gets a `failed` output line naming the problem, and the run go
 Blank lines are skipped. Workers that die are replaced; --retries sends the tasks they
 were running again. On a terminal, stderr shows a bar with the rate (and the ETA when
 stdin is a file).
+
+--timeout SECS takes a number of seconds greater than 0 (fractions allowed, e.g. 0.5);
+0, a negative number, nan, inf or a number too large for a timeout is a usage error.
 
 Exit codes:
     0    every line completed

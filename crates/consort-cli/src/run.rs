@@ -4,7 +4,7 @@
 //! after a grace period), a second kills the worker at once; either way the exit code is
 //! 130 and the worker is reaped before we exit.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -16,19 +16,42 @@ use clap::Args;
 use consort::{EventKind, TaskError, TaskEvent};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::{exit, WorkerArgs};
+use crate::args::{parse_timeout, EnvArgs, ScriptArgs, WorkerArgs};
+use crate::exit;
 
 mod arrays;
+
+/// `consort run --help`, with the exit codes.
+pub const LONG_ABOUT: &str = "\
+Run one task and print its outputs as one JSON object on stdout (compact, one line).
+
+Progress goes to stderr: a bar on a terminal, plain lines otherwise. With --events,
+every event is printed as a JSON line on stdout instead (the COMPLETION event carries
+the outputs).
+
+--timeout SECS takes a number of seconds greater than 0 (fractions allowed, e.g. 0.5);
+0, a negative number, nan, inf or a number too large for a timeout is a usage error.
+
+Exit codes:
+    0    the task completed
+    1    the task failed (or its script cancelled it)
+    2    usage error, or the worker could not be started
+    3    the worker crashed before the task ended
+  124    --timeout passed; the task was cancelled, with the kill escalation
+  130    interrupted: the first Ctrl-C cancels the task (killing the worker if it does
+         not stop within 2 s), a second Ctrl-C kills the worker at once; SIGTERM and
+         SIGHUP (the terminal closed) count as a Ctrl-C";
 
 /// How long a cancelled task gets to stop before its worker is killed.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Args)]
+#[command(mut_arg("script", |arg| arg.required_unless_present_any(["file", "script_option"])))]
 pub struct RunArgs {
     #[command(flatten)]
     worker: WorkerArgs,
     #[command(flatten)]
-    env: crate::env::EnvArgs,
+    env: EnvArgs,
     /// An input variable, as NAME=JSON (e.g. `--input x=5 --input names='["a","b"]'`), or
     /// NAME=@FILE.npy: the array is loaded into a new shared-memory block, passed as an
     /// Appose NDArray, and unlinked when the run ends.
@@ -42,44 +65,20 @@ pub struct RunArgs {
     /// Run on the worker's main thread (`main`).
     #[arg(long)]
     queue: Option<String>,
-    /// Cancel the task after this many seconds (with the kill escalation); exit 124.
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
+    /// Cancel the task after SECS seconds (a number > 0, e.g. 0.5), with the kill
+    /// escalation; exit 124.
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
+    timeout: Option<Duration>,
     /// Print every event as a JSON line on stdout instead of progress and outputs.
     #[arg(long)]
     events: bool,
-    /// Read the script from FILE (`-` for stdin).
-    #[arg(
-        short = 'f',
-        long = "file",
-        value_name = "FILE",
-        conflicts_with = "script"
-    )]
-    file: Option<PathBuf>,
-    /// The script.
-    #[arg(required_unless_present = "file")]
-    script: Option<String>,
+    #[command(flatten)]
+    script: ScriptArgs,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let script = match (&args.script, &args.file) {
-        (Some(script), _) => script.clone(),
-        (None, Some(path)) if path.as_os_str() == "-" => {
-            let mut script = String::new();
-            std::io::stdin()
-                .read_to_string(&mut script)
-                .context("reading the script from stdin")?;
-            script
-        }
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the script from {}", path.display()))?,
-        (None, None) => bail!("no script given"),
-    };
-    let timeout = match args.timeout {
-        Some(secs) if secs.is_finite() && secs >= 0.0 => Some(Duration::from_secs_f64(secs)),
-        Some(secs) => bail!("--timeout must be a number of seconds >= 0, not {secs}"),
-        None => None,
-    };
+    let script = args.script.read(false)?.context("no script given")?;
+    let timeout = args.timeout;
     if let Some(dir) = &args.save_arrays {
         arrays::check_save_dir(dir)?;
     }
@@ -93,7 +92,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         return Ok(exit::INTERRUPTED);
     }
 
-    let service = crate::env::service_builder(&args.worker, &args.env)?
+    let service = args
+        .worker
+        .recipe(Some(&args.env))?
+        .builder
         .start()
         .context("starting the worker")?;
     let (events_tx, events) = mpsc::channel::<TaskEvent>();

@@ -135,6 +135,62 @@ fn a_timeout_honoured_by_the_script_also_exits_124() {
 }
 
 #[test]
+fn a_timeout_that_is_not_a_positive_duration_is_a_usage_error_naming_it() {
+    let _watchdog = Watchdog::new("cli-bad-timeout", Duration::from_secs(60));
+    for command in ["run", "map"] {
+        for bad in ["0", "-1", "nan", "1e30"] {
+            // Refused while parsing, before any worker starts.
+            let output = consort()
+                .args([command, "--timeout", bad, "x"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run consort");
+            let text = stderr(&output);
+            assert_eq!(output.status.code(), Some(2), "{command} {bad}: {text}");
+            assert!(
+                text.contains(&format!("invalid value '{bad}' for '--timeout <SECS>'")),
+                "{command} {bad}: {text}"
+            );
+            assert!(output.stdout.is_empty(), "{command} {bad}");
+        }
+    }
+}
+
+#[test]
+fn seconds_too_large_for_a_duration_are_usage_errors_not_panics() {
+    let _watchdog = Watchdog::new("cli-huge-seconds", Duration::from_secs(60));
+    let dir = std::env::temp_dir().join(format!("consort-cli-huge-{}", std::process::id()));
+    let dir = dir.to_str().expect("a UTF-8 temp dir");
+    let commands: [&[&str]; 2] = [
+        &["bench", "roundtrip", "--give-up", "1e30", "--tasks", "1"],
+        &[
+            "cache",
+            "torture",
+            "huge",
+            "--seconds",
+            "1e30",
+            "--dir",
+            dir,
+        ],
+    ];
+    for args in commands {
+        // Refused before any worker or cache exists.
+        let output = consort()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run consort");
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {text}");
+        assert!(
+            text.contains("1e30") && text.contains("too large"),
+            "{args:?}: {text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn events_are_json_lines_ending_with_the_completion() {
     let _watchdog = Watchdog::new("cli-events", Duration::from_secs(60));
     let output = run("consort", &["--events", "task.update('m', current=1); 5"]);
@@ -352,10 +408,86 @@ fn bench_json_has_the_documented_keys() {
         .expect("bench crash");
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
-    for key in ["p50_ms", "p99_ms", "max_ms", "kills"] {
+    for key in ["p50_ms", "p99_ms", "max_ms", "kills", "floor_p50_ms"] {
         assert!(report.get(key).is_some(), "missing {key} in {report}");
     }
     assert_eq!(report["kills"], 2);
+}
+
+#[test]
+fn bench_crash_measures_its_floor_on_the_same_worker() {
+    let _watchdog = Watchdog::new("cli-bench-crash-floor", Duration::from_secs(120));
+    for worker in ["consort", "appose"] {
+        let output = consort()
+            .args([
+                "bench", "crash", "--kills", "2", "--json", "--worker", worker,
+            ])
+            .arg("--python")
+            .arg(python())
+            .output()
+            .expect("bench crash");
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{worker}: {}",
+            stderr(&output)
+        );
+        let report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        // The floor names the worker it was measured on: the one under test, run from
+        // the same command (here, the test Python), not a bare interpreter.
+        assert_eq!(report["floor_worker"], worker, "{report}");
+        assert_eq!(
+            report["floor_program"].as_str(),
+            python().to_str(),
+            "{report}"
+        );
+        for key in [
+            "floor_p50_ms",
+            "floor_p99_ms",
+            "floor_bare_p50_ms",
+            "above_floor_p50_ms",
+            "floor_settle_ms",
+        ] {
+            let value = report[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{worker}: {key} in {report}"));
+            assert!(value.is_finite(), "{worker}: {key} in {report}");
+        }
+        assert!(report["floor_p50_ms"].as_f64() > Some(0.0), "{report}");
+    }
+}
+
+#[test]
+fn bench_idle_reports_the_cpu_of_each_phase() {
+    let _watchdog = Watchdog::new("cli-bench-idle", Duration::from_secs(120));
+    let output = consort()
+        .args(["bench", "idle", "--secs", "1", "--workers", "2", "--json"])
+        .arg("--python")
+        .arg(python())
+        .output()
+        .expect("bench idle");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(report["secs"], 1.0, "{report}");
+    assert_eq!(report["workers"], 2, "{report}");
+    assert_eq!(report["pool_workers_measured"], 2, "{report}");
+    for key in [
+        "service_cpu_s",
+        "service_worker_cpu_s",
+        "pool_cpu_s",
+        "pool_workers_cpu_s",
+    ] {
+        let value = report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} in {report}"));
+        assert!(value >= 0.0 && value.is_finite(), "{key} in {report}");
+    }
+    let output = consort()
+        .args(["bench", "idle", "--secs", "0", "--json"])
+        .output()
+        .expect("bench idle");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--secs"), "{}", stderr(&output));
 }
 
 #[test]

@@ -197,3 +197,49 @@ fn workers_that_keep_dying_at_start_end_the_run_with_exit_2_and_the_reason() {
         assert_ne!(line["status"], "complete");
     }
 }
+
+#[test]
+fn env_runs_every_worker_in_that_environment() {
+    let _watchdog = Watchdog::new("map-env", LIMIT);
+    // The test venv itself: `--env` recognises its pyvenv.cfg and runs its Python.
+    let python = python();
+    let venv = python
+        .parent()
+        .and_then(|bin| bin.parent())
+        .expect("the test Python sits in a venv's bin folder");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_consort"))
+        .args(["map", "--workers", "2", "--env"])
+        .arg(venv)
+        .arg("import sys\nsys.prefix")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start consort map");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"{}\n{}\n{}\n")
+        .expect("write input");
+    let output = child.wait_with_output().expect("consort map output");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let prefix = std::fs::canonicalize(venv).expect("canonical venv");
+    let lines = lines(&output);
+    assert_eq!(lines.len(), 3);
+    for line in &lines {
+        let reported = line["outputs"]["result"].as_str().expect("a prefix");
+        assert_eq!(
+            std::fs::canonicalize(reported).expect("canonical prefix"),
+            prefix,
+            "{line}"
+        );
+    }
+    // `--env` names the interpreter, so `--python` beside it is a usage error.
+    let output = map(&["--env", "/nonexistent", "x"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("consort map");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--env"), "{}", stderr(&output));
+}

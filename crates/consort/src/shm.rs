@@ -22,11 +22,9 @@
 //!
 //! `unsafe` lives here (`mmap`) and in `array` (typed views of the mapping); the other
 //! submodules deny it.
-//! - [`bench`](mod@bench): the shared-memory versus inline-JSON handoff benchmark.
 #![allow(unsafe_code)]
 
 pub mod array;
-pub mod bench;
 pub mod npy;
 pub mod registry;
 

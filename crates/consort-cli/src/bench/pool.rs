@@ -2,9 +2,9 @@
 //! (`concurrent.futures.ProcessPoolExecutor` and `loky`), same worker count, same run, and
 //! the time from a worker's SIGKILL to its replacement taking a task.
 //!
-//! The Python side is `scripts/bench-pool.py`, embedded and run with `--python`.
+//! The Python side is `pool.py` beside this file, embedded and run with the worker's
+//! interpreter.
 
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,11 +13,12 @@ use clap::Args;
 use consort::{Args as Inputs, EventKind, Pool, TaskState};
 use serde_json::{json, Value};
 
-use crate::WorkerArgs;
+use super::reference::bare_python_start;
+use crate::args::{EnvArgs, Recipe, WorkerArgs};
 
-const PYTHON_SIDE: &str = include_str!("../../../scripts/bench-pool.py");
+const PYTHON_SIDE: &str = include_str!("pool.py");
 
-/// Scripts for the consort side, the same work as `bench-pool.py`'s functions.
+/// Scripts for the consort side, the same work as `pool.py`'s functions.
 const TINY: &str = "task.outputs['result'] = 1";
 const CPU_1MS: &str = "import time\nend = time.perf_counter() + 0.001\n\
                        while time.perf_counter() < end:\n    pass\ntask.outputs['result'] = 1";
@@ -26,6 +27,8 @@ const CPU_1MS: &str = "import time\nend = time.perf_counter() + 0.001\n\
 pub struct PoolArgs {
     #[command(flatten)]
     worker: WorkerArgs,
+    #[command(flatten)]
+    env: EnvArgs,
     /// Workers in each pool.
     #[arg(long, default_value_t = 2)]
     workers: usize,
@@ -47,17 +50,18 @@ pub fn run(args: &PoolArgs) -> anyhow::Result<()> {
     if !args.worker.is_python() {
         bail!("bench pool compares Python pools: --worker must be consort or appose");
     }
-    let pool = Pool::new(args.worker.builder()?, args.workers)
+    let recipe = args.worker.recipe(Some(&args.env))?;
+    let pool = Pool::new(recipe.builder.clone(), args.workers)
         .start()
         .context("starting consort's pool")?;
     rate(&pool, CPU_1MS, args.workers * 8)?;
     let consort_tiny = rate(&pool, TINY, args.tasks)?;
     let consort_cpu = rate(&pool, CPU_1MS, args.tasks)?;
     pool.close();
-    let respawn_plain = respawn(args, false)?;
-    let respawn_spare = respawn(args, true)?;
-    let python_start = crate::bench::bare_python_start(&args.worker.python, 10)?;
-    let python_side = python_pools(args)?;
+    let respawn_plain = respawn(args, &recipe, false)?;
+    let respawn_spare = respawn(args, &recipe, true)?;
+    let python_start = bare_python_start(&recipe, 10)?;
+    let python_side = python_pools(args, &recipe)?;
     let get = |key: &str| python_side.get(key).and_then(Value::as_f64);
     let ms = |duration: Duration| duration.as_secs_f64() * 1e3;
     let (ppe_tiny, loky_tiny) = (get("ppe_tiny"), get("loky_tiny"));
@@ -125,8 +129,8 @@ fn rate(pool: &Pool, script: &str, n_tasks: usize) -> anyhow::Result<f64> {
 /// The median time from SIGKILL of a busy worker to a queued task's LAUNCH on its
 /// replacement (one isolated worker, so the task can only run there), with or without a
 /// spare worker standing by.
-fn respawn(args: &PoolArgs, spare: bool) -> anyhow::Result<Duration> {
-    let pool = Pool::new(args.worker.builder()?, 1)
+fn respawn(args: &PoolArgs, recipe: &Recipe, spare: bool) -> anyhow::Result<Duration> {
+    let pool = Pool::new(recipe.builder.clone(), 1)
         .with_isolated(true)
         .with_spare(spare)
         .with_max_restarts_per_minute(usize::MAX)
@@ -175,15 +179,18 @@ fn respawn(args: &PoolArgs, spare: bool) -> anyhow::Result<Duration> {
     Ok(times[times.len() / 2])
 }
 
-/// The Python pools' rates, from `scripts/bench-pool.py`.
-fn python_pools(args: &PoolArgs) -> anyhow::Result<Value> {
-    let output = Command::new(&args.worker.python)
+/// The Python pools' rates, from `pool.py`.
+fn python_pools(args: &PoolArgs, recipe: &Recipe) -> anyhow::Result<Value> {
+    let mut command = recipe
+        .python_command()
+        .context("the worker has no Python interpreter")?;
+    let output = command
         .arg("-c")
         .arg(PYTHON_SIDE)
         .args(["--workers", &args.workers.to_string()])
         .args(["--tasks", &args.tasks.to_string()])
         .output()
-        .with_context(|| format!("running {:?} for the Python pools", args.worker.python))?;
+        .with_context(|| format!("running {:?} for the Python pools", command.get_program()))?;
     if !output.status.success() {
         bail!(
             "the Python pools' benchmark failed ({}): {}",

@@ -5,7 +5,8 @@ Prints one JSON object: {"ppe_tiny": tasks/s, "ppe_cpu": ..., "loky_tiny": ..., 
 loky's keys are null when loky is not installed. Each pool is started and warmed up (every
 worker has run a task) before the clock starts, as consort's pool is.
 
-Usage: python scripts/bench-pool.py --workers N --tasks T
+Usage: python pool.py --workers N --tasks T
+(`consort bench pool` embeds this file and runs it with `python -c`.)
 """
 
 import argparse
