@@ -857,3 +857,32 @@ fn a_service_task_and_a_pool_task_that_end_the_same_way_send_the_same_events() {
         service.close();
     }
 }
+
+#[test]
+fn in_isolated_mode_a_task_that_kills_its_worker_takes_no_other_down() {
+    let _watchdog = Watchdog::new("isolated_killers", LIMIT);
+    // One worker, one task at a time: each killer's worker is dead before the next task
+    // is sent, and the next task must go to its replacement, not to the dead worker (its
+    // exit may reach the manager after the killer's end).
+    let pool = Pool::new(echo_worker(), 1)
+        .with_isolated(true)
+        .start()
+        .expect("pool");
+    let tasks: Vec<_> = (0..60)
+        .map(|idx| {
+            let script = if idx % 3 == 0 { "abort" } else { "echo" };
+            pool.task(script)
+                .input("idx", idx)
+                .submit()
+                .expect("submit")
+        })
+        .collect();
+    for (idx, task) in tasks.iter().enumerate() {
+        match finish(task) {
+            Err(TaskError::Crashed(_)) if idx % 3 == 0 => {}
+            Ok(outputs) if idx % 3 != 0 => assert_eq!(outputs["idx"], idx),
+            other => panic!("task {idx}: {other:?}"),
+        }
+    }
+    assert_eq!(pool.stats().restarts, 20);
+}

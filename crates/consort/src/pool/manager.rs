@@ -345,8 +345,9 @@ impl Manager {
         }
     }
 
-    /// The worker of `service_id` has ended (its exit hook said so): its slot is emptied
-    /// and scheduled to restart. A retiree that ended is closed by `check_workers`.
+    /// The worker of `service_id` has ended (its exit hook said so, or `dispatch` found it
+    /// dead first): its slot is emptied and scheduled to restart. A retiree that ended is
+    /// closed by `check_workers`; a worker no longer in a slot is left alone.
     fn on_exited(&mut self, service_id: u64) {
         let Some(slot_idx) = slot_idx_of(&self.slots, service_id) else {
             return;
@@ -498,6 +499,17 @@ impl Manager {
             else {
                 return;
             };
+            // Its exit hook may not have come yet: a task sent to a dead worker would end
+            // CRASHED at once, without having run.
+            if let Some(dead) = self.slots[slot_idx]
+                .member
+                .as_ref()
+                .filter(|member| !member.service.is_alive())
+            {
+                let service_id = dead.service.id();
+                self.on_exited(service_id);
+                continue;
+            }
             let Some(job) = self.queue.pop() else {
                 return;
             };
