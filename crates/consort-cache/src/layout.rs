@@ -213,3 +213,6 @@ impl Layout {
         PART_BASE + index * part::SIZE
     }
 }
+
+#[cfg(test)]
+mod tests;
