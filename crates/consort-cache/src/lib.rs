@@ -24,20 +24,23 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 mod fault;
 mod layout;
 mod region;
 mod shard;
+mod sync;
 pub mod torture;
 
-#[cfg(feature = "fault")]
-pub use fault::{crash_after, points_passed, stop_after};
+#[cfg(all(feature = "fault", not(loom)))]
+pub use fault::stop_after;
+#[cfg(any(feature = "fault", loom))]
+pub use fault::{crash_after, points_passed};
 
 use layout::{part, sb, Layout, NONE, PARTICIPANTS};
 use region::Region;
+use sync::Mutex;
 
 /// What can go wrong; every variant names the problem.
 #[derive(Debug, thiserror::Error)]
@@ -255,15 +258,12 @@ impl Cache {
 
     /// Whether another process has replaced this cache with [`Cache::recreate`].
     pub fn is_retired(&self) -> bool {
-        self.region
-            .u64(sb::STATE)
-            .load(std::sync::atomic::Ordering::Acquire)
-            == layout::STATE_RETIRED
+        self.region.u64(sb::STATE).load(sync::Ordering::Acquire) == layout::STATE_RETIRED
     }
 
     /// The counters of every participant, summed, and the current fill.
     pub fn stats(&self) -> Stats {
-        use std::sync::atomic::Ordering::Relaxed;
+        use sync::Ordering::Relaxed;
         let mut stats = Stats {
             capacity: self.capacity() as u64,
             ..Stats::default()
@@ -581,11 +581,7 @@ fn attach(path: &Path, expected: Option<(&Layout, &Config)>) -> Result<Cache> {
             source,
         })?
     };
-    if region
-        .u64(sb::STATE)
-        .load(std::sync::atomic::Ordering::Acquire)
-        == layout::STATE_RETIRED
-    {
+    if region.u64(sb::STATE).load(sync::Ordering::Acquire) == layout::STATE_RETIRED {
         return Err(Error::Retired(path.to_path_buf()));
     }
     Cache::from_parts(file, region, path.to_path_buf(), found, seed)
@@ -599,7 +595,7 @@ impl Cache {
         layout: Layout,
         seed: u64,
     ) -> Result<Cache> {
-        use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+        use sync::Ordering::{AcqRel, Relaxed};
         let io_err = |source| Error::Io {
             op: "lock",
             path: path.clone(),

@@ -1,6 +1,7 @@
 //! The algorithms: formatting a region, the per-shard writer lock, the undo journal,
 //! insert/remove/evict/clear/purge, recovery, the lock-free read path and the full
-//! invariant check. No `unsafe` here: every shared word is an atomic from `region`.
+//! invariant check. No `unsafe` here: every shared word is an atomic from `region`, every
+//! atomic type and fence comes from `sync`.
 //!
 //! **Invariant:** a slot's payload (hash, lengths, key, value, expiry, chain link) is
 //! written only while the slot is FREE and unreachable; every store to a reachable word
@@ -8,9 +9,6 @@
 //! **Invariant:** readers write nothing but a slot's `visited` word and their own counters.
 
 use std::fs::File;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{compiler_fence, fence, AtomicU32, AtomicU64, Ordering};
-use std::sync::MutexGuard;
 use std::time::Duration;
 
 use crate::fault::point;
@@ -18,6 +16,9 @@ use crate::layout::{
     self, part, sb, sh, slot, Layout, JOURNAL, J_ACTIVE, J_CLEARING, J_IDLE, NONE, PARTICIPANTS,
 };
 use crate::region::{self, Region};
+use crate::sync::Ordering::{Acquire, Relaxed, Release};
+use crate::sync::{compiler_fence, fence, futex_wait, futex_wake_one, AtomicU32, AtomicU64};
+use crate::sync::{MutexGuard, Ordering};
 use crate::{Cache, Error, Insert, Report, Result};
 
 /// Lock word: bits 0..8 participant, 8..31 generation, bit 31 "someone waits".
@@ -151,7 +152,7 @@ impl Drop for Guard<'_> {
         let prev = word.swap(0, Release);
         point();
         if prev & WAITERS != 0 {
-            let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), 1);
+            futex_wake_one(word);
         }
     }
 }
@@ -354,12 +355,7 @@ impl Cache {
             {
                 continue;
             }
-            let _ = rustix::thread::futex::wait(
-                word,
-                rustix::thread::futex::Flags::empty(),
-                cur | WAITERS,
-                Some(&timeout),
-            );
+            futex_wait(word, cur | WAITERS, &timeout);
         }
     }
 
