@@ -38,7 +38,7 @@ pub use fault::stop_after;
 #[cfg(any(feature = "fault", loom))]
 pub use fault::{crash_after, points_passed};
 
-use layout::{part, sb, Layout, NONE, PARTICIPANTS};
+use layout::{lock_word, participant, superblock, Layout, PARTICIPANTS};
 use region::Region;
 use sync::Mutex;
 
@@ -258,7 +258,10 @@ impl Cache {
 
     /// Whether another process has replaced this cache with [`Cache::recreate`].
     pub fn is_retired(&self) -> bool {
-        self.region.u64(sb::STATE).load(sync::Ordering::Acquire) == layout::STATE_RETIRED
+        self.region
+            .u64(superblock::STATE)
+            .load(sync::Ordering::Acquire)
+            == layout::STATE_RETIRED
     }
 
     /// The counters of every participant, summed, and the current fill.
@@ -271,17 +274,17 @@ impl Cache {
         for index in 0..PARTICIPANTS {
             let base = self.layout.participant(index);
             let read = |off| self.region.u64(base + off).load(Relaxed);
-            stats.hits += read(part::HITS);
-            stats.misses += read(part::MISSES);
-            stats.inserts += read(part::INSERTS);
-            stats.evictions += read(part::EVICTIONS);
-            stats.expirations += read(part::EXPIRATIONS);
-            stats.recoveries += read(part::RECOVERIES);
+            stats.hits += read(participant::HITS);
+            stats.misses += read(participant::MISSES);
+            stats.inserts += read(participant::INSERTS);
+            stats.evictions += read(participant::EVICTIONS);
+            stats.expirations += read(participant::EXPIRATIONS);
+            stats.recoveries += read(participant::RECOVERIES);
         }
         for shard in 0..self.layout.shards {
             let len = self
                 .region
-                .u64(self.layout.shard(shard) + layout::sh::LEN)
+                .u64(self.layout.shard(shard) + layout::shard_header::LEN)
                 .load(Relaxed);
             stats.len += len.min(self.layout.capacity as u64);
         }
@@ -581,7 +584,7 @@ fn attach(path: &Path, expected: Option<(&Layout, &Config)>) -> Result<Cache> {
             source,
         })?
     };
-    if region.u64(sb::STATE).load(sync::Ordering::Acquire) == layout::STATE_RETIRED {
+    if region.u64(superblock::STATE).load(sync::Ordering::Acquire) == layout::STATE_RETIRED {
         return Err(Error::Retired(path.to_path_buf()));
     }
     Cache::from_parts(file, region, path.to_path_buf(), found, seed)
@@ -612,23 +615,22 @@ impl Cache {
             return Err(Error::TooManyHandles(path));
         };
         let base = layout.participant(participant);
-        let gen_word = region.u64(base + part::GEN);
+        let gen_word = region.u64(base + participant::GEN);
         let mut gen = gen_word.load(Relaxed);
         loop {
             gen = gen.wrapping_add(1);
-            if gen & shard::GEN_MASK != 0 {
+            if gen & lock_word::GEN_MASK != 0 {
                 break;
             }
         }
         gen_word.swap(gen, AcqRel);
         let pid = rustix::process::getpid();
         region
-            .u64(base + part::PID)
+            .u64(base + participant::PID)
             .store(u64::from(pid.as_raw_nonzero().get() as u32), Relaxed);
-        let token = shard::token(participant, gen);
-        let default_ttl_ns = region.u64(sb::DEFAULT_TTL_NS).load(Relaxed);
+        let token = lock_word::token(participant, gen);
+        let default_ttl_ns = region.u64(superblock::DEFAULT_TTL_NS).load(Relaxed);
         let local = (0..layout.shards).map(|_| Mutex::new(())).collect();
-        let _ = NONE;
         Ok(Cache {
             region,
             file,

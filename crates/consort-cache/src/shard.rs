@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use crate::fault::point;
 use crate::layout::{
-    self, part, sb, sh, slot, Layout, JOURNAL, J_ACTIVE, J_CLEARING, J_IDLE, NONE, PARTICIPANTS,
+    self, lock_word, participant, shard_header, slot, superblock, Layout, JOURNAL_ACTIVE,
+    JOURNAL_CAPACITY, JOURNAL_CLEARING, JOURNAL_ENTRY, JOURNAL_IDLE, NONE, PARTICIPANTS,
 };
 use crate::region::{self, Region};
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
@@ -21,38 +22,33 @@ use crate::sync::{compiler_fence, fence, futex_wait, futex_wake_one, AtomicU32, 
 use crate::sync::{MutexGuard, Ordering};
 use crate::{Cache, Error, Insert, Report, Result};
 
-/// Lock word: bits 0..8 participant, 8..31 generation, bit 31 "someone waits".
-pub(crate) const WAITERS: u32 = 1 << 31;
-pub(crate) const GEN_MASK: u64 = 0x7F_FFFF;
 /// Journal offsets with this bit are slot versions: rolled back *forward* (see `recover`).
-const VERSION_KIND: u64 = 1 << 63;
+const ENTRY_IS_VERSION: u64 = 1 << 63;
 /// How often a read restarts after a concurrent change before it reports a miss.
 const READ_RETRIES: usize = 32;
-
-pub(crate) fn token(participant: usize, gen: u64) -> u32 {
-    participant as u32 | (((gen & GEN_MASK) as u32) << 8)
-}
 
 /// Writes a fresh superblock and empty shards into a new (zeroed, unpublished) region.
 pub(crate) fn format(region: &Region, layout: &Layout, seed: u64, ttl_ns: u64) {
     let put = |off, value| region.u64(off).store(value, Relaxed);
-    put(sb::MAGIC, layout::MAGIC);
-    put(sb::VERSION, layout::LAYOUT_VERSION);
-    put(sb::REGION_LEN, layout.region_len as u64);
-    put(sb::SHARDS, layout.shards as u64);
-    put(sb::CAPACITY, layout.capacity as u64);
-    put(sb::BUCKETS, layout.buckets as u64);
-    put(sb::MAX_KEY, layout.max_key as u64);
-    put(sb::MAX_VALUE, layout.max_value as u64);
-    put(sb::DEFAULT_TTL_NS, ttl_ns);
-    put(sb::HASH_SEED, seed);
-    put(sb::HASH_ALGO, layout::HASH_XXH3);
-    put(sb::ABI, layout::ABI);
-    put(sb::PARTICIPANTS, PARTICIPANTS as u64);
+    put(superblock::MAGIC, layout::MAGIC);
+    put(superblock::VERSION, layout::LAYOUT_VERSION);
+    put(superblock::REGION_LEN, layout.region_len as u64);
+    put(superblock::SHARDS, layout.shards as u64);
+    put(superblock::CAPACITY, layout.capacity as u64);
+    put(superblock::BUCKETS, layout.buckets as u64);
+    put(superblock::MAX_KEY, layout.max_key as u64);
+    put(superblock::MAX_VALUE, layout.max_value as u64);
+    put(superblock::DEFAULT_TTL_NS, ttl_ns);
+    put(superblock::HASH_SEED, seed);
+    put(superblock::HASH_ALGO, layout::HASH_XXH3);
+    put(superblock::ABI, layout::ABI);
+    put(superblock::PARTICIPANTS, PARTICIPANTS as u64);
     for shard in 0..layout.shards {
         reset_shard(region, layout, shard);
     }
-    region.u64(sb::STATE).store(layout::STATE_READY, Release);
+    region
+        .u64(superblock::STATE)
+        .store(layout::STATE_READY, Release);
 }
 
 /// Marks an old cache file as replaced (best effort: it may not even be a cache).
@@ -62,8 +58,10 @@ pub(crate) fn retire(file: &File) {
         return;
     }
     if let Ok(region) = Region::map(file, layout::PAGE) {
-        if region.u64(sb::MAGIC).load(Relaxed) == layout::MAGIC {
-            region.u64(sb::STATE).store(layout::STATE_RETIRED, Release);
+        if region.u64(superblock::MAGIC).load(Relaxed) == layout::MAGIC {
+            region
+                .u64(superblock::STATE)
+                .store(layout::STATE_RETIRED, Release);
         }
     }
 }
@@ -71,29 +69,35 @@ pub(crate) fn retire(file: &File) {
 /// The layout, hash seed and default TTL an existing superblock describes.
 pub(crate) fn read_superblock(region: &Region) -> Result<(Layout, u64, u64), &'static str> {
     let get = |off| region.u64(off).load(Acquire);
-    if get(sb::MAGIC) != layout::MAGIC {
+    if get(superblock::MAGIC) != layout::MAGIC {
         return Err("not a consort cache (bad magic)");
     }
-    if get(sb::VERSION) != layout::LAYOUT_VERSION {
+    if get(superblock::VERSION) != layout::LAYOUT_VERSION {
         return Err("made by another layout version");
     }
-    if get(sb::ABI) != layout::ABI || get(sb::HASH_ALGO) != layout::HASH_XXH3 {
+    if get(superblock::ABI) != layout::ABI || get(superblock::HASH_ALGO) != layout::HASH_XXH3 {
         return Err("made by a build with another word size, byte order or hash");
     }
-    if get(sb::PARTICIPANTS) != PARTICIPANTS as u64 {
+    if get(superblock::PARTICIPANTS) != PARTICIPANTS as u64 {
         return Err("participant table size differs");
     }
     let small = |off| usize::try_from(get(off)).map_err(|_| "a size field is out of range");
     let found = Layout::new(
-        small(sb::SHARDS)?,
-        small(sb::CAPACITY)?,
-        small(sb::MAX_KEY)?,
-        small(sb::MAX_VALUE)?,
+        small(superblock::SHARDS)?,
+        small(superblock::CAPACITY)?,
+        small(superblock::MAX_KEY)?,
+        small(superblock::MAX_VALUE)?,
     )?;
-    if found.region_len as u64 != get(sb::REGION_LEN) || found.buckets as u64 != get(sb::BUCKETS) {
+    if found.region_len as u64 != get(superblock::REGION_LEN)
+        || found.buckets as u64 != get(superblock::BUCKETS)
+    {
         return Err("superblock sizes are inconsistent");
     }
-    Ok((found, get(sb::HASH_SEED), get(sb::DEFAULT_TTL_NS)))
+    Ok((
+        found,
+        get(superblock::HASH_SEED),
+        get(superblock::DEFAULT_TTL_NS),
+    ))
 }
 
 /// Empty shard: every bucket NONE, every slot FREE on the free list, no journal.
@@ -118,11 +122,11 @@ fn reset_shard(region: &Region, layout: &Layout, shard: usize) {
     }
     point();
     let meta = layout.shard(shard);
-    region.u64(meta + sh::FREE_HEAD).store(0, Release);
-    region.u64(meta + sh::HEAD).store(NONE, Release);
-    region.u64(meta + sh::TAIL).store(NONE, Release);
-    region.u64(meta + sh::HAND).store(NONE, Release);
-    region.u64(meta + sh::LEN).store(0, Release);
+    region.u64(meta + shard_header::FREE_HEAD).store(0, Release);
+    region.u64(meta + shard_header::HEAD).store(NONE, Release);
+    region.u64(meta + shard_header::TAIL).store(NONE, Release);
+    region.u64(meta + shard_header::HAND).store(NONE, Release);
+    region.u64(meta + shard_header::LEN).store(0, Release);
     point();
 }
 
@@ -151,7 +155,7 @@ impl Drop for Guard<'_> {
         let word = self.cache.lock_word(self.shard);
         let prev = word.swap(0, Release);
         point();
-        if prev & WAITERS != 0 {
+        if prev & lock_word::WAITERS != 0 {
             futex_wake_one(word);
         }
     }
@@ -166,12 +170,15 @@ struct Txn<'a> {
 impl Txn<'_> {
     fn begin(cache: &Cache, shard: usize) -> Txn<'_> {
         let base = cache.layout.shard(shard);
-        cache.region.u64(base + sh::J_LEN).store(0, Release);
+        cache
+            .region
+            .u64(base + shard_header::JOURNAL_LEN)
+            .store(0, Release);
         point();
         cache
             .region
-            .u64(base + sh::J_STATE)
-            .store(J_ACTIVE, Release);
+            .u64(base + shard_header::JOURNAL_STATE)
+            .store(JOURNAL_ACTIVE, Release);
         point();
         Txn { cache, shard }
     }
@@ -183,19 +190,19 @@ impl Txn<'_> {
 
     /// Like `store`, for a slot version (rolled back to a *newer* even value).
     fn store_version(&self, off: usize, new: u64) -> Result<()> {
-        self.log(off, new, VERSION_KIND)
+        self.log(off, new, ENTRY_IS_VERSION)
     }
 
     fn log(&self, off: usize, new: u64, kind: u64) -> Result<()> {
         let region = &self.cache.region;
         let base = self.cache.layout.shard(self.shard);
-        let len_word = region.u64(base + sh::J_LEN);
+        let len_word = region.u64(base + shard_header::JOURNAL_LEN);
         let n = len_word.load(Relaxed) as usize;
-        if n >= JOURNAL {
+        if n >= JOURNAL_CAPACITY {
             return Err(self.cache.corrupt("journal overflow"));
         }
         let word = region.u64(off);
-        let entry = base + sh::J_ENTRIES + n * 16;
+        let entry = base + shard_header::JOURNAL_ENTRIES + n * 16;
         region.u64(entry).store(off as u64 | kind, Release);
         point();
         region.u64(entry + 8).store(word.load(Relaxed), Release);
@@ -214,30 +221,32 @@ impl Txn<'_> {
         let base = self.cache.layout.shard(self.shard);
         self.cache
             .region
-            .u64(base + sh::J_STATE)
-            .store(J_IDLE, Release);
+            .u64(base + shard_header::JOURNAL_STATE)
+            .store(JOURNAL_IDLE, Release);
         point();
-        self.cache.region.u64(base + sh::J_LEN).store(0, Release);
+        self.cache
+            .region
+            .u64(base + shard_header::JOURNAL_LEN)
+            .store(0, Release);
         point();
     }
-}
-
-/// A slot's word at `field`, by index (the index is checked by the caller).
-macro_rules! sw {
-    ($cache:expr, $shard:expr, $index:expr, $field:expr) => {
-        $cache
-            .region
-            .u64($cache.layout.slot($shard, $index as usize) + $field)
-    };
 }
 
 impl Cache {
     pub(crate) fn lock_word(&self, shard: usize) -> &AtomicU32 {
-        self.region.u32(self.layout.shard(shard) + sh::LOCK)
+        self.region
+            .u32(self.layout.shard(shard) + shard_header::LOCK)
     }
 
-    fn meta(&self, shard: usize, field: usize) -> &AtomicU64 {
+    /// A word of shard `shard`'s header.
+    fn shard_word(&self, shard: usize, field: usize) -> &AtomicU64 {
         self.region.u64(self.layout.shard(shard) + field)
+    }
+
+    /// The word at `field` of slot `index` (the index is checked by the caller).
+    #[inline]
+    fn slot_word(&self, shard: usize, index: usize, field: usize) -> &AtomicU64 {
+        self.region.u64(self.layout.slot(shard, index) + field)
     }
 
     fn hash(&self, key: &[u8]) -> u64 {
@@ -257,7 +266,7 @@ impl Cache {
             .fetch_add(by, Relaxed);
     }
 
-    fn index(&self, raw: u64, what: &'static str) -> Result<usize> {
+    fn slot_index(&self, raw: u64, what: &'static str) -> Result<usize> {
         if raw < self.layout.slots as u64 {
             Ok(raw as usize)
         } else {
@@ -267,16 +276,16 @@ impl Cache {
 
     /// Whether the owner of a lock token is a live participant.
     fn alive(&self, owner: u32) -> bool {
-        let index = (owner & 0xFF) as usize;
+        let index = (owner & lock_word::PARTICIPANT_MASK) as usize;
         if index >= PARTICIPANTS {
             return false;
         }
-        let gen = u64::from((owner >> 8) & GEN_MASK as u32);
+        let gen = u64::from((owner >> lock_word::GEN_SHIFT) & lock_word::GEN_MASK as u32);
         let current = self
             .region
-            .u64(self.layout.participant(index) + part::GEN)
+            .u64(self.layout.participant(index) + participant::GEN)
             .load(Acquire);
-        if current & GEN_MASK != gen {
+        if current & lock_word::GEN_MASK != gen {
             return false; // the slot was taken over by a newer participant
         }
         // An error probing counts as alive: never steal on doubt.
@@ -306,8 +315,10 @@ impl Cache {
             shard,
             _local: local,
         };
-        let state = self.meta(shard, sh::J_STATE).load(Acquire);
-        if state != J_IDLE {
+        let state = self
+            .shard_word(shard, shard_header::JOURNAL_STATE)
+            .load(Acquire);
+        if state != JOURNAL_IDLE {
             self.recover_shard(shard, state)?;
         }
         Ok(guard)
@@ -329,33 +340,33 @@ impl Cache {
             let cur = word.load(Relaxed);
             if cur == 0 {
                 if word
-                    .compare_exchange(0, me | WAITERS, Acquire, Relaxed)
+                    .compare_exchange(0, me | lock_word::WAITERS, Acquire, Relaxed)
                     .is_ok()
                 {
                     return Ok(());
                 }
                 continue;
             }
-            let owner = cur & !WAITERS;
+            let owner = cur & !lock_word::WAITERS;
             // Our own token while we hold this process's local mutex cannot be current
             // (we died there in a previous life, or the word is corrupt): stale.
             if owner == me || !self.alive(owner) {
                 if word
-                    .compare_exchange(cur, me | WAITERS, Acquire, Relaxed)
+                    .compare_exchange(cur, me | lock_word::WAITERS, Acquire, Relaxed)
                     .is_ok()
                 {
                     return Ok(());
                 }
                 continue;
             }
-            if cur & WAITERS == 0
+            if cur & lock_word::WAITERS == 0
                 && word
-                    .compare_exchange(cur, cur | WAITERS, Relaxed, Relaxed)
+                    .compare_exchange(cur, cur | lock_word::WAITERS, Relaxed, Relaxed)
                     .is_err()
             {
                 continue;
             }
-            futex_wait(word, cur | WAITERS, &timeout);
+            futex_wait(word, cur | lock_word::WAITERS, &timeout);
         }
     }
 
@@ -363,23 +374,23 @@ impl Cache {
     fn recover_shard(&self, shard: usize, state: u64) -> Result<()> {
         let base = self.layout.shard(shard);
         let (lo, hi) = (base, base + self.layout.shard_bytes);
-        let mut ok = state == J_ACTIVE || state == J_CLEARING;
-        if state == J_ACTIVE {
+        let mut ok = state == JOURNAL_ACTIVE || state == JOURNAL_CLEARING;
+        if state == JOURNAL_ACTIVE {
             let n = self
-                .meta(shard, sh::J_LEN)
+                .shard_word(shard, shard_header::JOURNAL_LEN)
                 .load(Acquire)
-                .min(JOURNAL as u64) as usize;
+                .min(JOURNAL_CAPACITY as u64) as usize;
             for i in (0..n).rev() {
-                let entry = base + sh::J_ENTRIES + i * 16;
+                let entry = base + shard_header::JOURNAL_ENTRIES + i * JOURNAL_ENTRY;
                 let raw = self.region.u64(entry).load(Acquire);
                 let old = self.region.u64(entry + 8).load(Acquire);
-                let off = (raw & !VERSION_KIND) as usize;
+                let off = (raw & !ENTRY_IS_VERSION) as usize;
                 if off < lo || off + 8 > hi || off % 8 != 0 {
                     ok = false;
                     break;
                 }
                 let word = self.region.u64(off);
-                if raw & VERSION_KIND != 0 {
+                if raw & ENTRY_IS_VERSION != 0 {
                     word.store(next_even(word.load(Relaxed).max(old)), Release);
                 } else {
                     word.store(old, Release);
@@ -387,15 +398,16 @@ impl Cache {
                 point();
             }
         }
-        if ok && state == J_ACTIVE {
-            self.meta(shard, sh::J_STATE).store(J_IDLE, Release);
+        if ok && state == JOURNAL_ACTIVE {
+            self.shard_word(shard, shard_header::JOURNAL_STATE)
+                .store(JOURNAL_IDLE, Release);
             point();
             ok = self.quick_check(shard);
         }
-        if !ok || state == J_CLEARING {
+        if !ok || state == JOURNAL_CLEARING {
             self.clear_locked(shard);
         }
-        self.count(part::RECOVERIES, 1);
+        self.count(participant::RECOVERIES, 1);
         Ok(())
     }
 
@@ -404,23 +416,25 @@ impl Cache {
         let cap = self.layout.capacity as u64;
         let slots = self.layout.slots as u64;
         let idx_ok = |field| {
-            let v = self.meta(shard, field).load(Relaxed);
+            let v = self.shard_word(shard, field).load(Relaxed);
             v == NONE || v < slots
         };
-        self.meta(shard, sh::LEN).load(Relaxed) <= cap
-            && idx_ok(sh::FREE_HEAD)
-            && idx_ok(sh::HEAD)
-            && idx_ok(sh::TAIL)
-            && idx_ok(sh::HAND)
+        self.shard_word(shard, shard_header::LEN).load(Relaxed) <= cap
+            && idx_ok(shard_header::FREE_HEAD)
+            && idx_ok(shard_header::HEAD)
+            && idx_ok(shard_header::TAIL)
+            && idx_ok(shard_header::HAND)
     }
 
     /// Clears one shard under its lock. Rolled *forward*: a writer that finds the journal
     /// CLEARING finishes the clear.
     fn clear_locked(&self, shard: usize) {
-        self.meta(shard, sh::J_STATE).store(J_CLEARING, Release);
+        self.shard_word(shard, shard_header::JOURNAL_STATE)
+            .store(JOURNAL_CLEARING, Release);
         point();
         reset_shard(&self.region, &self.layout, shard);
-        self.meta(shard, sh::J_STATE).store(J_IDLE, Release);
+        self.shard_word(shard, shard_header::JOURNAL_STATE)
+            .store(JOURNAL_IDLE, Release);
         point();
     }
 
@@ -450,20 +464,20 @@ impl Cache {
             if raw == NONE {
                 return Ok(None);
             }
-            let index = self.index(raw, "bucket chain points outside the shard")?;
-            if sw!(self, shard, index, slot::HASH).load(Relaxed) == hash
+            let index = self.slot_index(raw, "bucket chain points outside the shard")?;
+            if self.slot_word(shard, index, slot::HASH).load(Relaxed) == hash
                 && self.key_matches(shard, index, key)
             {
                 return Ok(Some((index, pred)));
             }
             pred = Some(index);
-            raw = sw!(self, shard, index, slot::CHAIN).load(Relaxed);
+            raw = self.slot_word(shard, index, slot::CHAIN).load(Relaxed);
         }
         Err(self.corrupt("bucket chain has a cycle"))
     }
 
     fn key_matches(&self, shard: usize, index: usize, key: &[u8]) -> bool {
-        let lens = sw!(self, shard, index, slot::LENS).load(Relaxed);
+        let lens = self.slot_word(shard, index, slot::LENS).load(Relaxed);
         if (lens >> 32) as usize != key.len() {
             return false;
         }
@@ -494,7 +508,11 @@ impl Cache {
             now.saturating_add(ttl_ns)
         };
         let old = self.find(shard, bucket, hash, key)?;
-        if self.meta(shard, sh::FREE_HEAD).load(Relaxed) == NONE {
+        if self
+            .shard_word(shard, shard_header::FREE_HEAD)
+            .load(Relaxed)
+            == NONE
+        {
             // No spare slot although one always exists: the shard is inconsistent, and a
             // cache may always start over.
             self.clear_locked(shard);
@@ -519,14 +537,18 @@ impl Cache {
         let now = now_ns();
         let txn = Txn::begin(self, shard);
         let meta = self.layout.shard(shard);
-        let new = self.index(
-            self.meta(shard, sh::FREE_HEAD).load(Relaxed),
+        let new = self.slot_index(
+            self.shard_word(shard, shard_header::FREE_HEAD)
+                .load(Relaxed),
             "free list points outside the shard",
         )?;
-        let free_next = sw!(self, shard, new, slot::FREE_NEXT).load(Relaxed);
-        txn.store(meta + sh::FREE_HEAD, free_next)?;
+        let free_next = self.slot_word(shard, new, slot::FREE_NEXT).load(Relaxed);
+        txn.store(meta + shard_header::FREE_HEAD, free_next)?;
         let mut evicted = None;
-        if old.is_none() && self.meta(shard, sh::LEN).load(Relaxed) >= self.layout.capacity as u64 {
+        if old.is_none()
+            && self.shard_word(shard, shard_header::LEN).load(Relaxed)
+                >= self.layout.capacity as u64
+        {
             evicted = Some(self.evict_one(&txn, shard, now)?);
         }
         let base = self.layout.slot(shard, new);
@@ -535,7 +557,7 @@ impl Cache {
         // Boehm's seqlock writer: the odd version is visible before any payload store.
         fence(Release);
         let bucket_off = self.layout.bucket(shard, bucket);
-        let head = self.meta(shard, sh::HEAD).load(Relaxed);
+        let head = self.shard_word(shard, shard_header::HEAD).load(Relaxed);
         let put = |field: usize, value: u64| {
             self.region.u64(base + field).store(value, Relaxed);
             point();
@@ -559,33 +581,33 @@ impl Cache {
         txn.store_version(base + slot::VER, next_even(ver | 1))?;
         // SIEVE: new entries go to the head.
         if head == NONE {
-            txn.store(meta + sh::TAIL, new as u64)?;
+            txn.store(meta + shard_header::TAIL, new as u64)?;
         } else {
-            let head = self.index(head, "SIEVE head outside the shard")?;
+            let head = self.slot_index(head, "SIEVE head outside the shard")?;
             txn.store(self.layout.slot(shard, head) + slot::PREV, new as u64)?;
         }
-        txn.store(meta + sh::HEAD, new as u64)?;
+        txn.store(meta + shard_header::HEAD, new as u64)?;
         // Publish: one store makes the entry reachable.
         txn.store(bucket_off, new as u64)?;
         let outcome = match old {
             Some((old, pred)) => {
                 let pred = pred.unwrap_or(new);
-                let after = sw!(self, shard, old, slot::CHAIN).load(Relaxed);
+                let after = self.slot_word(shard, old, slot::CHAIN).load(Relaxed);
                 txn.store(self.layout.slot(shard, pred) + slot::CHAIN, after)?;
                 self.unlink_and_free(&txn, shard, old)?;
                 Insert::Replaced
             }
             None => {
-                let len = self.meta(shard, sh::LEN).load(Relaxed);
-                txn.store(meta + sh::LEN, len + 1)?;
+                let len = self.shard_word(shard, shard_header::LEN).load(Relaxed);
+                txn.store(meta + shard_header::LEN, len + 1)?;
                 Insert::Stored
             }
         };
         txn.commit();
-        self.count(part::INSERTS, 1);
+        self.count(participant::INSERTS, 1);
         match evicted {
-            Some(true) => self.count(part::EXPIRATIONS, 1),
-            Some(false) => self.count(part::EVICTIONS, 1),
+            Some(true) => self.count(participant::EXPIRATIONS, 1),
+            Some(false) => self.count(participant::EVICTIONS, 1),
             None => {}
         }
         Ok(outcome)
@@ -608,37 +630,39 @@ impl Cache {
     /// the free list; its chain link was already taken care of.
     fn unlink_and_free(&self, txn: &Txn<'_>, shard: usize, index: usize) -> Result<()> {
         let meta = self.layout.shard(shard);
-        let prev = sw!(self, shard, index, slot::PREV).load(Relaxed);
-        let next = sw!(self, shard, index, slot::NEXT).load(Relaxed);
+        let prev = self.slot_word(shard, index, slot::PREV).load(Relaxed);
+        let next = self.slot_word(shard, index, slot::NEXT).load(Relaxed);
         if prev == NONE {
-            txn.store(meta + sh::HEAD, next)?;
+            txn.store(meta + shard_header::HEAD, next)?;
         } else {
-            let prev = self.index(prev, "SIEVE link outside the shard")?;
+            let prev = self.slot_index(prev, "SIEVE link outside the shard")?;
             txn.store(self.layout.slot(shard, prev) + slot::NEXT, next)?;
         }
         if next == NONE {
-            txn.store(meta + sh::TAIL, prev)?;
+            txn.store(meta + shard_header::TAIL, prev)?;
         } else {
-            let next = self.index(next, "SIEVE link outside the shard")?;
+            let next = self.slot_index(next, "SIEVE link outside the shard")?;
             txn.store(self.layout.slot(shard, next) + slot::PREV, prev)?;
         }
-        if self.meta(shard, sh::HAND).load(Relaxed) == index as u64 {
-            txn.store(meta + sh::HAND, prev)?;
+        if self.shard_word(shard, shard_header::HAND).load(Relaxed) == index as u64 {
+            txn.store(meta + shard_header::HAND, prev)?;
         }
         let base = self.layout.slot(shard, index);
         txn.store(base + slot::LIVE, 0)?;
         let ver = self.region.u64(base + slot::VER).load(Relaxed);
         txn.store_version(base + slot::VER, next_even(ver))?;
-        let free = self.meta(shard, sh::FREE_HEAD).load(Relaxed);
+        let free = self
+            .shard_word(shard, shard_header::FREE_HEAD)
+            .load(Relaxed);
         self.region.u64(base + slot::FREE_NEXT).store(free, Relaxed);
         point();
-        txn.store(meta + sh::FREE_HEAD, index as u64)?;
+        txn.store(meta + shard_header::FREE_HEAD, index as u64)?;
         Ok(())
     }
 
     /// Removes a live slot (chain, list, len) in the open transaction.
     fn remove_slot(&self, txn: &Txn<'_>, shard: usize, index: usize) -> Result<()> {
-        let hash = sw!(self, shard, index, slot::HASH).load(Relaxed);
+        let hash = self.slot_word(shard, index, slot::HASH).load(Relaxed);
         let bucket = (hash as usize) & (self.layout.buckets - 1);
         let bucket_off = self.layout.bucket(shard, bucket);
         let mut raw = self.region.u64(bucket_off).load(Relaxed);
@@ -648,30 +672,33 @@ impl Cache {
             if raw == NONE {
                 break;
             }
-            let at = self.index(raw, "bucket chain points outside the shard")?;
+            let at = self.slot_index(raw, "bucket chain points outside the shard")?;
             if at == index {
                 found = true;
                 break;
             }
             pred = Some(at);
-            raw = sw!(self, shard, at, slot::CHAIN).load(Relaxed);
+            raw = self.slot_word(shard, at, slot::CHAIN).load(Relaxed);
         }
         if !found {
             return Err(self.corrupt("a live slot is missing from its bucket chain"));
         }
-        let after = sw!(self, shard, index, slot::CHAIN).load(Relaxed);
+        let after = self.slot_word(shard, index, slot::CHAIN).load(Relaxed);
         match pred {
             None => txn.store(bucket_off, after)?,
             Some(pred) => txn.store(self.layout.slot(shard, pred) + slot::CHAIN, after)?,
         }
         self.unlink_and_free(txn, shard, index)?;
-        let len = self.meta(shard, sh::LEN).load(Relaxed);
-        txn.store(self.layout.shard(shard) + sh::LEN, len.saturating_sub(1))?;
+        let len = self.shard_word(shard, shard_header::LEN).load(Relaxed);
+        txn.store(
+            self.layout.shard(shard) + shard_header::LEN,
+            len.saturating_sub(1),
+        )?;
         Ok(())
     }
 
     fn expired(&self, shard: usize, index: usize, now: u64) -> bool {
-        let expires = sw!(self, shard, index, slot::EXPIRES).load(Relaxed);
+        let expires = self.slot_word(shard, index, slot::EXPIRES).load(Relaxed);
         expires != 0 && now >= expires
     }
 
@@ -679,27 +706,27 @@ impl Cache {
     /// expired) entry turns up, and remove it in the open transaction. `true` if it had
     /// expired.
     fn evict_one(&self, txn: &Txn<'_>, shard: usize, now: u64) -> Result<bool> {
-        let tail = self.meta(shard, sh::TAIL).load(Relaxed);
-        let mut hand = self.meta(shard, sh::HAND).load(Relaxed);
+        let tail = self.shard_word(shard, shard_header::TAIL).load(Relaxed);
+        let mut hand = self.shard_word(shard, shard_header::HAND).load(Relaxed);
         if hand == NONE {
             hand = tail;
         }
-        let mut victim = self.index(hand, "SIEVE hand outside the shard (or empty list)")?;
+        let mut victim = self.slot_index(hand, "SIEVE hand outside the shard (or empty list)")?;
         for _ in 0..=2 * self.layout.slots {
-            let visited = sw!(self, shard, victim, slot::VISITED);
+            let visited = self.slot_word(shard, victim, slot::VISITED);
             if self.expired(shard, victim, now) || visited.load(Relaxed) == 0 {
                 break;
             }
             visited.store(0, Relaxed);
             point();
-            let prev = sw!(self, shard, victim, slot::PREV).load(Relaxed);
+            let prev = self.slot_word(shard, victim, slot::PREV).load(Relaxed);
             let next = if prev == NONE { tail } else { prev };
-            victim = self.index(next, "SIEVE link outside the shard")?;
+            victim = self.slot_index(next, "SIEVE link outside the shard")?;
         }
         let expired = self.expired(shard, victim, now);
-        let prev = sw!(self, shard, victim, slot::PREV).load(Relaxed);
+        let prev = self.slot_word(shard, victim, slot::PREV).load(Relaxed);
         self.remove_slot(txn, shard, victim)?;
-        txn.store(self.layout.shard(shard) + sh::HAND, prev)?;
+        txn.store(self.layout.shard(shard) + shard_header::HAND, prev)?;
         Ok(expired)
     }
 
@@ -729,18 +756,18 @@ impl Cache {
             }
             let _guard = self.lock(shard)?;
             let now = now_ns();
-            let mut at = self.meta(shard, sh::TAIL).load(Relaxed);
+            let mut at = self.shard_word(shard, shard_header::TAIL).load(Relaxed);
             for _ in 0..self.layout.slots {
                 if at == NONE || purged >= max {
                     break;
                 }
-                let index = self.index(at, "SIEVE link outside the shard")?;
-                at = sw!(self, shard, index, slot::PREV).load(Relaxed);
+                let index = self.slot_index(at, "SIEVE link outside the shard")?;
+                at = self.slot_word(shard, index, slot::PREV).load(Relaxed);
                 if self.expired(shard, index, now) {
                     let txn = Txn::begin(self, shard);
                     self.remove_slot(&txn, shard, index)?;
                     txn.commit();
-                    self.count(part::EXPIRATIONS, 1);
+                    self.count(participant::EXPIRATIONS, 1);
                     purged += 1;
                 }
             }
@@ -775,11 +802,11 @@ impl Cache {
     ) -> Result<Option<R>> {
         match self.read(key, buf)? {
             Some(len) => {
-                self.count(part::HITS, 1);
+                self.count(participant::HITS, 1);
                 Ok(Some(f(&buf[..len])))
             }
             None => {
-                self.count(part::MISSES, 1);
+                self.count(participant::MISSES, 1);
                 Ok(None)
             }
         }
@@ -882,57 +909,63 @@ impl Cache {
     fn check_shard(&self, shard: usize) -> Result<(usize, usize)> {
         let slots = self.layout.slots;
         let fail = |what| Err(self.corrupt(what));
-        if self.meta(shard, sh::J_STATE).load(Acquire) != J_IDLE {
+        if self
+            .shard_word(shard, shard_header::JOURNAL_STATE)
+            .load(Acquire)
+            != JOURNAL_IDLE
+        {
             return fail("journal not idle after recovery");
         }
         let mut seen = vec![0u8; slots]; // 1 = free list, 2 = SIEVE list
         let mut free = 0;
-        let mut at = self.meta(shard, sh::FREE_HEAD).load(Relaxed);
+        let mut at = self
+            .shard_word(shard, shard_header::FREE_HEAD)
+            .load(Relaxed);
         while at != NONE {
-            let index = self.index(at, "free list points outside the shard")?;
+            let index = self.slot_index(at, "free list points outside the shard")?;
             if seen[index] != 0 {
                 return fail("free list has a cycle");
             }
             seen[index] = 1;
-            if sw!(self, shard, index, slot::LIVE).load(Relaxed) != 0 {
+            if self.slot_word(shard, index, slot::LIVE).load(Relaxed) != 0 {
                 return fail("a live slot is on the free list");
             }
             free += 1;
-            at = sw!(self, shard, index, slot::FREE_NEXT).load(Relaxed);
+            at = self.slot_word(shard, index, slot::FREE_NEXT).load(Relaxed);
         }
         let mut live = 0;
         let mut prev = NONE;
-        let mut at = self.meta(shard, sh::HEAD).load(Relaxed);
+        let mut at = self.shard_word(shard, shard_header::HEAD).load(Relaxed);
         while at != NONE {
-            let index = self.index(at, "SIEVE list points outside the shard")?;
+            let index = self.slot_index(at, "SIEVE list points outside the shard")?;
             if seen[index] != 0 {
                 return fail("SIEVE list has a cycle or shares a slot with the free list");
             }
             seen[index] = 2;
-            if sw!(self, shard, index, slot::LIVE).load(Relaxed) != 1 {
+            if self.slot_word(shard, index, slot::LIVE).load(Relaxed) != 1 {
                 return fail("a slot on the SIEVE list is not live");
             }
-            if sw!(self, shard, index, slot::VER).load(Relaxed) & 1 != 0 {
+            if self.slot_word(shard, index, slot::VER).load(Relaxed) & 1 != 0 {
                 return fail("a live slot has an odd version");
             }
-            if sw!(self, shard, index, slot::PREV).load(Relaxed) != prev {
+            if self.slot_word(shard, index, slot::PREV).load(Relaxed) != prev {
                 return fail("SIEVE list back link is wrong");
             }
             live += 1;
             prev = at;
-            at = sw!(self, shard, index, slot::NEXT).load(Relaxed);
+            at = self.slot_word(shard, index, slot::NEXT).load(Relaxed);
         }
-        if self.meta(shard, sh::TAIL).load(Relaxed) != prev {
+        if self.shard_word(shard, shard_header::TAIL).load(Relaxed) != prev {
             return fail("SIEVE tail is not the last entry");
         }
-        let hand = self.meta(shard, sh::HAND).load(Relaxed);
+        let hand = self.shard_word(shard, shard_header::HAND).load(Relaxed);
         if hand != NONE && (hand >= slots as u64 || seen[hand as usize] != 2) {
             return fail("SIEVE hand is not on a live entry");
         }
         if free + live != slots {
             return fail("free + live != slots (lost slots)");
         }
-        if self.meta(shard, sh::LEN).load(Relaxed) != live as u64 {
+        if self.shard_word(shard, shard_header::LEN).load(Relaxed) != live as u64 {
             return fail("len does not count the live entries");
         }
         let mut chained = 0;
@@ -942,19 +975,19 @@ impl Cache {
                 .u64(self.layout.bucket(shard, bucket))
                 .load(Relaxed);
             while at != NONE {
-                let index = self.index(at, "bucket chain points outside the shard")?;
+                let index = self.slot_index(at, "bucket chain points outside the shard")?;
                 if seen[index] != 2 {
                     return fail("a bucket chain holds a slot that is not live (or twice)");
                 }
                 seen[index] = 3;
-                let hash = sw!(self, shard, index, slot::HASH).load(Relaxed);
+                let hash = self.slot_word(shard, index, slot::HASH).load(Relaxed);
                 if (hash as usize) & (self.layout.buckets - 1) != bucket
                     || self.place(hash).0 != shard
                 {
                     return fail("an entry sits in the wrong bucket");
                 }
                 chained += 1;
-                at = sw!(self, shard, index, slot::CHAIN).load(Relaxed);
+                at = self.slot_word(shard, index, slot::CHAIN).load(Relaxed);
             }
         }
         if chained != live {
@@ -970,14 +1003,14 @@ impl Cache {
         let mut all = Vec::new();
         for shard in 0..self.layout.shards {
             let _guard = self.lock(shard)?;
-            let mut at = self.meta(shard, sh::HEAD).load(Relaxed);
+            let mut at = self.shard_word(shard, shard_header::HEAD).load(Relaxed);
             for _ in 0..self.layout.slots {
                 if at == NONE {
                     break;
                 }
-                let index = self.index(at, "SIEVE list points outside the shard")?;
+                let index = self.slot_index(at, "SIEVE list points outside the shard")?;
                 let base = self.layout.slot(shard, index);
-                let lens = sw!(self, shard, index, slot::LENS).load(Relaxed);
+                let lens = self.slot_word(shard, index, slot::LENS).load(Relaxed);
                 let (klen, vlen) = ((lens >> 32) as usize, (lens & 0xFFFF_FFFF) as usize);
                 if klen > self.layout.max_key || vlen > self.layout.max_value {
                     return Err(self.corrupt("a slot's lengths exceed the cache's maxima"));
@@ -994,9 +1027,9 @@ impl Cache {
                 };
                 let key = bytes(base + slot::HEADER, klen);
                 let value = bytes(base + slot::HEADER + self.layout.key_words * 8, vlen);
-                let expires = sw!(self, shard, index, slot::EXPIRES).load(Relaxed);
+                let expires = self.slot_word(shard, index, slot::EXPIRES).load(Relaxed);
                 all.push((key, value, expires));
-                at = sw!(self, shard, index, slot::NEXT).load(Relaxed);
+                at = self.slot_word(shard, index, slot::NEXT).load(Relaxed);
             }
         }
         all.sort();

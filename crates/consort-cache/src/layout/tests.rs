@@ -7,57 +7,57 @@ use super::*;
 fn version_2_offsets_are_pinned() {
     assert_eq!(LAYOUT_VERSION, 2);
     assert_eq!(MAGIC, u64::from_le_bytes(*b"CNSCACH1"));
-    let superblock_words = [
-        sb::MAGIC,
-        sb::VERSION,
-        sb::STATE,
-        sb::REGION_LEN,
-        sb::SHARDS,
-        sb::CAPACITY,
-        sb::BUCKETS,
-        sb::MAX_KEY,
-        sb::MAX_VALUE,
-        sb::DEFAULT_TTL_NS,
-        sb::HASH_SEED,
-        sb::HASH_ALGO,
-        sb::ABI,
-        sb::PARTICIPANTS,
+    let superblock = [
+        superblock::MAGIC,
+        superblock::VERSION,
+        superblock::STATE,
+        superblock::REGION_LEN,
+        superblock::SHARDS,
+        superblock::CAPACITY,
+        superblock::BUCKETS,
+        superblock::MAX_KEY,
+        superblock::MAX_VALUE,
+        superblock::DEFAULT_TTL_NS,
+        superblock::HASH_SEED,
+        superblock::HASH_ALGO,
+        superblock::ABI,
+        superblock::PARTICIPANTS,
     ];
     assert_eq!(
-        superblock_words,
+        superblock,
         [0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104]
     );
-    assert_eq!((PART_BASE, PARTICIPANTS, part::SIZE), (4096, 128, 64));
-    let participant_words = [
-        part::GEN,
-        part::PID,
-        part::HITS,
-        part::MISSES,
-        part::INSERTS,
-        part::EVICTIONS,
-        part::EXPIRATIONS,
-        part::RECOVERIES,
-    ];
-    assert_eq!(participant_words, [0, 8, 16, 24, 32, 40, 48, 56]);
-    let header_words = [
-        sh::LOCK,
-        sh::J_STATE,
-        sh::J_LEN,
-        sh::J_ENTRIES,
-        sh::FREE_HEAD,
-        sh::HEAD,
-        sh::TAIL,
-        sh::HAND,
-        sh::LEN,
-        sh::BUCKETS,
-    ];
     assert_eq!(
-        header_words,
-        [0, 64, 72, 128, 1152, 1160, 1168, 1176, 1184, 1216]
+        (PARTICIPANTS_BASE, PARTICIPANTS, participant::SIZE),
+        (4096, 128, 64)
     );
-    assert_eq!(JOURNAL, 64);
-    assert_eq!((J_IDLE, J_ACTIVE, J_CLEARING), (0, 1, 2));
-    let slot_words = [
+    let participant = [
+        participant::GEN,
+        participant::PID,
+        participant::HITS,
+        participant::MISSES,
+        participant::INSERTS,
+        participant::EVICTIONS,
+        participant::EXPIRATIONS,
+        participant::RECOVERIES,
+    ];
+    assert_eq!(participant, [0, 8, 16, 24, 32, 40, 48, 56]);
+    let header = [
+        shard_header::LOCK,
+        shard_header::JOURNAL_STATE,
+        shard_header::JOURNAL_LEN,
+        shard_header::JOURNAL_ENTRIES,
+        shard_header::FREE_HEAD,
+        shard_header::HEAD,
+        shard_header::TAIL,
+        shard_header::HAND,
+        shard_header::LEN,
+        shard_header::BUCKETS,
+    ];
+    assert_eq!(header, [0, 64, 72, 128, 1152, 1160, 1168, 1176, 1184, 1216]);
+    assert_eq!((JOURNAL_CAPACITY, JOURNAL_ENTRY), (64, 16));
+    assert_eq!((JOURNAL_IDLE, JOURNAL_ACTIVE, JOURNAL_CLEARING), (0, 1, 2));
+    let slot = [
         slot::PREV,
         slot::NEXT,
         slot::FREE_NEXT,
@@ -70,11 +70,10 @@ fn version_2_offsets_are_pinned() {
         slot::VISITED,
         slot::HEADER,
     ];
-    assert_eq!(slot_words, [0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80]);
+    assert_eq!(slot, [0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80]);
     assert_eq!((STATE_READY, STATE_RETIRED, NONE), (1, 2, u64::MAX));
-    // The lock word: participant in bits 0..8, generation in 8..31, WAITERS in bit 31.
-    assert_eq!(crate::shard::token(5, 0x1234_5678), 5 | (0x34_5678 << 8));
-    assert_eq!(crate::shard::WAITERS, 1 << 31);
+    assert_eq!(lock_word::token(5, 0x1234_5678), 5 | (0x34_5678 << 8));
+    assert_eq!(lock_word::WAITERS, 1 << 31);
 }
 
 #[test]
