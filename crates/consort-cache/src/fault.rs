@@ -4,11 +4,11 @@
 //! - With the `fault` feature, a process can be told to SIGKILL (or SIGSTOP) itself right
 //!   after its Nth store (`tests/crash.rs`, `tests/processes.rs`).
 //! - Under `cfg(loom)`, a model thread can be told to die right after its Nth store: from then
-//!   on its stores are lost (see [`crate::sync`]), which is what a SIGKILL does to the stores
+//!   on its stores are lost (see `sync`), which is what a SIGKILL does to the stores
 //!   that would have followed (`tests/loom.rs`).
 //! - Otherwise [`point`] is an empty inline function.
 //!
-//! This is the lowest module: it uses nothing of the crate.
+//! This is the lowest module: it uses nothing of the crate (`sync` uses it, under loom).
 
 #[cfg(all(feature = "fault", not(loom)))]
 mod imp {

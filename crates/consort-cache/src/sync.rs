@@ -3,13 +3,13 @@
 //! very code a process runs.
 //!
 //! Every module that touches shared memory takes its atomics, fences, `Mutex` and futex calls
-//! from here. Only [`crate::fault`] (a process-wide countdown) and [`crate::torture`]
+//! from here. Only `fault` (a process-wide countdown) and `torture`
 //! (in-process counters) use std's atomics directly, because they are not shared memory and
 //! loom has nothing to say about them.
 //!
 //! Under loom:
 //! - the atomics are loom's, wrapped so that a thread that fault injection has killed
-//!   ([`crate::fault::crashed`]) changes nothing any more: its stores are lost and its
+//!   (`fault::crashed`) changes nothing any more: its stores are lost and its
 //!   read-modify-writes report success without storing, as a SIGKILLed process's would never
 //!   happen at all. Reporting success lets the dead thread run to the end of its call without
 //!   spinning on a lock it believes it holds; nothing it does after its death is visible.
