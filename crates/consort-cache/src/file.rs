@@ -373,6 +373,8 @@ fn read_superblock(region: &Region) -> Result<(Layout, u64, u64), &'static str> 
 /// A cache over a heap region instead of a file, for the loom model (`tests/loom.rs`):
 /// formatted as a new file would be, with a fixed hash seed (a model must run the same way
 /// on every schedule) and a memfd whose open file description holds the participant lock.
+/// The region holds the words a model touches: the superblock, the first participant's
+/// entry (a fresh memfd always gives participant 0) and each shard up to its last slot.
 #[cfg(loom)]
 pub(crate) fn in_memory(layout: &Layout, default_ttl_ns: u64) -> Result<Handle> {
     const SEED: u64 = 0x5EED;
@@ -383,7 +385,14 @@ pub(crate) fn in_memory(layout: &Layout, default_ttl_ns: u64) -> Result<Handle> 
             path: path.clone(),
             source: err.into(),
         })?;
-    let region = Region::heap(layout.region_len);
+    let mut modelled = vec![
+        0..superblock::PARTICIPANTS + 8,
+        layout.participant(0)..layout.participant(1),
+    ];
+    for shard in 0..layout.shards {
+        modelled.push(layout.shard(shard)..layout.slot(shard, layout.slots));
+    }
+    let region = Region::heap(layout.region_len, &modelled);
     format(&region, layout, SEED, default_ttl_ns);
     Handle::new(File::from(fd), region, path, *layout, SEED)
 }

@@ -112,19 +112,24 @@ mod mapped {
     }
 }
 
-/// Under loom: the same interface over a heap buffer of loom atomics (loom's atomics cannot
-/// be laid over memory, and a model needs no file). No `unsafe` here.
+/// Under loom: the same interface over heap words of loom atomics (loom's atomics cannot be
+/// laid over memory, and a model needs no file). Creating a loom atomic costs about as much
+/// as a dozen model steps, and a model creates its region afresh for every execution, so
+/// only the words a model can touch exist: the ranges given to [`Region::heap`]. Touching
+/// any other word is a bug of the model and panics. No `unsafe` here.
 #[cfg(loom)]
 mod heap {
     use std::fs::File;
     use std::io;
+    use std::ops::Range;
 
     use crate::layout::PAGE;
     use crate::sync::{AtomicU32, AtomicU64};
 
-    /// A region of `len` bytes held as words.
+    /// A region of `len` bytes, of which only some ranges are held as words.
     pub(crate) struct Region {
-        words: Box<[AtomicU64]>,
+        /// (first byte offset, words), in increasing order.
+        segments: Vec<(usize, Box<[AtomicU64]>)>,
         /// 32-bit words exist only at page starts: the shards' lock words are the only ones.
         lock_words: Box<[AtomicU32]>,
         len: usize,
@@ -145,23 +150,30 @@ mod heap {
             ))
         }
 
-        /// A zeroed region of `len` bytes (a multiple of the page size).
-        pub(crate) fn heap(len: usize) -> Region {
+        /// A zeroed region of `len` bytes (whole pages) in which the words of `modelled`
+        /// (8-byte aligned, increasing, disjoint byte ranges) exist.
+        pub(crate) fn heap(len: usize, modelled: &[Range<usize>]) -> Region {
             assert!(len % PAGE == 0, "a region is whole pages");
+            let segments = modelled
+                .iter()
+                .map(|range| {
+                    assert!(range.start % 8 == 0 && range.end % 8 == 0 && range.end <= len);
+                    let words = (range.start..range.end)
+                        .step_by(8)
+                        .map(|_| AtomicU64::new(0))
+                        .collect();
+                    (range.start, words)
+                })
+                .collect();
             Region {
-                words: (0..len / 8).map(|_| AtomicU64::new(0)).collect(),
+                segments,
                 lock_words: (0..len / PAGE).map(|_| AtomicU32::new(0)).collect(),
                 len,
             }
         }
 
         pub(crate) fn u64(&self, off: usize) -> &AtomicU64 {
-            assert!(
-                off % 8 == 0 && off.checked_add(8).is_some_and(|end| end <= self.len),
-                "cache layout bug: word offset {off} outside the {} byte region",
-                self.len
-            );
-            &self.words[off / 8]
+            &self.words(off, 1)[0]
         }
 
         pub(crate) fn words(&self, off: usize, count: usize) -> &[AtomicU64] {
@@ -170,7 +182,16 @@ mod heap {
                 "cache layout bug: {count} words at {off} outside the {} byte region",
                 self.len
             );
-            &self.words[off / 8..off / 8 + count]
+            for (start, words) in &self.segments {
+                let first = (off.wrapping_sub(*start)) / 8;
+                if off >= *start && first + count <= words.len() {
+                    return &words[first..first + count];
+                }
+            }
+            panic!(
+                "the loom model holds no words at {off}..{}",
+                off + count * 8
+            )
         }
 
         pub(crate) fn u32(&self, off: usize) -> &AtomicU32 {
