@@ -21,8 +21,9 @@
 //! The layout, its invariants and the platform assumptions are in `docs/design/cache.md`.
 //!
 //! # Modules, lowest first
-//! Each module uses only the ones above it in this list; `lib.rs` is the public face and
-//! delegates every operation to them.
+//! Each module uses only the ones above it in this list, and `write`, `read` and `check`
+//! not each other either (`tests/tidy.rs` checks the imports); `lib.rs` is the public face
+//! and delegates every operation to them.
 //!
 //! - `fault`: crash points (feature `fault`, and the loom model).
 //! - `sync`: std's atomics, mutex and futex, or loom's under `cfg(loom)`.
@@ -42,7 +43,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-// Lowest first; each module uses only the ones before it.
+// Lowest first; each module uses only the ones before it (`tests/tidy.rs` checks).
 mod fault;
 mod sync;
 
