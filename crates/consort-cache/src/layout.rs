@@ -1,8 +1,16 @@
-//! Where every shared word lives: the superblock, the participant table and the shards.
+//! Where every shared word lives: the superblock, the participant table and the shards,
+//! and how the lock word packs its owner. Pure arithmetic: no memory is touched here.
 //!
-//! All arithmetic is checked once, when a [`Layout`] is built from a validated
-//! configuration; afterwards offsets are computed only from the handle's own copy of the
-//! layout, never from numbers read out of shared memory. See `docs/design/cache.md`.
+//! # Invariants
+//! 1. The byte layout is the one `LAYOUT_VERSION` names: any change to an offset or a
+//!    size rule bumps it (`layout/tests.rs` pins the offsets of version 2).
+//! 2. All arithmetic is checked once, when a [`Layout`] is built from a validated
+//!    configuration; afterwards offsets are computed only from the handle's own copy of the
+//!    layout, never from numbers read out of shared memory.
+//! 3. Every shared word is 8-byte aligned, except the 4-byte lock word at the start of each
+//!    (page-aligned) shard.
+//!
+//! See `docs/design/cache.md` for the picture.
 
 /// `b"CNSCACH1"` as a little-endian word.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"CNSCACH1");
@@ -19,7 +27,7 @@ pub(crate) const PAGE: usize = 4096;
 pub(crate) const NONE: u64 = u64::MAX;
 
 /// Superblock word offsets (page 0).
-pub(crate) mod sb {
+pub(crate) mod superblock {
     pub const MAGIC: usize = 0;
     pub const VERSION: usize = 8;
     /// `STATE_READY` or `STATE_RETIRED`.
@@ -43,7 +51,7 @@ pub(crate) const STATE_RETIRED: u64 = 2;
 pub(crate) const PARTICIPANTS: usize = 128;
 /// Participant entry: one cache line, written only by its owner (hot counters never share
 /// a line with read-mostly configuration or with another process's counters).
-pub(crate) mod part {
+pub(crate) mod participant {
     pub const SIZE: usize = 64;
     pub const GEN: usize = 0;
     pub const PID: usize = 8;
@@ -54,29 +62,54 @@ pub(crate) mod part {
     pub const EXPIRATIONS: usize = 48;
     pub const RECOVERIES: usize = 56;
 }
-pub(crate) const PART_BASE: usize = PAGE;
+pub(crate) const PARTICIPANTS_BASE: usize = PAGE;
 
 /// Journal capacity per shard; an operation logs at most about 20 stores.
-pub(crate) const JOURNAL: usize = 64;
-/// Shard-relative offsets.
-pub(crate) mod sh {
-    /// Futex word (u32) on its own line.
+pub(crate) const JOURNAL_CAPACITY: usize = 64;
+/// Bytes per journal entry: the word's offset (bit 63: "a slot version"), its old value.
+pub(crate) const JOURNAL_ENTRY: usize = 16;
+/// Shard-relative offsets of the shard header; the bucket array follows it.
+pub(crate) mod shard_header {
+    /// Futex word (u32) on its own line; see [`super::lock_word`].
     pub const LOCK: usize = 0;
-    /// Journal state: `J_IDLE`, `J_ACTIVE` (roll back) or `J_CLEARING` (roll forward).
-    pub const J_STATE: usize = 64;
-    pub const J_LEN: usize = 72;
-    pub const J_ENTRIES: usize = 128;
-    pub const META: usize = J_ENTRIES + super::JOURNAL * 16;
+    /// `JOURNAL_IDLE`, `JOURNAL_ACTIVE` (roll back) or `JOURNAL_CLEARING` (roll forward).
+    pub const JOURNAL_STATE: usize = 64;
+    /// Entries logged by the open transaction.
+    pub const JOURNAL_LEN: usize = 72;
+    pub const JOURNAL_ENTRIES: usize = 128;
+    pub const META: usize = JOURNAL_ENTRIES + super::JOURNAL_CAPACITY * super::JOURNAL_ENTRY;
+    /// First slot of the free list.
     pub const FREE_HEAD: usize = META;
+    /// SIEVE list: newest entry (head), oldest (tail), and the hand walking from the tail.
     pub const HEAD: usize = META + 8;
     pub const TAIL: usize = META + 16;
     pub const HAND: usize = META + 24;
+    /// Live entries.
     pub const LEN: usize = META + 32;
+    /// The bucket array: one word per bucket, the first slot of its chain.
     pub const BUCKETS: usize = META + 64;
 }
-pub(crate) const J_IDLE: u64 = 0;
-pub(crate) const J_ACTIVE: u64 = 1;
-pub(crate) const J_CLEARING: u64 = 2;
+/// No transaction open.
+pub(crate) const JOURNAL_IDLE: u64 = 0;
+/// A transaction is open: a writer that finds it so rolls the journal back.
+pub(crate) const JOURNAL_ACTIVE: u64 = 1;
+/// A clear is under way: a writer that finds it so finishes the clear.
+pub(crate) const JOURNAL_CLEARING: u64 = 2;
+
+/// The shard lock word (`u32` futex at [`shard_header::LOCK`]): 0 when free, else the
+/// owner's token: bits 0..8 its participant index, bits 8..31 the low 23 bits of that
+/// participant's generation, bit 31 "someone sleeps on the futex".
+pub(crate) mod lock_word {
+    pub const PARTICIPANT_MASK: u32 = 0xFF;
+    pub const GEN_SHIFT: u32 = 8;
+    pub const GEN_MASK: u64 = 0x7F_FFFF;
+    pub const WAITERS: u32 = 1 << 31;
+
+    /// The token of `participant` at generation `gen`.
+    pub fn token(participant: usize, gen: u64) -> u32 {
+        participant as u32 | (((gen & GEN_MASK) as u32) << GEN_SHIFT)
+    }
+}
 
 /// Slot header words (offsets inside a slot); key bytes then value bytes follow.
 /// Writer-only words come first; the words a reader loads start at `VER` on a 64-byte
@@ -161,7 +194,7 @@ impl Layout {
         let slot_bytes = (slot::HEADER + 8 * (key_words + value_words)).next_multiple_of(64);
         let slots_base = buckets
             .checked_mul(8)
-            .and_then(|b| b.checked_add(sh::BUCKETS))
+            .and_then(|b| b.checked_add(shard_header::BUCKETS))
             .and_then(|b| b.checked_next_multiple_of(64))
             .and_then(|b| b.checked_add(slot::VER))
             .ok_or(too_big)?;
@@ -170,7 +203,7 @@ impl Layout {
             .and_then(|b| b.checked_add(slots_base))
             .and_then(|b| b.checked_next_multiple_of(PAGE))
             .ok_or(too_big)?;
-        let shards_base = PART_BASE + PARTICIPANTS * part::SIZE;
+        let shards_base = PARTICIPANTS_BASE + PARTICIPANTS * participant::SIZE;
         let region_len = shard_bytes
             .checked_mul(shards)
             .and_then(|b| b.checked_add(shards_base))
@@ -200,7 +233,7 @@ impl Layout {
 
     #[inline]
     pub(crate) fn bucket(&self, shard: usize, bucket: usize) -> usize {
-        self.shard(shard) + sh::BUCKETS + bucket * 8
+        self.shard(shard) + shard_header::BUCKETS + bucket * 8
     }
 
     #[inline]
@@ -210,6 +243,9 @@ impl Layout {
 
     #[inline]
     pub(crate) fn participant(&self, index: usize) -> usize {
-        PART_BASE + index * part::SIZE
+        PARTICIPANTS_BASE + index * participant::SIZE
     }
 }
+
+#[cfg(test)]
+mod tests;

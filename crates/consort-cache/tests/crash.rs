@@ -59,8 +59,9 @@ fn op_args(op: &str) -> Vec<&'static str> {
 }
 
 /// For every crash point k of `op`: run it in a helper that dies after store k, recover
-/// here, and compare. Returns the number of crash points.
-fn every_crash_point(op: &str, nested: bool) -> usize {
+/// here, and compare. With `nested`, first crash recovery itself after each of its stores
+/// in turn. Returns the number of crash points of `op`, and of recovery summed over them.
+fn every_crash_point(op: &str, nested: bool) -> (usize, usize) {
     let dir = TempDir::new(op);
     let args = op_args(op);
     // The state after a clean run.
@@ -70,6 +71,7 @@ fn every_crash_point(op: &str, nested: bool) -> usize {
     assert!(out.status.success(), "{op}: {out:?}");
     let after = logical(&open(dir.path(), &name, CAPACITY, 1));
     assert_ne!(before, after, "{op} must change something");
+    let mut recovery_points = 0;
     let mut k = 1;
     loop {
         let name = format!("{op}-{k}");
@@ -101,6 +103,13 @@ fn every_crash_point(op: &str, nested: bool) -> usize {
                 m += 1;
                 assert!(m < 500, "recovery never ends");
             }
+            // Every recovery passes at least its lock and unlock points.
+            assert!(
+                m > 2,
+                "{op} k={k}: recovery had only {} crash points",
+                m - 1
+            );
+            recovery_points += m - 1;
         }
         cache.recover().unwrap();
         let report = cache
@@ -117,14 +126,14 @@ fn every_crash_point(op: &str, nested: bool) -> usize {
         k += 1;
         assert!(k < 1000, "{op} never completes");
     }
-    k - 1
+    (k - 1, recovery_points)
 }
 
 #[test]
 fn every_crash_point_of_every_operation_ends_before_or_after() {
     let _dog = Watchdog::new("crash points", Duration::from_secs(240));
     for op in ["insert", "replace", "remove", "evict", "expire", "clear"] {
-        let points = every_crash_point(op, false);
+        let (points, _) = every_crash_point(op, false);
         assert!(points >= 5, "{op}: only {points} crash points");
         eprintln!("{op}: {points} crash points, all before-or-after");
     }
@@ -134,7 +143,16 @@ fn every_crash_point_of_every_operation_ends_before_or_after() {
 fn a_crash_inside_recovery_is_recovered_too() {
     let _dog = Watchdog::new("nested crash points", Duration::from_secs(240));
     for op in ["evict", "replace"] {
-        let points = every_crash_point(op, true);
-        eprintln!("{op}: {points} crash points, each with every crash inside recovery");
+        let (points, recovery_points) = every_crash_point(op, true);
+        eprintln!(
+            "{op}: {points} crash points, each with every crash inside recovery \
+             ({recovery_points} in all)"
+        );
+        assert!(points >= 5, "{op}: only {points} crash points");
+        // More than the lock and unlock points alone: recovery had journals to undo.
+        assert!(
+            recovery_points >= 4 * points,
+            "{op}: only {recovery_points} crash points inside recovery for {points} of {op}"
+        );
     }
 }

@@ -149,18 +149,24 @@ fn a_stopped_live_holder_keeps_its_lock() {
 }
 
 /// The holder runs in its own PID namespace (where it is pid 1 and its pid means nothing
-/// to us): it must keep its lock exactly as well. Needs `unshare --pid` (root or user
-/// namespaces); where that is refused the test says so and checks nothing else.
+/// to us): it must keep its lock exactly as well. Needs `unshare --pid --fork` from
+/// util-linux (Debian's `util-linux` package) and the right to use it (root, or user
+/// namespaces). CI has both, so their absence fails the test: it never passes unchecked.
 #[test]
 fn a_stopped_holder_in_another_pid_namespace_keeps_its_lock() {
     let _dog = Watchdog::new("no false steal across namespaces", Duration::from_secs(60));
     let probe = std::process::Command::new("unshare")
         .args(["--pid", "--fork", "true"])
-        .output();
-    if !probe.is_ok_and(|out| out.status.success()) {
-        eprintln!("SKIPPED: `unshare --pid --fork` is not available here");
-        return;
-    }
+        .output()
+        .unwrap_or_else(|err| {
+            panic!("this test needs `unshare` (util-linux) on PATH, and running it failed: {err}")
+        });
+    assert!(
+        probe.status.success(),
+        "this test needs `unshare --pid --fork`, which failed here ({}): {}",
+        probe.status,
+        String::from_utf8_lossy(&probe.stderr).trim()
+    );
     let dir = TempDir::new("pidns");
     let cache = open(dir.path(), "ns", 8, 1);
     // Under a shell, because the namespace's pid 1 ignores its own SIGSTOP.

@@ -38,13 +38,13 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         match word.as_str() {
             "--crash" | "--stop" => {
                 let n: u64 = rest.next().ok_or("--crash needs N")?.parse()?;
-                #[cfg(feature = "fault")]
+                #[cfg(all(feature = "fault", not(loom)))]
                 if word == "--crash" {
                     consort_cache::crash_after(n);
                 } else {
                     consort_cache::stop_after(n);
                 }
-                #[cfg(not(feature = "fault"))]
+                #[cfg(any(not(feature = "fault"), loom))]
                 return Err(format!("{word} {n}: built without the `fault` feature").into());
             }
             other => arg = Some(other.to_owned()),
@@ -89,12 +89,12 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-#[cfg(feature = "fault")]
+#[cfg(all(feature = "fault", not(loom)))]
 fn points() -> u64 {
     consort_cache::points_passed()
 }
 
-#[cfg(not(feature = "fault"))]
+#[cfg(any(not(feature = "fault"), loom))]
 fn points() -> u64 {
     0
 }
