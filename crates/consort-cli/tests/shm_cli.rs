@@ -225,12 +225,22 @@ fn bad_npy_inputs_and_a_bad_save_dir_are_usage_errors() {
     let scratch = Scratch::new("shm-cli-bad-input");
     std::fs::write(scratch.path("text.txt"), "hello").expect("write");
     std::fs::write(scratch.path("bad.npy"), "\x7fELF, not numpy").expect("write");
+    // Issue 14: a negative dimension said only "shape".
+    let mut negative = b"\x93NUMPY\x01\x00\x76\x00".to_vec();
+    negative.extend_from_slice(b"{'descr': '<f4', 'fortran_order': False, 'shape': (3, -4), }");
+    negative.resize(128 - 1, b' ');
+    negative.push(b'\n');
+    std::fs::write(scratch.path("negative.npy"), negative).expect("write");
     let path = |name: &str| scratch.path(name).display().to_string();
     let cases = [
         (format!("a=@{}", path("text.txt")), "only .npy files"),
         (format!("a=@{}", path("missing.npy")), "No such file"),
         (format!("a=@{}", path("bad.npy")), "not a .npy file"),
         ("a=@".to_owned(), "no file after '@'"),
+        (
+            format!("a=@{}", path("negative.npy")),
+            "dimension 1 of the shape is -4, and a dimension cannot be negative",
+        ),
     ];
     for (spec, expected) in &cases {
         let output = run(&scratch, "consort", &python(), &["--input", spec, "1"])

@@ -44,6 +44,7 @@ pub fn load_input(name: &str, path: &str) -> anyhow::Result<NDArray> {
 fn naming(err: npy::NpyError, context: String) -> anyhow::Error {
     match err {
         npy::NpyError::File { source, .. } => anyhow::Error::new(source),
+        npy::NpyError::InFile { source, .. } => anyhow::Error::new(*source),
         other => anyhow::Error::new(other),
     }
     .context(context)

@@ -38,6 +38,15 @@ pub enum NpyError {
     /// A valid `.npy` file that Appose arrays cannot hold.
     #[error("unsupported .npy file: {0}")]
     Unsupported(String),
+    /// A [`NpyError::Format`] or [`NpyError::Unsupported`] error of the file `path`
+    /// ([`load`]).
+    #[error("{}: {source}", path.display())]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: Box<NpyError>,
+    },
     /// The shared-memory block could not be made.
     #[error(transparent)]
     Shm(#[from] ShmError),
@@ -57,9 +66,9 @@ const MAGIC: &[u8; 6] = b"\x93NUMPY";
 /// Reads a `.npy` file into a new block.
 ///
 /// # Errors
-/// [`NpyError::File`], [`NpyError::Format`] (a short file included), [`NpyError::Unsupported`]
-/// (Fortran order, a byte order that is not native, a dtype Appose does not name), and
-/// [`NpyError::Shm`].
+/// [`NpyError::File`]; [`NpyError::InFile`] around [`NpyError::Format`] (a short file
+/// included) or [`NpyError::Unsupported`] (Fortran order, a byte order that is not native,
+/// a dtype Appose does not name); and [`NpyError::Shm`].
 pub fn load(path: impl AsRef<Path>) -> Result<NDArray, NpyError> {
     let path = path.as_ref();
     let file = File::open(path).map_err(|err| NpyError::Io(err).in_file(path))?;
@@ -82,12 +91,17 @@ pub fn save(array: &NDArray, path: impl AsRef<Path>) -> Result<(), NpyError> {
 }
 
 impl NpyError {
-    /// An I/O error becomes [`NpyError::File`], naming `path`; others are kept.
+    /// An error about the file's bytes or I/O becomes one that names `path`
+    /// ([`NpyError::File`], [`NpyError::InFile`]); a shared-memory error is kept.
     fn in_file(self, path: &Path) -> NpyError {
         match self {
             NpyError::Io(source) => NpyError::File {
                 path: path.to_owned(),
                 source,
+            },
+            err @ (NpyError::Format(_) | NpyError::Unsupported(_)) => NpyError::InFile {
+                path: path.to_owned(),
+                source: Box::new(err),
             },
             other => other,
         }
@@ -287,7 +301,7 @@ fn parse_header(text: &str) -> Result<Header, NpyError> {
             "fortran_order" => {
                 fortran = Some(parser.boolean().ok_or_else(|| bad("fortran_order"))?);
             }
-            "shape" => shape = Some(parser.tuple().ok_or_else(|| bad("shape"))?),
+            "shape" => shape = Some(parser.shape().map_err(|what| bad(&what))?),
             _ => return Err(bad(&format!("unexpected key {key:?}"))),
         }
         parser.skip_blank();
@@ -369,24 +383,46 @@ impl Literal<'_> {
         None
     }
 
-    /// A tuple of non-negative integers: `()`, `(3,)`, `(2, 3)`.
-    fn tuple(&mut self) -> Option<Vec<usize>> {
-        self.expect('(')?;
+    /// A shape: a tuple of non-negative integers, `()`, `(3,)`, `(2, 3)`; the error says
+    /// which dimension is wrong and what it holds.
+    fn shape(&mut self) -> Result<Vec<usize>, String> {
+        if !self.eat('(') {
+            return Err("the shape is not a tuple".to_owned());
+        }
         let mut dims = Vec::new();
         loop {
             if self.eat(')') {
-                return Some(dims);
+                return Ok(dims);
             }
             self.skip_blank();
-            let digits = self.rest().bytes().take_while(u8::is_ascii_digit).count();
+            let dim_idx = dims.len();
+            // The dimension's text runs to the next ',' or ')'.
+            let token_len = self.rest().find([',', ')']).unwrap_or(self.rest().len());
+            let token = self.rest()[..token_len].trim_end();
             // Python 2 era files write `3L`.
-            let dim = self.rest()[..digits].parse().ok()?;
-            self.pos += digits;
-            self.eat('L');
+            let number = token.strip_suffix('L').unwrap_or(token);
+            let magnitude = number.strip_prefix('-').unwrap_or(number);
+            if magnitude.is_empty() || !magnitude.bytes().all(|byte| byte.is_ascii_digit()) {
+                let shown: String = token.chars().take(40).collect();
+                return Err(format!(
+                    "dimension {dim_idx} of the shape is {shown:?}, not an integer"
+                ));
+            }
+            if number.starts_with('-') {
+                return Err(format!(
+                    "dimension {dim_idx} of the shape is {number}, and a dimension cannot be negative"
+                ));
+            }
+            let dim = number.parse().map_err(|_| {
+                format!("dimension {dim_idx} of the shape is {number}, too large for this machine")
+            })?;
+            self.pos += token_len;
             dims.push(dim);
             if !self.eat(',') {
-                self.expect(')')?;
-                return Some(dims);
+                if !self.eat(')') {
+                    return Err("the shape's tuple is not closed".to_owned());
+                }
+                return Ok(dims);
             }
         }
     }

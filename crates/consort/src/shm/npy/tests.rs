@@ -144,7 +144,35 @@ fn files_appose_arrays_cannot_be_are_refused_clearly() {
                 "{'descr': '<f4', 'fortran_order': False, 'shape': (-4,), }",
                 &[],
             ),
-            "shape",
+            "dimension 0 of the shape is -4, and a dimension cannot be negative",
+        ),
+        (
+            npy_bytes(
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, -1), }",
+                &[],
+            ),
+            "dimension 2 of the shape is -1, and a dimension cannot be negative",
+        ),
+        (
+            npy_bytes(
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3.5), }",
+                &[],
+            ),
+            "dimension 1 of the shape is \"3.5\", not an integer",
+        ),
+        (
+            npy_bytes(
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999999,), }",
+                &[],
+            ),
+            "dimension 0 of the shape is 99999999999999999999999, too large",
+        ),
+        (
+            npy_bytes(
+                "{'descr': '<f4', 'fortran_order': False, 'shape': 4, }",
+                &[],
+            ),
+            "the shape is not a tuple",
         ),
         (
             npy_bytes("{'descr': '<f4', 'shape': (4,), }", &[0; 16]),
