@@ -114,3 +114,60 @@ fn gc_removes_exactly_the_blocks_of_a_sigkilled_creator() {
     std::fs::remove_dir_all(&dir).expect("clean up");
     let _ = std::io::stdout().flush();
 }
+
+/// Issue 14: the blocks consort's own Python worker made were in no registry, so a crashed
+/// worker leaked them where neither `shm ls` nor `shm gc` could see them. Now the worker
+/// records each block it creates, with its own pid, in the registry its supervisor uses.
+#[test]
+fn issue_14_gc_removes_the_blocks_of_a_crashed_consort_python_worker() {
+    let _watchdog = watchdog("shm-gc-python-worker");
+    let random = consort::sys::random_u64().expect("random");
+    let dir = std::env::temp_dir().join(format!("consort-shm-gc-py-{random:016x}"));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .expect("registry dir");
+    let registry = Registry::at(&dir);
+    let service = consort::Service::consort_python(consort_tests::python())
+        .with_env("CONSORT_SHM_REGISTRY", &dir)
+        .start()
+        .expect("start");
+    let script = "made = [NDArray('float32', [256]), SharedMemory(rsize=100, create=True)]
+task.export(made=made)
+[made[0].shm.name, made[1].name]";
+    let outputs = super::run(&service, "consort", script, &[]);
+    let mut names: Vec<String> = outputs["result"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .map(|name| name.as_str().expect("a name").to_owned())
+        .collect();
+    names.sort();
+
+    let listed = registry.list().expect("list");
+    let listed_names: Vec<&str> = listed.iter().map(|info| info.name.as_str()).collect();
+    assert_eq!(listed_names, names, "the worker recorded its blocks");
+    for info in &listed {
+        assert_eq!(info.creator_pid, service.pid(), "{info:?}");
+        assert!(info.creator_alive && !info.kept, "{info:?}");
+        assert!(info.size.is_some(), "{info:?}");
+    }
+    assert_eq!(
+        registry.collectable().expect("collectable"),
+        Vec::<String>::new(),
+        "a live worker's blocks are not collectable"
+    );
+
+    service.kill();
+    for name in &names {
+        assert!(exists(name), "{name}: the crash left it behind");
+    }
+    let mut collected = registry.gc().expect("gc");
+    collected.sort();
+    assert_eq!(collected, names, "gc took the dead worker's blocks");
+    for name in &names {
+        assert!(!exists(name), "{name} was collected");
+    }
+    assert!(registry.list().expect("list").is_empty());
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

@@ -179,6 +179,141 @@ def _untrack(block):
         pass
 
 
+# The creator registry (consort::shm::registry): one file per block this worker creates,
+# in the directory consort's Rust side uses, so that `consort shm ls` lists the block and,
+# once this process is dead, `consort shm gc` (or the `consort run` that started it) can
+# unlink a block nobody took over. Same directory rule, same format, same order: the
+# record exists before the block and goes when the block is unlinked (by the service that
+# received it: this worker never unlinks).
+_registry_warned = [False]
+
+
+def _registry_dir():
+    configured = os.environ.get("CONSORT_SHM_REGISTRY")
+    if configured:
+        return configured
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        return os.path.join(runtime, "consort", "shm")
+    return os.path.join("/tmp", "consort-%d" % os.getuid(), "shm")
+
+
+def _private_dir(path):
+    """Creates `path` (0700, parents too) if needed; raises unless it is a directory owned
+    by this user and closed to others (anyone able to write records could make gc unlink
+    live blocks)."""
+    import stat
+
+    missing = []
+    probe = path
+    while probe and not os.path.lexists(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass
+    info = os.lstat(path)
+    if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
+            or info.st_mode & 0o022):
+        raise OSError("%s is not a directory owned by uid %d and closed to others; refusing "
+                      "to use it as the shared-memory registry" % (path, os.getuid()))
+
+
+def _process_start():
+    """This process's start time in clock ticks since boot (Linux), or "-"."""
+    try:
+        with open("/proc/self/stat") as stat_file:
+            text = stat_file.read()
+        return text[text.rindex(")") + 2:].split(" ")[19]
+    except (OSError, ValueError, IndexError):
+        return "-"
+
+
+def _record_begin(name, rsize):
+    """Writes the record of a block about to be created: returns its path, None if the
+    registry cannot be used (said once on stderr), or False if the name is taken."""
+    try:
+        folder = _registry_dir()
+        parent = os.path.dirname(folder)
+        base = os.path.basename(parent)
+        if base == "consort" or base.startswith("consort-"):
+            _private_dir(parent)
+        _private_dir(folder)
+        path = os.path.join(folder, name)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, ("pid=%d\nstart=%s\npgid=%d\nrsize=%d\n" % (
+                os.getpid(), _process_start(), os.getpgid(0), rsize)).encode("ascii"))
+        except BaseException:
+            os.close(fd)
+            _record_remove(path)
+            raise
+        os.close(fd)
+        return path
+    except OSError as error:
+        if not _registry_warned[0]:
+            _registry_warned[0] = True
+            print("consort worker: warning: shared memory %s (and any after it) will not be in "
+                  "the registry, so `consort shm ls` will not list it: %s" % (name, error),
+                  file=sys.stderr)
+        return None
+
+
+def _record_commit(path, block):
+    """Adds the block's inode, now that it exists."""
+    fd = getattr(block, "_fd", None)
+    try:
+        ino = os.fstat(fd).st_ino if isinstance(fd, int) and fd >= 0 else None
+        if ino is not None:
+            with open(path, "a") as record:
+                record.write("ino=%d\n" % ino)
+    except OSError:
+        pass
+
+
+def _record_remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        print("consort worker: shm registry: removing %s: %s" % (path, error), file=sys.stderr)
+
+
+def _create_block(shared_memory, size):
+    """A new multiprocessing block of `size` bytes named psm_<8 hex>, recorded first."""
+    import secrets
+
+    for _ in range(64):
+        name = "psm_" + secrets.token_hex(4)
+        record = _record_begin(name, size)
+        if record is False:
+            continue
+        kwargs = {"name": name, "create": True, "size": size}
+        try:
+            if sys.version_info >= (3, 13):
+                block = shared_memory.SharedMemory(track=False, **kwargs)
+            else:
+                block = _without_tracking(lambda: shared_memory.SharedMemory(**kwargs))
+        except FileExistsError:
+            if record:
+                _record_remove(record)
+            continue
+        except BaseException:
+            if record:
+                _record_remove(record)
+            raise
+        if record:
+            _record_commit(record, block)
+        return block
+    raise FileExistsError("64 random shared-memory names in a row were taken")
+
+
 def _check_shm_name(name):
     if (not isinstance(name, str) or not 0 < len(name) <= 30 or ".." in name
             or not set(name) <= _SHM_NAME_CHARS):
@@ -190,9 +325,11 @@ class SharedMemory:
     """A block of shared memory, as Appose's: name, rsize, size, buf.
 
     SharedMemory(name, rsize) attaches; SharedMemory(rsize=n, create=True) creates a block
-    named psm_<8 hex>. Either way this worker never unlinks it and never lets Python's
-    resource tracker do so at exit: the service that receives it owns cleanup (Appose's
-    rule), as consort's Rust side does with SharedMemory.adopt().
+    named psm_<8 hex>, recorded in consort's creator registry with this process's id.
+    Either way this worker never unlinks it and never lets Python's resource tracker do so
+    at exit: the service that receives it owns cleanup (Appose's rule), as consort's Rust
+    side does with SharedMemory.adopt(); a block nobody takes over is collected once this
+    process is dead (`consort shm gc`).
     """
 
     def __init__(self, name=None, rsize=None, create=False):
@@ -201,14 +338,13 @@ class SharedMemory:
         if create:
             if rsize is None or int(rsize) < 1:
                 raise ValueError("a new shared-memory block needs rsize >= 1")
-            kwargs = {"create": True, "size": int(rsize)}
+            self._shm = _create_block(shared_memory, int(rsize))
         else:
             _check_shm_name(name)
-            kwargs = {"name": name}
-        if sys.version_info >= (3, 13):
-            self._shm = shared_memory.SharedMemory(track=False, **kwargs)
-        else:
-            self._shm = _without_tracking(lambda: shared_memory.SharedMemory(**kwargs))
+            if sys.version_info >= (3, 13):
+                self._shm = shared_memory.SharedMemory(name=name, track=False)
+            else:
+                self._shm = _without_tracking(lambda: shared_memory.SharedMemory(name=name))
         self.name = self._shm.name
         self.size = self._shm.size
         self.rsize = self.size if rsize is None else int(rsize)

@@ -8,8 +8,18 @@
 //!
 //! It holds one file per block, 0600, named like the block (`psm_1a2b3c4d`), of
 //! `key=value` lines: `pid=` and `start=` (the creator, with its start time in clock ticks
-//! since boot from `/proc/<pid>/stat`, `-` where unknown), `rsize=`, then `ino=` (the
-//! object's inode) once the block exists, and `kept=1` after [`SharedMemory::keep`].
+//! since boot from `/proc/<pid>/stat`, `-` where unknown), `pgid=` (the creator's process
+//! group, written by consort's Python worker), `rsize=`, then `ino=` (the object's inode)
+//! once the block exists, and `kept=1` after [`SharedMemory::keep`]. Unknown keys are
+//! ignored.
+//!
+//! Two kinds of creator write records: `SharedMemory::create` in Rust, and consort's own
+//! Python worker (`python/consort_worker.py`) for every block its `SharedMemory` and
+//! `NDArray` classes create, with the same format, rules and directory (it reads the same
+//! environment variables). The worker never unlinks its blocks (the service that receives
+//! them does, and removes the record with them), so a record of a dead worker is a block
+//! nobody took over: [`gc`] collects it, and so does `consort run` at its end through
+//! [`gc_worker`], since it knows its worker's pid.
 //!
 //! # Invariants
 //! 1. A record is written before its block is created and removed after its block is
@@ -21,6 +31,7 @@
 //!    one recorded (same inode, or, for a record written by a creator that died before the
 //!    inode line, an object owned by this user).
 //! 3. Nothing else is touched: no unrecorded block, no file outside the directory.
+//!    [`Registry::gc_worker`] is [`Registry::gc`] narrowed to the records of one worker.
 //! 4. The directory is used only when it is a real directory owned by this user and closed
 //!    to others: anyone able to write records could make `gc` unlink live blocks.
 //!
@@ -84,6 +95,16 @@ pub fn gc() -> io::Result<Vec<String>> {
     Registry::at(default_dir()).gc()
 }
 
+/// In the default registry, unlinks the blocks that the worker `pid` (or a process of its
+/// process group) created and that are still recorded, once their creators are dead;
+/// returns their names. See [`Registry::gc_worker`].
+///
+/// # Errors
+/// As [`gc`].
+pub fn gc_worker(pid: u32) -> io::Result<Vec<String>> {
+    Registry::at(default_dir()).gc_worker(pid)
+}
+
 /// The names [`gc`] would unlink now in the default registry, unlinking nothing.
 ///
 /// # Errors
@@ -143,7 +164,22 @@ impl Registry {
     /// # Errors
     /// When the directory cannot be read or is not private to this user.
     pub fn gc(&self) -> io::Result<Vec<String>> {
-        self.collect(false, true)
+        self.collect(false, true, |_| true)
+    }
+
+    /// As [`Registry::gc`], but only for the records of the process `pid` or of a process
+    /// whose process group is `pid` (a worker is the leader of its own group, and a
+    /// launcher such as `pixi run` keeps its Python in that group).
+    ///
+    /// A supervisor calls this once its worker is gone, to unlink the blocks the worker
+    /// made and never handed back (a crash, or a script that made more than it returned).
+    ///
+    /// # Errors
+    /// As [`Registry::gc`].
+    pub fn gc_worker(&self, pid: u32) -> io::Result<Vec<String>> {
+        self.collect(false, true, |entry| {
+            entry.pid == pid || entry.pgid == Some(pid)
+        })
     }
 
     /// The names [`Registry::gc`] would unlink now, by the same checks; nothing is unlinked
@@ -152,7 +188,7 @@ impl Registry {
     /// # Errors
     /// As [`Registry::gc`].
     pub fn collectable(&self) -> io::Result<Vec<String>> {
-        self.collect(false, false)
+        self.collect(false, false, |_| true)
     }
 
     /// As [`Registry::gc`], but kept blocks of dead creators are unlinked too.
@@ -160,16 +196,34 @@ impl Registry {
     /// # Errors
     /// As [`Registry::gc`].
     pub fn gc_including_kept(&self) -> io::Result<Vec<String>> {
-        self.collect(true, true)
+        self.collect(true, true, |_| true)
     }
 
-    /// Finds the blocks of dead creators and, when `act`, unlinks them and removes their
-    /// records; otherwise only names what it would unlink.
-    fn collect(&self, include_kept: bool, act: bool) -> io::Result<Vec<String>> {
+    /// Creates the directory if needed (0700) and checks that it is private to this user:
+    /// whether records can be written here.
+    ///
+    /// # Errors
+    /// When the directory cannot be created, or is not a directory owned by this user and
+    /// closed to others.
+    pub fn prepare(&self) -> io::Result<()> {
+        self.ensure()
+    }
+
+    /// Finds the blocks of dead creators whose record passes `select` and, when `act`,
+    /// unlinks them and removes their records; otherwise only names what it would unlink.
+    fn collect(
+        &self,
+        include_kept: bool,
+        act: bool,
+        select: impl Fn(&Entry) -> bool,
+    ) -> io::Result<Vec<String>> {
         let mut unlinked = Vec::new();
         let uid = rustix::process::getuid().as_raw();
         for (name, entry) in self.records()? {
-            if creator_alive(entry.pid, entry.start) || (entry.kept && !include_kept) {
+            if !select(&entry)
+                || creator_alive(entry.pid, entry.start)
+                || (entry.kept && !include_kept)
+            {
                 continue;
             }
             let object = match inspect(&name) {
@@ -260,6 +314,7 @@ impl Registry {
 struct Entry {
     pid: u32,
     start: Option<u64>,
+    pgid: Option<u32>,
     rsize: u64,
     ino: Option<u64>,
     kept: bool,
@@ -267,7 +322,8 @@ struct Entry {
 
 impl Entry {
     fn parse(text: &str) -> Option<Entry> {
-        let (mut pid, mut start, mut rsize, mut ino, mut kept) = (None, None, None, None, false);
+        let (mut pid, mut start, mut pgid, mut rsize, mut ino, mut kept) =
+            (None, None, None, None, None, false);
         for line in text.lines() {
             let Some((key, value)) = line.split_once('=') else {
                 continue;
@@ -275,6 +331,7 @@ impl Entry {
             match key {
                 "pid" => pid = value.parse().ok(),
                 "start" => start = value.parse().ok(),
+                "pgid" => pgid = value.parse().ok(),
                 "rsize" => rsize = value.parse().ok(),
                 "ino" => ino = value.parse().ok(),
                 "kept" => kept = value == "1",
@@ -284,6 +341,7 @@ impl Entry {
         Some(Entry {
             pid: pid?,
             start,
+            pgid,
             rsize: rsize?,
             ino,
             kept,

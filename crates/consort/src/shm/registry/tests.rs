@@ -44,13 +44,14 @@ fn exists(name: &str) -> bool {
 
 #[test]
 fn records_parse_and_skip_what_they_do_not_know() {
-    let entry =
-        Entry::parse("pid=12\nstart=-\nrsize=40\nfuture=x\nino=7\nkept=1\n").expect("entry");
+    let entry = Entry::parse("pid=12\nstart=-\npgid=11\nrsize=40\nfuture=x\nino=7\nkept=1\n")
+        .expect("entry");
     assert_eq!(
         entry,
         Entry {
             pid: 12,
             start: None,
+            pgid: Some(11),
             rsize: 40,
             ino: Some(7),
             kept: true
