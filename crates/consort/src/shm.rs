@@ -14,9 +14,13 @@
 //! 4. Every block [`SharedMemory::create`] makes is recorded in the creator [`registry`]
 //!    before it exists and forgotten after it is unlinked, so a creator that dies leaves a
 //!    record that `registry::gc` can act on.
+//! 5. A block named by a worker is taken over (unlinked later) only through
+//!    [`SharedMemory::adopt`], which trusts the caller, or [`Claim::take`], which checks
+//!    that the worker made it for the task.
 //!
 //! Submodules:
 //! - [`array`](mod@array): [`NDArray`] and [`DType`], zero-copy `ndarray` views of a block.
+//! - [`claim`]: [`Claim`], taking over only the blocks a worker made for a task.
 //! - [`npy`]: NumPy's `.npy` files into and out of blocks.
 //! - [`registry`]: who created which block, for `consort shm ls` and `consort shm gc`.
 //!
@@ -25,6 +29,7 @@
 #![allow(unsafe_code)]
 
 pub mod array;
+pub mod claim;
 pub mod npy;
 pub mod registry;
 
@@ -37,6 +42,7 @@ use rustix::shm::OFlags;
 use serde_json::{json, Value};
 
 pub use array::{DType, Element, NDArray};
+pub use claim::{Claim, ClaimError, Refusal};
 pub use ndarray;
 pub use num_complex;
 
@@ -266,25 +272,8 @@ impl SharedMemory {
     /// [`ShmError::InvalidName`], [`ShmError::NotFound`], or [`ShmError::Io`].
     pub fn attach(name: &str) -> Result<SharedMemory, ShmError> {
         validate_name(name)?;
-        let fd = rustix::shm::open(format!("/{name}").as_str(), OFlags::RDWR, Mode::empty())
-            .map_err(|err| match err {
-                rustix::io::Errno::NOENT => ShmError::NotFound(name.to_owned()),
-                err => io_error("attach", name, err),
-            })?;
-        let file = File::from(fd);
-        let size = file
-            .metadata()
-            .map_err(|source| ShmError::Io {
-                op: "stat",
-                name: name.to_owned(),
-                source,
-            })?
-            .len();
-        let size = usize::try_from(size).map_err(|_| ShmError::SizeMismatch {
-            name: name.to_owned(),
-            rsize: usize::MAX,
-            size: usize::MAX,
-        })?;
+        let file = open_existing(name)?;
+        let size = file_size(&file, name)?;
         if size == 0 {
             return Err(ShmError::SizeMismatch {
                 name: name.to_owned(),
@@ -308,20 +297,7 @@ impl SharedMemory {
     /// [`ShmError::BadDescriptor`] for a value that is not one, and those of
     /// [`SharedMemory::attach`] and [`ShmError::SizeMismatch`].
     pub fn from_json(value: &Value) -> Result<SharedMemory, ShmError> {
-        let object = value
-            .as_object()
-            .filter(|object| object.get("appose_type").and_then(Value::as_str) == Some("shm"))
-            .ok_or_else(|| ShmError::BadDescriptor(value.to_string()))?;
-        let name = object
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ShmError::BadDescriptor(format!("no string \"name\" in {value}")))?;
-        let rsize = object
-            .get("rsize")
-            .or_else(|| object.get("size"))
-            .and_then(Value::as_u64)
-            .and_then(|rsize| usize::try_from(rsize).ok())
-            .ok_or_else(|| ShmError::BadDescriptor(format!("no \"rsize\" in {value}")))?;
+        let (name, rsize) = parse_descriptor(value)?;
         let mut block = SharedMemory::attach(name)?;
         if rsize > block.map.len() {
             return Err(ShmError::SizeMismatch {
@@ -385,6 +361,10 @@ impl SharedMemory {
     ///
     /// This is how a service takes ownership of a block a worker created and handed over
     /// (Appose's rule: the service cleans up, the worker never does).
+    ///
+    /// # Caveats
+    /// Nothing is checked: a worker could name any block this process may unlink. To take
+    /// over only what the worker made for the task, use [`Claim::take`].
     pub fn adopt(&mut self) {
         self.unlink_on_drop = true;
     }
@@ -449,6 +429,53 @@ fn set_up(file: &File, name: &str, rsize: usize) -> Result<(MmapMut, u64), ShmEr
     }
     let ino = rustix::fs::fstat(file).map_err(os_error("stat"))?.st_ino;
     Ok((map(file, name, rsize)?, ino as u64))
+}
+
+/// The name and `rsize` (or legacy `size`) of a wire descriptor, unchecked.
+fn parse_descriptor(value: &Value) -> Result<(&str, usize), ShmError> {
+    let object = value
+        .as_object()
+        .filter(|object| object.get("appose_type").and_then(Value::as_str) == Some("shm"))
+        .ok_or_else(|| ShmError::BadDescriptor(value.to_string()))?;
+    let name = object
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ShmError::BadDescriptor(format!("no string \"name\" in {value}")))?;
+    let rsize = object
+        .get("rsize")
+        .or_else(|| object.get("size"))
+        .and_then(Value::as_u64)
+        .and_then(|rsize| usize::try_from(rsize).ok())
+        .ok_or_else(|| ShmError::BadDescriptor(format!("no \"rsize\" in {value}")))?;
+    Ok((name, rsize))
+}
+
+/// Opens the existing block `name` (already validated) for reading and writing.
+fn open_existing(name: &str) -> Result<File, ShmError> {
+    let fd = rustix::shm::open(format!("/{name}").as_str(), OFlags::RDWR, Mode::empty()).map_err(
+        |err| match err {
+            rustix::io::Errno::NOENT => ShmError::NotFound(name.to_owned()),
+            err => io_error("attach", name, err),
+        },
+    )?;
+    Ok(File::from(fd))
+}
+
+/// The size of an open block, as a `usize`.
+fn file_size(file: &File, name: &str) -> Result<usize, ShmError> {
+    let size = file
+        .metadata()
+        .map_err(|source| ShmError::Io {
+            op: "stat",
+            name: name.to_owned(),
+            source,
+        })?
+        .len();
+    usize::try_from(size).map_err(|_| ShmError::SizeMismatch {
+        name: name.to_owned(),
+        rsize: usize::MAX,
+        size: usize::MAX,
+    })
 }
 
 fn io_error(op: &'static str, name: &str, err: rustix::io::Errno) -> ShmError {

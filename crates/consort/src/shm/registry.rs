@@ -209,6 +209,29 @@ impl Registry {
         self.ensure()
     }
 
+    /// The creator recorded for the block `name`, if there is a record.
+    ///
+    /// # Errors
+    /// When the directory exists but is not private, or the record cannot be read.
+    pub(crate) fn creator_of(&self, name: &str) -> io::Result<Option<Creator>> {
+        if validate_name(name).is_err() {
+            return Ok(None);
+        }
+        match fs::symlink_metadata(&self.dir) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err),
+            Ok(meta) => check_private(&self.dir, &meta)?,
+        }
+        match fs::read_to_string(self.dir.join(name)) {
+            Ok(text) => Ok(Entry::parse(&text).map(|entry| Creator {
+                pid: entry.pid,
+                pgid: entry.pgid,
+            })),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Finds the blocks of dead creators whose record passes `select` and, when `act`,
     /// unlinks them and removes their records; otherwise only names what it would unlink.
     fn collect(
@@ -307,6 +330,15 @@ impl Registry {
         }
         ensure_private_dir(&self.dir)
     }
+}
+
+/// Who a record says created its block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Creator {
+    /// The creating process.
+    pub(crate) pid: u32,
+    /// Its process group, when the record says (consort's Python worker writes it).
+    pub(crate) pgid: Option<u32>,
 }
 
 /// One parsed record.
