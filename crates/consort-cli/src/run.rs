@@ -92,12 +92,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         return Ok(exit::INTERRUPTED);
     }
 
+    // Output blocks count as the task's only if created from here on (`shm::claim`); the
+    // worker's leftovers are reclaimed when this drops, after the service (declared later).
+    let claim_start = consort::shm::claim::Start::now();
+    let mut worker_blocks = arrays::WorkerBlocks::default();
     let service = args
         .worker
         .recipe(Some(&args.env))?
         .builder
         .start()
         .context("starting the worker")?;
+    worker_blocks.watch(service.pid());
     let (events_tx, events) = mpsc::channel::<TaskEvent>();
     let mut task = service.task(script).inputs(inputs);
     if let Some(queue) = &args.queue {
@@ -151,12 +156,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     // A Ctrl-C that arrived with the terminal event still counts; one after this snapshot
     // is caught by the teardown below.
     let n_interrupts = interrupts.load(Ordering::SeqCst);
-    // Output blocks are ours to unlink, whatever the exit code; they are saved only when
-    // the outputs are reported.
+    // Output blocks the worker made for the task are ours to unlink, whatever the exit
+    // code; they are saved only when the outputs are reported.
     let taken = match &result {
         Ok(outputs) => {
             let save_dir = args.save_arrays.as_deref().filter(|_| n_interrupts == 0);
-            arrays::take_outputs(outputs, &input_arrays, save_dir)
+            let claim = consort::shm::Claim::new(claim_start, service.pid());
+            arrays::take_outputs(outputs, &input_arrays, save_dir, &claim)
         }
         Err(_) => arrays::TakenOutputs::default(),
     };

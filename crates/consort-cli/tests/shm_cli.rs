@@ -543,3 +543,382 @@ fn the_ndarray_benchmark_runs_on_both_workers() {
         assert_eq!(scratch.records(), Vec::<String>::new(), "{worker}");
     }
 }
+
+/// Runs `script` on `consort run` (consort's worker, the test Python) with `args` before
+/// it; returns the output.
+fn run_script(scratch: &Scratch, args: &[&str], script: &str) -> Output {
+    let mut all = args.to_vec();
+    all.push(script);
+    run(scratch, "consort", &python(), &all)
+        .output()
+        .expect("run consort")
+}
+
+/// Whether this process runs as root, which can give a file to another user.
+fn is_root(scratch: &Scratch) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(&scratch.0).expect("stat scratch").uid() == 0
+}
+
+/// The line of `text` that names `name`.
+fn line_naming<'a>(text: &'a str, name: &str) -> &'a str {
+    text.lines()
+        .find(|line| line.contains(&format!("{name:?}")))
+        .unwrap_or_else(|| panic!("no line names {name} in:\n{text}"))
+}
+
+/// Issue 14: `consort run` unlinked every block an output named, whoever had made it: one
+/// that existed before the run, another run's input, another user's file (root deleted a
+/// `nobody` file), a semaphore, another program's object, nested anywhere. A worker behind
+/// a trust boundary could delete the supervisor's shared memory by naming it. Now only the
+/// blocks the worker made for the task are taken over; each other one stays, with a
+/// warning that names it and says why.
+#[test]
+fn issue_14_run_takes_over_only_the_blocks_its_worker_made_for_the_task() {
+    let _watchdog = Watchdog::new("shm-cli-ownership", Duration::from_secs(120));
+    let scratch = Scratch::new("shm-cli-ownership");
+    assert!(
+        is_root(&scratch),
+        "this test gives a file to `nobody`, which needs root (the CI runs as root)"
+    );
+    let input = scratch.path("a.npy");
+    write_npy(&input);
+    // Older than the run, and this process's: only its age tells it from the worker's.
+    let before = consort::SharedMemory::create(64).expect("create");
+    let ready = scratch.path("attacker.ready");
+    let other_file = scratch.path("victim.name");
+    let victim_gate = scratch.path("victim.gate");
+
+    // The attacker names blocks it did not make; `mine` is the one it did.
+    let attacker_script = "import os, time, _multiprocessing
+open(ready, 'w').close()
+while not os.path.exists(other_file):
+    time.sleep(0.01)
+other = open(other_file).read().strip()
+def plant(name, owner=None):
+    with open('/dev/shm/' + name, 'wb') as f:
+        f.write(bytes(64))
+    if owner is not None:
+        os.chown('/dev/shm/' + name, owner, owner)
+    return name
+nobody = plant('psm_' + os.urandom(4).hex(), 65534)
+stranger = plant('consort-test-' + os.urandom(4).hex())
+sem = _multiprocessing.SemLock(1, 1, 1, '/consort-test-' + os.urandom(4).hex(), False)
+semaphore = 'sem.' + sem.name.lstrip('/')
+def shm(name):
+    return {'appose_type': 'shm', 'name': name, 'rsize': 1}
+task.outputs['mine'] = NDArray('uint8', [64])
+task.outputs['nested'] = {
+    'list': [shm(before), [shm(other)], {'deep': {'appose_type': 'ndarray', 'dtype': 'uint8',
+                                                  'shape': [1], 'shm': shm(nobody)}}],
+    'semaphore': shm(semaphore), 'stranger': shm(stranger)}
+task.outputs['names'] = {'other': other, 'nobody': nobody, 'semaphore': semaphore,
+                         'stranger': stranger}";
+    let attacker = run(
+        &scratch,
+        "consort",
+        &python(),
+        &[
+            "--input",
+            &format!("before={}", serde_json::json!(before.name())),
+            "--input",
+            &format!("ready={}", json_string(&ready)),
+            "--input",
+            &format!("other_file={}", json_string(&other_file)),
+            attacker_script,
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn the attacker");
+    let limit = Duration::from_secs(60) * slowdown();
+    assert!(
+        wait_until(limit, || ready.exists()),
+        "the attacker's worker did not start"
+    );
+
+    // Another run, started after the attacker: its input block is newer than the
+    // attacker's start, so only the registry tells it is not the attacker's.
+    let victim_script = "import os, time
+with open(other_file + '.tmp', 'w') as f:
+    f.write(a.shm.name + '\\n')
+os.rename(other_file + '.tmp', other_file)
+while not os.path.exists(gate):
+    time.sleep(0.01)";
+    let mut victim = run(
+        &scratch,
+        "consort",
+        &python(),
+        &[
+            "--input",
+            &format!("a=@{}", input.display()),
+            "--input",
+            &format!("other_file={}", json_string(&other_file)),
+            "--input",
+            &format!("gate={}", json_string(&victim_gate)),
+            victim_script,
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn the victim");
+    let victim_block = read_name(&mut victim, &other_file);
+
+    let output = attacker.wait_with_output().expect("wait for the attacker");
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    let outputs: Value = serde_json::from_slice(&output.stdout).expect("JSON outputs");
+    let name = |key: &str| outputs["names"][key].as_str().expect("a name").to_owned();
+    let (nobody, semaphore, stranger) = (name("nobody"), name("semaphore"), name("stranger"));
+    assert_eq!(name("other"), victim_block);
+    let mine = outputs["mine"]["shm"]["name"].as_str().expect("a name");
+    assert!(!block_exists(mine), "the worker's own block was taken over");
+    assert!(!text.contains(mine), "{text}");
+
+    let victim_pid = victim.id();
+    let expected = [
+        (
+            before.name().to_owned(),
+            "existed before this task's worker started".to_owned(),
+        ),
+        (
+            victim_block.clone(),
+            format!("the shared-memory registry records it as made by process {victim_pid}"),
+        ),
+        (nobody.clone(), "belongs to uid 65534".to_owned()),
+        (
+            semaphore.clone(),
+            "its name is not one a worker gives".to_owned(),
+        ),
+        (
+            stranger.clone(),
+            "its name is not one a worker gives".to_owned(),
+        ),
+    ];
+    for (name, reason) in &expected {
+        assert!(block_exists(name), "{name} was left alone");
+        let line = line_naming(&text, name);
+        assert!(
+            line.starts_with("consort: warning: ") && line.contains(reason),
+            "{name}: {line}"
+        );
+    }
+    assert_eq!(scratch.records(), vec![victim_block.clone()], "{text}");
+
+    // The victim never noticed: it ends normally and cleans up its own block.
+    std::fs::write(&victim_gate, "").expect("open the gate");
+    assert_eq!(victim.wait().expect("wait for the victim").code(), Some(0));
+    assert!(!block_exists(&victim_block));
+    assert_eq!(scratch.records(), Vec::<String>::new());
+    for name in [&nobody, &semaphore, &stranger] {
+        std::fs::remove_file(Path::new("/dev/shm").join(name)).expect("clean up");
+    }
+}
+
+/// Issue 14: an output block whose descriptor claims more bytes than the block has was left
+/// in `/dev/shm` with a warning. It is the run's: it is unlinked and the warning says so;
+/// the run fails (exit 2) when that output was to be saved with `--save-arrays`.
+#[test]
+fn issue_14_a_short_output_block_is_unlinked_and_said() {
+    let _watchdog = Watchdog::new("shm-cli-short", Duration::from_secs(120));
+    let scratch = Scratch::new("shm-cli-short");
+    let saved = scratch.path("saved");
+    std::fs::create_dir(&saved).expect("mkdir");
+    let script = "small = SharedMemory(rsize=100, create=True)
+tiny = SharedMemory(rsize=16, create=True)
+task.outputs['bad'] = {'appose_type': 'shm', 'name': small.name, 'rsize': 4096}
+task.outputs['arr'] = {'appose_type': 'ndarray', 'dtype': 'float32', 'shape': [64],
+                       'shm': {'appose_type': 'shm', 'name': tiny.name, 'rsize': 256}}";
+    let saved_spec = saved.to_str().expect("UTF-8").to_owned();
+    let cases: [(&[&str], i32); 2] = [(&[], 0), (&["--save-arrays", &saved_spec], 2)];
+    for (args, expected_code) in cases {
+        let output = run_script(&scratch, args, script);
+        let text = stderr(&output);
+        assert_eq!(
+            output.status.code(),
+            Some(expected_code),
+            "{args:?}: {text}"
+        );
+        let outputs: Value = serde_json::from_slice(&output.stdout).expect("JSON outputs");
+        let small = outputs["bad"]["name"].as_str().expect("a name");
+        let tiny = outputs["arr"]["shm"]["name"].as_str().expect("a name");
+        for (name, output_name, sizes) in [
+            (small, "bad", "has 100 bytes, fewer than the 4096"),
+            (tiny, "arr", "has 16 bytes, fewer than the 256"),
+        ] {
+            assert!(!block_exists(name), "{args:?}: {name} was unlinked");
+            let line = line_naming(&text, name);
+            assert!(
+                line.contains(&format!("the output {output_name:?}"))
+                    && line.contains(sizes)
+                    && line.contains("unlinked"),
+                "{args:?}: {line}"
+            );
+        }
+        if expected_code == 2 {
+            assert!(
+                text.contains("--save-arrays: the output \"arr\""),
+                "the output that cannot be saved is an error: {text}"
+            );
+            assert!(!saved.join("arr.npy").exists());
+        }
+        assert_eq!(scratch.records(), Vec::<String>::new(), "{args:?}");
+    }
+}
+
+/// Issue 14: the blocks consort's Python worker made leaked when it crashed, and `shm ls`
+/// did not list them. Now the worker records them like the supervisor does: `consort run`
+/// unlinks the blocks its dead worker never handed back, and after a SIGKILLed `consort
+/// run` (whose worker dies with it), `shm ls` lists them and `shm gc` removes them.
+#[test]
+fn issue_14_a_crashed_python_workers_blocks_are_listed_and_reclaimed() {
+    let _watchdog = Watchdog::new("shm-cli-worker-blocks", Duration::from_secs(120));
+    let scratch = Scratch::new("shm-cli-worker-blocks");
+    let input = scratch.path("a.npy");
+    write_npy(&input);
+    let ls_json = || -> Vec<Value> {
+        let output = consort(&scratch, &["shm", "ls", "--json"])
+            .output()
+            .expect("consort shm ls");
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        serde_json::from_slice(&output.stdout).expect("a JSON array")
+    };
+    // The script makes two blocks, says their names and its pid, then waits for the gate;
+    // opening it makes the worker SIGKILL itself.
+    let script = "import os, signal, time
+made = [NDArray('float32', [100]), SharedMemory(rsize=10, create=True)]
+with open(name_file + '.tmp', 'w') as f:
+    f.write('%d %s %s\\n' % (os.getpid(), made[0].shm.name, made[1].name))
+os.rename(name_file + '.tmp', name_file)
+while not os.path.exists(gate):
+    time.sleep(0.01)
+os.kill(os.getpid(), signal.SIGKILL)";
+    let start = |label: &str| {
+        let name_file = scratch.path(&format!("{label}.name"));
+        let gate = scratch.path(&format!("{label}.gate"));
+        let mut child = run(
+            &scratch,
+            "consort",
+            &python(),
+            &[
+                "--input",
+                &format!("a=@{}", input.display()),
+                "--input",
+                &format!("name_file={}", json_string(&name_file)),
+                "--input",
+                &format!("gate={}", json_string(&gate)),
+                script,
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn consort");
+        let line = read_name(&mut child, &name_file);
+        let mut words = line.split(' ');
+        let pid: u32 = words.next().expect("pid").parse().expect("a pid");
+        let names: Vec<String> = words.map(str::to_owned).collect();
+        (child, pid, names, gate)
+    };
+
+    // The worker crashes: `consort run` unlinks what it left.
+    let (child, worker_pid, names, gate) = start("crash");
+    let listed = ls_json();
+    for name in &names {
+        let info = listed
+            .iter()
+            .find(|info| info["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("shm ls lists the worker's {name}: {listed:?}"));
+        assert_eq!(info["creator_pid"], worker_pid, "{info}");
+        assert_eq!(info["creator_alive"], true, "{info}");
+    }
+    assert_eq!(
+        listed.len(),
+        3,
+        "the input block and the worker's two: {listed:?}"
+    );
+    std::fs::write(&gate, "").expect("open the gate");
+    let output = child.wait_with_output().expect("wait for consort");
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(3), "{text}");
+    for name in &names {
+        assert!(!block_exists(name), "{name} was reclaimed: {text}");
+    }
+    let line = line_naming(&text, &names[1]);
+    assert!(
+        line.contains(&format!("the worker (pid {worker_pid}) left shared memory"))
+            && names.iter().all(|name| line.contains(&format!("{name:?}"))),
+        "{line}"
+    );
+    assert_eq!(scratch.records(), Vec::<String>::new());
+
+    // `consort run` itself is SIGKILLed; its worker dies with it and nobody cleans up
+    // until `shm gc`.
+    let (mut child, worker_pid, names, _gate) = start("sigkill");
+    consort_tests::kill(child.id(), 9);
+    child.wait().expect("reap the SIGKILLed consort");
+    let dead = wait_until(Duration::from_secs(30), || {
+        let listed = ls_json();
+        listed.len() == 3 && listed.iter().all(|info| info["creator_alive"] == false)
+    });
+    assert!(
+        dead,
+        "the worker {worker_pid} died with its consort: {:?}",
+        ls_json()
+    );
+    for name in &names {
+        assert!(block_exists(name), "{name} is left until gc");
+    }
+    let gc = consort(&scratch, &["shm", "gc"])
+        .output()
+        .expect("consort shm gc");
+    assert_eq!(gc.status.code(), Some(0), "{}", stderr(&gc));
+    let collected = String::from_utf8_lossy(&gc.stdout).into_owned();
+    assert_eq!(collected.lines().count(), 3, "{collected}");
+    for name in &names {
+        assert!(collected.lines().any(|line| line == name), "{collected}");
+        assert!(!block_exists(name), "{name} was collected");
+    }
+    assert_eq!(scratch.records(), Vec::<String>::new());
+}
+
+/// Issue 14: a creator registry that cannot be used was reported only through tracing,
+/// which `consort run` does not print. It is a warning on stderr when the run uses shared
+/// memory, and nothing when it does not.
+#[test]
+fn issue_14_an_unusable_registry_is_a_warning_on_stderr() {
+    let _watchdog = Watchdog::new("shm-cli-registry-warning", Duration::from_secs(60));
+    let scratch = Scratch::new("shm-cli-registry-warning");
+    let input = scratch.path("a.npy");
+    write_npy(&input);
+    let open_dir = scratch.path("open-registry");
+    std::fs::create_dir(&open_dir).expect("mkdir");
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let with_registry = |args: &[&str]| {
+        let mut command = run(&scratch, "consort", &python(), args);
+        command.env("CONSORT_SHM_REGISTRY", &open_dir);
+        command.output().expect("run consort")
+    };
+
+    let input_spec = format!("a=@{}", input.display());
+    let output = with_registry(&["--input", &input_spec, "a.shape"]);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("shared-memory registry"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning: {text}");
+    assert!(
+        warnings[0].starts_with("consort: warning: ")
+            && warnings[0].contains(&open_dir.display().to_string())
+            && warnings[0].contains("closed to others"),
+        "{text}"
+    );
+
+    let output = with_registry(&["1 + 1"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(stderr(&output), "", "no shared memory, no warning");
+}
