@@ -554,6 +554,42 @@ fn run_script(scratch: &Scratch, args: &[&str], script: &str) -> Output {
         .expect("run consort")
 }
 
+/// A running `consort run`, ended with a SIGTERM (which it treats as a Ctrl-C: it cleans
+/// up) and reaped if the test ends first.
+struct Running(Option<Child>);
+
+impl Running {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("still running")
+    }
+
+    fn into_child(mut self) -> Child {
+        self.0.take().expect("still running")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                consort_tests::kill(child.id(), 15);
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Files a test put in `/dev/shm`, removed on drop even when it fails.
+struct Planted(Vec<String>);
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = std::fs::remove_file(Path::new("/dev/shm").join(name));
+        }
+    }
+}
+
 /// Whether this process runs as root, which can give a file to another user.
 fn is_root(scratch: &Scratch) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -589,6 +625,15 @@ fn issue_14_run_takes_over_only_the_blocks_its_worker_made_for_the_task() {
     let other_file = scratch.path("victim.name");
     let victim_gate = scratch.path("victim.gate");
 
+    // What the attacker's worker plants during the run, so that only the name or the
+    // owner tells these from its own blocks.
+    let random = consort::sys::random_u64().expect("random");
+    let nobody = format!("psm_{:08x}", random as u32);
+    let stranger = format!("consort-t-{:08x}", random as u32);
+    let semaphore_name = format!("consort-t-{:08x}", (random >> 32) as u32);
+    let semaphore = format!("sem.{semaphore_name}");
+    let _planted = Planted(vec![nobody.clone(), stranger.clone(), semaphore.clone()]);
+
     // The attacker names blocks it did not make; `mine` is the one it did.
     let attacker_script = "import os, time, _multiprocessing
 open(ready, 'w').close()
@@ -600,11 +645,10 @@ def plant(name, owner=None):
         f.write(bytes(64))
     if owner is not None:
         os.chown('/dev/shm/' + name, owner, owner)
-    return name
-nobody = plant('psm_' + os.urandom(4).hex(), 65534)
-stranger = plant('consort-test-' + os.urandom(4).hex())
-sem = _multiprocessing.SemLock(1, 1, 1, '/consort-test-' + os.urandom(4).hex(), False)
-semaphore = 'sem.' + sem.name.lstrip('/')
+plant(nobody, 65534)
+plant(stranger)
+sem = _multiprocessing.SemLock(1, 1, 1, '/' + semaphore_name, False)
+assert os.path.exists('/dev/shm/' + semaphore)
 def shm(name):
     return {'appose_type': 'shm', 'name': name, 'rsize': 1}
 task.outputs['mine'] = NDArray('uint8', [64])
@@ -612,29 +656,40 @@ task.outputs['nested'] = {
     'list': [shm(before), [shm(other)], {'deep': {'appose_type': 'ndarray', 'dtype': 'uint8',
                                                   'shape': [1], 'shm': shm(nobody)}}],
     'semaphore': shm(semaphore), 'stranger': shm(stranger)}
-task.outputs['names'] = {'other': other, 'nobody': nobody, 'semaphore': semaphore,
-                         'stranger': stranger}";
-    let attacker = run(
-        &scratch,
-        "consort",
-        &python(),
-        &[
-            "--input",
-            &format!("before={}", serde_json::json!(before.name())),
-            "--input",
-            &format!("ready={}", json_string(&ready)),
-            "--input",
-            &format!("other_file={}", json_string(&other_file)),
-            attacker_script,
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn the attacker");
+task.outputs['other'] = other";
+    let json = |value: &str| serde_json::json!(value).to_string();
+    let mut attacker = Running(Some(
+        run(
+            &scratch,
+            "consort",
+            &python(),
+            &[
+                "--input",
+                &format!("before={}", json(before.name())),
+                "--input",
+                &format!("ready={}", json_string(&ready)),
+                "--input",
+                &format!("other_file={}", json_string(&other_file)),
+                "--input",
+                &format!("nobody={}", json(&nobody)),
+                "--input",
+                &format!("stranger={}", json(&stranger)),
+                "--input",
+                &format!("semaphore_name={}", json(&semaphore_name)),
+                "--input",
+                &format!("semaphore={}", json(&semaphore)),
+                attacker_script,
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the attacker"),
+    ));
     let limit = Duration::from_secs(60) * slowdown();
     assert!(
-        wait_until(limit, || ready.exists()),
+        wait_until(limit, || ready.exists()
+            || attacker.child().try_wait().expect("try_wait").is_some()),
         "the attacker's worker did not start"
     );
 
@@ -646,38 +701,41 @@ with open(other_file + '.tmp', 'w') as f:
 os.rename(other_file + '.tmp', other_file)
 while not os.path.exists(gate):
     time.sleep(0.01)";
-    let mut victim = run(
-        &scratch,
-        "consort",
-        &python(),
-        &[
-            "--input",
-            &format!("a=@{}", input.display()),
-            "--input",
-            &format!("other_file={}", json_string(&other_file)),
-            "--input",
-            &format!("gate={}", json_string(&victim_gate)),
-            victim_script,
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("spawn the victim");
-    let victim_block = read_name(&mut victim, &other_file);
+    let mut victim = Running(Some(
+        run(
+            &scratch,
+            "consort",
+            &python(),
+            &[
+                "--input",
+                &format!("a=@{}", input.display()),
+                "--input",
+                &format!("other_file={}", json_string(&other_file)),
+                "--input",
+                &format!("gate={}", json_string(&victim_gate)),
+                victim_script,
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the victim"),
+    ));
+    let victim_block = read_name(victim.child(), &other_file);
 
-    let output = attacker.wait_with_output().expect("wait for the attacker");
+    let output = attacker
+        .into_child()
+        .wait_with_output()
+        .expect("wait for the attacker");
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(0), "{text}");
     let outputs: Value = serde_json::from_slice(&output.stdout).expect("JSON outputs");
-    let name = |key: &str| outputs["names"][key].as_str().expect("a name").to_owned();
-    let (nobody, semaphore, stranger) = (name("nobody"), name("semaphore"), name("stranger"));
-    assert_eq!(name("other"), victim_block);
+    assert_eq!(outputs["other"], victim_block.as_str());
     let mine = outputs["mine"]["shm"]["name"].as_str().expect("a name");
     assert!(!block_exists(mine), "the worker's own block was taken over");
     assert!(!text.contains(mine), "{text}");
 
-    let victim_pid = victim.id();
+    let victim_pid = victim.child().id();
     let expected = [
         (
             before.name().to_owned(),
@@ -709,12 +767,10 @@ while not os.path.exists(gate):
 
     // The victim never noticed: it ends normally and cleans up its own block.
     std::fs::write(&victim_gate, "").expect("open the gate");
-    assert_eq!(victim.wait().expect("wait for the victim").code(), Some(0));
+    let status = victim.into_child().wait().expect("wait for the victim");
+    assert_eq!(status.code(), Some(0));
     assert!(!block_exists(&victim_block));
     assert_eq!(scratch.records(), Vec::<String>::new());
-    for name in [&nobody, &semaphore, &stranger] {
-        std::fs::remove_file(Path::new("/dev/shm").join(name)).expect("clean up");
-    }
 }
 
 /// Issue 14: an output block whose descriptor claims more bytes than the block has was left
@@ -798,25 +854,27 @@ os.kill(os.getpid(), signal.SIGKILL)";
     let start = |label: &str| {
         let name_file = scratch.path(&format!("{label}.name"));
         let gate = scratch.path(&format!("{label}.gate"));
-        let mut child = run(
-            &scratch,
-            "consort",
-            &python(),
-            &[
-                "--input",
-                &format!("a=@{}", input.display()),
-                "--input",
-                &format!("name_file={}", json_string(&name_file)),
-                "--input",
-                &format!("gate={}", json_string(&gate)),
-                script,
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn consort");
-        let line = read_name(&mut child, &name_file);
+        let mut child = Running(Some(
+            run(
+                &scratch,
+                "consort",
+                &python(),
+                &[
+                    "--input",
+                    &format!("a=@{}", input.display()),
+                    "--input",
+                    &format!("name_file={}", json_string(&name_file)),
+                    "--input",
+                    &format!("gate={}", json_string(&gate)),
+                    script,
+                ],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn consort"),
+        ));
+        let line = read_name(child.child(), &name_file);
         let mut words = line.split(' ');
         let pid: u32 = words.next().expect("pid").parse().expect("a pid");
         let names: Vec<String> = words.map(str::to_owned).collect();
@@ -840,7 +898,10 @@ os.kill(os.getpid(), signal.SIGKILL)";
         "the input block and the worker's two: {listed:?}"
     );
     std::fs::write(&gate, "").expect("open the gate");
-    let output = child.wait_with_output().expect("wait for consort");
+    let output = child
+        .into_child()
+        .wait_with_output()
+        .expect("wait for consort");
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(3), "{text}");
     for name in &names {
@@ -856,7 +917,10 @@ os.kill(os.getpid(), signal.SIGKILL)";
 
     // `consort run` itself is SIGKILLed; its worker dies with it and nobody cleans up
     // until `shm gc`.
-    let (mut child, worker_pid, names, _gate) = start("sigkill");
+    let (child, worker_pid, names, _gate) = start("sigkill");
+    let mut child = child.into_child();
+    // Whatever happens next, gc below or the drop of this guard removes the blocks.
+    let _planted = Planted(names.clone());
     consort_tests::kill(child.id(), 9);
     child.wait().expect("reap the SIGKILLed consort");
     let dead = wait_until(Duration::from_secs(30), || {
