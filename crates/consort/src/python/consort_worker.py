@@ -186,6 +186,10 @@ def _untrack(block):
 # record exists before the block and goes when the block is unlinked (by the service that
 # received it: this worker never unlinks).
 _registry_warned = [False]
+# The directory last found private (checked again when the environment names another),
+# and this process's start time: neither changes under a running worker.
+_registry_ready = [None]
+_start_time = []
 
 
 def _registry_dir():
@@ -223,29 +227,37 @@ def _private_dir(path):
 
 def _process_start():
     """This process's start time in clock ticks since boot (Linux), or "-"."""
-    try:
-        with open("/proc/self/stat") as stat_file:
-            text = stat_file.read()
-        return text[text.rindex(")") + 2:].split(" ")[19]
-    except (OSError, ValueError, IndexError):
-        return "-"
+    if not _start_time:
+        try:
+            with open("/proc/self/stat") as stat_file:
+                text = stat_file.read()
+            _start_time.append(text[text.rindex(")") + 2:].split(" ")[19])
+        except (OSError, ValueError, IndexError):
+            _start_time.append("-")
+    return _start_time[0]
 
 
 def _record_begin(name, rsize):
-    """Writes the record of a block about to be created: returns its path, None if the
-    registry cannot be used (said once on stderr), or False if the name is taken."""
+    """Writes the record of a block about to be created: returns (path, open fd), None if
+    the registry cannot be used (said once on stderr), or False if the name is taken."""
     try:
         folder = _registry_dir()
-        parent = os.path.dirname(folder)
-        base = os.path.basename(parent)
-        if base == "consort" or base.startswith("consort-"):
-            _private_dir(parent)
-        _private_dir(folder)
+        if _registry_ready[0] != folder:
+            parent = os.path.dirname(folder)
+            base = os.path.basename(parent)
+            if base == "consort" or base.startswith("consort-"):
+                _private_dir(parent)
+            _private_dir(folder)
+            _registry_ready[0] = folder
         path = os.path.join(folder, name)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError:
             return False
+        except OSError:
+            # The directory may have gone or changed: check it again next time.
+            _registry_ready[0] = None
+            raise
         try:
             os.write(fd, ("pid=%d\nstart=%s\npgid=%d\nrsize=%d\n" % (
                 os.getpid(), _process_start(), os.getpgid(0), rsize)).encode("ascii"))
@@ -253,8 +265,7 @@ def _record_begin(name, rsize):
             os.close(fd)
             _record_remove(path)
             raise
-        os.close(fd)
-        return path
+        return path, fd
     except OSError as error:
         if not _registry_warned[0]:
             _registry_warned[0] = True
@@ -264,16 +275,24 @@ def _record_begin(name, rsize):
         return None
 
 
-def _record_commit(path, block):
-    """Adds the block's inode, now that it exists."""
-    fd = getattr(block, "_fd", None)
+def _record_commit(record, block):
+    """Adds the block's inode, now that it exists, and closes the record."""
+    path, fd = record
+    block_fd = getattr(block, "_fd", None)
     try:
-        ino = os.fstat(fd).st_ino if isinstance(fd, int) and fd >= 0 else None
-        if ino is not None:
-            with open(path, "a") as record:
-                record.write("ino=%d\n" % ino)
-    except OSError:
-        pass
+        if isinstance(block_fd, int) and block_fd >= 0:
+            os.write(fd, ("ino=%d\n" % os.fstat(block_fd).st_ino).encode("ascii"))
+    except OSError as error:
+        print("consort worker: shm registry: %s: %s" % (path, error), file=sys.stderr)
+    finally:
+        os.close(fd)
+
+
+def _record_drop(record):
+    """Removes the record of a block that was not created."""
+    path, fd = record
+    os.close(fd)
+    _record_remove(path)
 
 
 def _record_remove(path):
@@ -302,11 +321,11 @@ def _create_block(shared_memory, size):
                 block = _without_tracking(lambda: shared_memory.SharedMemory(**kwargs))
         except FileExistsError:
             if record:
-                _record_remove(record)
+                _record_drop(record)
             continue
         except BaseException:
             if record:
-                _record_remove(record)
+                _record_drop(record)
             raise
         if record:
             _record_commit(record, block)
