@@ -58,8 +58,9 @@ pub struct RunArgs {
     #[arg(long = "input", value_name = "NAME=JSON|NAME=@FILE.npy")]
     inputs: Vec<String>,
     /// Also save each n-d array output as DIR/NAME.npy (exit 2 if one cannot be saved).
-    /// Either way, output blocks the worker made are unlinked when the run ends (the
-    /// service cleans up, as in Appose).
+    /// Either way, output blocks the worker made for the task are unlinked when the run
+    /// ends (the service cleans up, as in Appose); other blocks an output names are left
+    /// alone, with a warning that says why.
     #[arg(long, value_name = "DIR")]
     save_arrays: Option<PathBuf>,
     /// Run on the worker's main thread (`main`).

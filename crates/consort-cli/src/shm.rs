@@ -1,5 +1,6 @@
-//! `consort shm ls` and `consort shm gc`: the shared-memory blocks consort created, as the
-//! creator registry records them, and the removal of those whose creator is dead.
+//! `consort shm ls` and `consort shm gc`: the shared-memory blocks consort and its Python
+//! worker created, as the creator registry records them, and the removal of those whose
+//! creator is dead.
 //!
 //! Both read the registry of `consort::shm::registry` (`$CONSORT_SHM_REGISTRY`, else
 //! `$XDG_RUNTIME_DIR/consort/shm`, else `/tmp/consort-<uid>/shm`). Nothing outside it is
@@ -14,8 +15,8 @@ use consort::shm::registry;
 
 #[derive(Debug, Subcommand)]
 pub enum ShmCmd {
-    /// List the blocks consort created that are still recorded: name, size, creator pid,
-    /// and whether the creator is alive.
+    /// List the blocks consort and its Python worker created that are still recorded:
+    /// name, size, creator pid, and whether the creator is alive.
     Ls {
         /// Print one JSON array of objects (name, rsize, size, creator_pid, creator_alive,
         /// kept) instead of a table.

@@ -4,7 +4,9 @@ Shipped inside the consort binary and run with any python3 >= 3.9; it needs noth
 installed. Scripts written for Appose's python_worker run unchanged: inputs are variables,
 `task` has update/cancel/fail/export/outputs/cancel_requested, the last expression is the
 result, `queue: "main"` runs on the main thread, APPOSE_INIT_SCRIPT runs first, and shm /
-ndarray inputs are attached (numpy is imported only when an ndarray arrives).
+ndarray inputs are attached (numpy is imported only when an ndarray arrives). Blocks its
+SharedMemory and NDArray create are recorded in consort's creator registry, so that a
+crashed worker's blocks are listed (`consort shm ls`) and collected (`consort shm gc`).
 
 Where appose's worker is fragile, this one is not:
 - each response is written whole under one lock: lines never interleave;
