@@ -516,3 +516,30 @@ fn worker_python_serves_appose_requests_on_stdin_and_stdout() {
     drop(stdin);
     assert!(child.wait().expect("wait").success());
 }
+
+/// Issue 14: a worker whose stdout line never ends was read (and dropped) forever while
+/// its task waited, silently, until a timeout if there was one. The line is cut at the
+/// limit (16 MiB by default): the pending tasks fail at once with the reason, and the run
+/// ends (the framer never holds more than the limit meanwhile).
+#[test]
+fn issue_14_a_stdout_line_that_never_ends_fails_the_task_at_the_limit() {
+    let _watchdog = Watchdog::new("cli-endless-line", Duration::from_secs(120));
+    let dir = std::env::temp_dir().join(format!("consort-cli-endless-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let script = dir.join("endless.py");
+    std::fs::write(
+        &script,
+        "import sys\nsys.stdin.readline()\nchunk = b'x' * 65536\nwhile True:\n    sys.stdout.buffer.write(chunk)\n",
+    )
+    .expect("write the worker");
+    let worker = format!("{} {}", python().display(), script.display());
+    // The timeout only bounds a failure of this test: the task must fail long before.
+    let output = run(&worker, &["--timeout", "60", "1"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("over the limit of 16777216 bytes"),
+        "{}",
+        stderr(&output)
+    );
+}
