@@ -190,8 +190,8 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
             // Bounded; it ends every task, so each line read gets its output line.
             pool.close();
             for line in pending.drain(..) {
-                write_line(&mut out, &line)?;
-                progress.advance(line.bytes, false);
+                let complete = write_line(&mut out, &line)?;
+                progress.advance(line.bytes, complete);
             }
             out.flush()?;
             progress.finish();
@@ -229,8 +229,9 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
                     let _ = task.wait_timeout(Duration::from_millis(20));
                 }
             }
-            write_line(&mut out, &line)?;
-            progress.advance(line.bytes, false);
+            // A line that completed before the interrupt reached it says so, and counts so.
+            let complete = write_line(&mut out, &line)?;
+            progress.advance(line.bytes, complete);
         }
         out.flush()?;
         progress.finish();

@@ -243,3 +243,47 @@ fn env_runs_every_worker_in_that_environment() {
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(stderr(&output).contains("--env"), "{}", stderr(&output));
 }
+
+/// Issue 14: after Ctrl-C, the summary counted every line written after the interrupt as
+/// not complete, although lines that had completed were written `complete` (it said 32
+/// where the output had 24). The summary now counts the statuses written.
+#[test]
+fn issue_14_after_ctrl_c_the_summary_counts_the_statuses_written() {
+    let _watchdog = Watchdog::new("map-ctrl-c-summary", LIMIT);
+    let dir = std::env::temp_dir().join(format!("consort-map-summary-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // Line 0 blocks the in-order output; lines 1 to 3 complete behind it.
+    let script = "import time\nif x == 0:\n    time.sleep(60)\nopen(marker, 'w').close()\nx";
+    let mut child: Child = map(&["--workers", "1", script])
+        .spawn()
+        .expect("start consort map");
+    let markers: Vec<_> = (0..4).map(|idx| dir.join(format!("m{idx}"))).collect();
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        for (x, marker) in markers.iter().enumerate() {
+            writeln!(stdin, "{}", json!({"x": x, "marker": marker})).expect("write input");
+        }
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || markers[1..]
+            .iter()
+            .all(|marker| marker.exists())),
+        "the tasks did not run"
+    );
+    kill(child.id(), 2);
+    let output = child.wait_with_output().expect("consort map output");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
+    let lines = lines(&output);
+    let statuses: Vec<_> = lines.iter().map(|line| line["status"].clone()).collect();
+    assert_eq!(
+        statuses,
+        ["canceled", "complete", "complete", "complete"],
+        "{lines:?}"
+    );
+    assert!(
+        stderr(&output).contains("consort map: 4 lines (1 not complete)"),
+        "{}",
+        stderr(&output)
+    );
+}
