@@ -20,7 +20,7 @@ use consort::{Pool, PoolEvent, Task, TaskError};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
-use crate::args::{parse_timeout, EnvArgs, ScriptArgs, WorkerArgs};
+use crate::args::{input_name_problem, parse_timeout, EnvArgs, ScriptArgs, WorkerArgs};
 use crate::exit;
 
 /// How long a cancelled task gets to stop before its worker is killed.
@@ -273,6 +273,12 @@ fn submit(pool: &Pool, script: &str, line: &str) -> Item {
             return Item::Done("failed", format!("the input line is not valid JSON: {err}"))
         }
     };
+    // The keys become the script's variables: the same rule as `run --input`.
+    for key in inputs.keys() {
+        if let Some(problem) = input_name_problem(key) {
+            return Item::Done("failed", format!("the input line's key {key:?}: {problem}"));
+        }
+    }
     match pool.task(script).inputs(inputs).submit() {
         Ok(task) => Item::Task(task),
         Err(err) => Item::Done("failed", format!("cannot submit the task: {err}")),

@@ -287,3 +287,29 @@ fn issue_14_after_ctrl_c_the_summary_counts_the_statuses_written() {
         stderr(&output)
     );
 }
+
+fn error_of(line: &Value) -> &str {
+    line["error"].as_str().unwrap_or_default()
+}
+
+/// Issue 14: an input line's keys are the script's variables; a key that is no identifier
+/// or that is `task` (hiding the script's handle on its task) was passed on silently. Such
+/// a line now fails with the reason, and the run goes on.
+#[test]
+fn issue_14_a_line_whose_key_is_not_an_input_name_fails() {
+    let _watchdog = Watchdog::new("map-keys", LIMIT);
+    let input =
+        "{\"x\": 1}\n{\"a-b\": 1}\n{\"task\": 1, \"x\": 2}\n{\"x\": 3, \"for\": 0}\n{\"x\": 4}\n";
+    let output = run_map(&["--workers", "1", "x"], input.to_owned());
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let lines = lines(&output);
+    let statuses: Vec<_> = lines.iter().map(|line| line["status"].clone()).collect();
+    assert_eq!(
+        statuses,
+        ["complete", "failed", "failed", "failed", "complete"],
+        "{lines:?}"
+    );
+    assert!(error_of(&lines[1]).contains("the input line's key \"a-b\": not an identifier"));
+    assert!(error_of(&lines[2]).contains("the input line's key \"task\": the script's own"));
+    assert!(error_of(&lines[3]).contains("the input line's key \"for\": a Python keyword"));
+}
