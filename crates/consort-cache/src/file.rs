@@ -4,8 +4,9 @@
 //!
 //! # Invariants
 //! 1. **A published file is complete**: it is built, formatted and READY in `.<random>.tmp`
-//!    before `link()` or `rename()` gives it the cache's name, and nothing mapped is ever
-//!    truncated, so no process can fault on a short file.
+//!    before `link()` or `rename()` gives it the cache's name, and we never truncate
+//!    anything mapped, so no process faults on a short file of our making (one that
+//!    someone else truncates is caught by the SIGBUS guard of `region.rs`).
 //! 2. **Private**: the directory is a real 0700 directory of ours, the file a regular 0600
 //!    file of ours, opened with `O_NOFOLLOW | O_CLOEXEC`; anything else is refused.
 //! 3. **No trust in the superblock**: magic, layout version, ABI, hash and every size are
@@ -85,11 +86,20 @@ pub(crate) fn check_dir(dir: &Path) -> Result<()> {
     if !meta.file_type().is_dir() {
         return not_private("not a directory (or a symlink)".into());
     }
-    if meta.uid() != rustix::process::geteuid().as_raw() {
-        return not_private(format!("owned by uid {}", meta.uid()));
+    let me = rustix::process::geteuid().as_raw();
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != me {
+        return not_private(format!(
+            "the cache directory belongs to uid {} (mode {mode:04o}), not to this user \
+             (uid {me}); it must be this user's own, with mode 0700",
+            meta.uid()
+        ));
     }
-    if meta.mode() & 0o077 != 0 {
-        return not_private(format!("mode {:o}, wanted 0700", meta.mode() & 0o777));
+    if mode & 0o077 != 0 {
+        return not_private(format!(
+            "the cache directory has mode {mode:04o}; it must have mode 0700 (nothing for \
+             group or others)"
+        ));
     }
     Ok(())
 }

@@ -25,6 +25,10 @@ use crate::region::{self, Region};
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed};
 use crate::sync::{AtomicU32, AtomicU64, Mutex};
 
+/// What [`Handle::intact`] reports once the file was truncated under us.
+pub(crate) const TRUNCATED: &str =
+    "the file was truncated while this process had it mapped (recreate the cache)";
+
 /// An open cache region and who we are in it.
 #[derive(Debug)]
 pub(crate) struct Handle {
@@ -108,6 +112,16 @@ impl Handle {
             path: self.path.clone(),
             what,
         }
+    }
+
+    /// `Ok` unless the file was truncated under our mapping (the SIGBUS guard caught a
+    /// fault in it, see `region.rs`): then nothing read from it can be trusted.
+    #[inline]
+    pub(crate) fn intact(&self) -> Result<()> {
+        if self.region.truncated() {
+            return Err(self.corrupt(TRUNCATED));
+        }
+        Ok(())
     }
 
     /// Whether another process has replaced this cache (the superblock says RETIRED).

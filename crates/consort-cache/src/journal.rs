@@ -34,8 +34,8 @@ use crate::error::Result;
 use crate::fault::point;
 use crate::handle::{Handle, Shard};
 use crate::layout::{
-    participant, shard_header, slot, Layout, JOURNAL_ACTIVE, JOURNAL_CAPACITY, JOURNAL_CLEARING,
-    JOURNAL_ENTRY, JOURNAL_IDLE, NONE,
+    lock_word, participant, shard_header, slot, Layout, JOURNAL_ACTIVE, JOURNAL_CAPACITY,
+    JOURNAL_CLEARING, JOURNAL_ENTRY, JOURNAL_IDLE, NONE, PARTICIPANTS,
 };
 use crate::lock::{self, Guard};
 use crate::region::Region;
@@ -192,18 +192,59 @@ fn recover(shard: Shard<'_>, state: u64) {
 
 /// The O(1) checks after a rollback; failing them clears the shard.
 fn quick_check(shard: Shard<'_>) -> bool {
+    meta_fault(shard).is_none()
+}
+
+/// What is wrong with the shard's meta words (length, list heads, hand), if anything.
+fn meta_fault(shard: Shard<'_>) -> Option<&'static str> {
     let layout = &shard.handle.layout;
-    let cap = layout.capacity as u64;
     let slots = layout.slots as u64;
     let idx_ok = |field| {
         let v = shard.word(field).load(Relaxed);
         v == NONE || v < slots
     };
-    shard.word(shard_header::LEN).load(Relaxed) <= cap
-        && idx_ok(shard_header::FREE_HEAD)
+    if shard.word(shard_header::LEN).load(Relaxed) > layout.capacity as u64 {
+        return Some("a shard's len exceeds its capacity");
+    }
+    let in_range = idx_ok(shard_header::FREE_HEAD)
         && idx_ok(shard_header::HEAD)
         && idx_ok(shard_header::TAIL)
-        && idx_ok(shard_header::HAND)
+        && idx_ok(shard_header::HAND);
+    (!in_range).then_some("a shard's free list, SIEVE head, tail or hand points outside it")
+}
+
+/// The cheap checks of a shard's header, without its lock and changing nothing: what is
+/// wrong, if anything. They hold at every instant of a healthy cache, a live writer's
+/// transaction and a dead writer's half-done one included, because every word they look at
+/// is only ever stored with a value that passes them (a lock token of a real participant, a
+/// known journal state, a journal length within capacity and entries inside the shard, list
+/// indices in range, `len` at most the capacity). So a failure is corruption, never a race.
+pub(crate) fn header_fault(shard: Shard<'_>) -> Option<&'static str> {
+    let handle = shard.handle;
+    let owner = shard.lock_word().load(Relaxed) & !lock_word::WAITERS;
+    if owner != 0 && (owner & lock_word::PARTICIPANT_MASK) as usize >= PARTICIPANTS {
+        return Some("a shard's lock word names no participant");
+    }
+    let state = shard.word(shard_header::JOURNAL_STATE).load(Acquire);
+    if ![JOURNAL_IDLE, JOURNAL_ACTIVE, JOURNAL_CLEARING].contains(&state) {
+        return Some("a shard's journal is in no known state");
+    }
+    let len = shard.word(shard_header::JOURNAL_LEN).load(Acquire);
+    if len > JOURNAL_CAPACITY as u64 {
+        return Some("a shard's journal is longer than its capacity");
+    }
+    if state == JOURNAL_ACTIVE {
+        let base = shard.base();
+        let (lo, hi) = (base, base + handle.layout.shard_bytes);
+        for i in 0..len as usize {
+            let entry = base + shard_header::JOURNAL_ENTRIES + i * JOURNAL_ENTRY;
+            let off = (handle.region.u64(entry).load(Acquire) & !ENTRY_IS_VERSION) as usize;
+            if off < lo || off + 8 > hi || off % 8 != 0 {
+                return Some("a shard's journal names a word outside the shard");
+            }
+        }
+    }
+    meta_fault(shard)
 }
 
 /// The rolled-forward clear: CLEARING is its commit point.

@@ -81,6 +81,10 @@ pub use write::Insert;
 use handle::{ttl_ns, Handle};
 use layout::{participant, shard_header, Layout, PARTICIPANTS};
 
+/// How many handles may have one cache open at once, all processes together (a further
+/// open gives [`Error::TooManyHandles`]).
+pub const MAX_HANDLES: usize = PARTICIPANTS;
+
 /// How a cache is made (and what an existing one must match).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -232,7 +236,11 @@ impl Cache {
         self.handle.is_retired()
     }
 
-    /// The counters of every participant, summed, and the current fill.
+    /// The counters of every participant, summed (saturating), and the current fill.
+    ///
+    /// # Caveats
+    /// Nothing here is checked: a corrupt file gives whatever it holds, and a file truncated
+    /// under this process reads as zeros. [`Cache::check_headers`] says whether to trust it.
     pub fn stats(&self) -> Stats {
         use sync::Ordering::Relaxed;
         let handle = &self.handle;
@@ -243,12 +251,14 @@ impl Cache {
         for index in 0..PARTICIPANTS {
             let base = handle.layout.participant(index);
             let read = |off| handle.region.u64(base + off).load(Relaxed);
-            stats.hits += read(participant::HITS);
-            stats.misses += read(participant::MISSES);
-            stats.inserts += read(participant::INSERTS);
-            stats.evictions += read(participant::EVICTIONS);
-            stats.expirations += read(participant::EXPIRATIONS);
-            stats.recoveries += read(participant::RECOVERIES);
+            // Saturating: the counters are whatever the file holds, garbage included.
+            let add = |sum: &mut u64, off| *sum = sum.saturating_add(read(off));
+            add(&mut stats.hits, participant::HITS);
+            add(&mut stats.misses, participant::MISSES);
+            add(&mut stats.inserts, participant::INSERTS);
+            add(&mut stats.evictions, participant::EVICTIONS);
+            add(&mut stats.expirations, participant::EXPIRATIONS);
+            add(&mut stats.recoveries, participant::RECOVERIES);
         }
         for shard in 0..handle.layout.shards {
             let len = handle.shard(shard).word(shard_header::LEN).load(Relaxed);
@@ -257,24 +267,43 @@ impl Cache {
         stats
     }
 
+    /// The cheap checks, without a lock and changing nothing: the file was not truncated
+    /// under this process, and every shard's header words are sane (lock owner, journal
+    /// state, length and entries, list heads, hand, fill). They hold at every instant of a
+    /// healthy cache, live and dead writers included, so a failure is corruption. Run them
+    /// before trusting [`Cache::stats`] of a file you did not make.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`], naming what is wrong.
+    pub fn check_headers(&self) -> Result<()> {
+        check::check_headers(&self.handle)
+    }
+
     /// Inserts or replaces `key`. `ttl` overrides the cache's default TTL.
     pub fn insert(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<Insert> {
-        write::insert(&self.handle, key, value, ttl)
+        self.intact(write::insert(&self.handle, key, value, ttl))
     }
 
     /// Removes `key`; `true` if it was there.
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
-        write::remove(&self.handle, key)
+        self.intact(write::remove(&self.handle, key))
     }
 
     /// Removes up to `max` expired entries; returns how many.
     pub fn purge_expired(&self, max: usize) -> Result<usize> {
-        write::purge_expired(&self.handle, max)
+        self.intact(write::purge_expired(&self.handle, max))
     }
 
     /// Removes every entry. Each shard is cleared atomically (before or after).
     pub fn clear(&self) -> Result<()> {
-        write::clear(&self.handle)
+        self.intact(write::clear(&self.handle))
+    }
+
+    /// `result`, unless the file was truncated under us meanwhile: then what the operation
+    /// did, it did to zero pages, and the truncation is the error to report.
+    fn intact<T>(&self, result: Result<T>) -> Result<T> {
+        self.handle.intact()?;
+        result
     }
 
     /// Copies the value of `key` out.
@@ -292,14 +321,14 @@ impl Cache {
     /// free + live = capacity, every chain holds live slots of its bucket, the SIEVE list
     /// holds exactly the live slots, `len` counts them, the journal is idle.
     pub fn check_invariants(&self) -> Result<Report> {
-        check::check_invariants(&self.handle)
+        self.intact(check::check_invariants(&self.handle))
     }
 
     /// Every live entry of the cache as (key, value, expires_at), sorted; for tests and
     /// tools (takes each shard lock, so it also recovers).
     #[doc(hidden)]
     pub fn snapshot(&self) -> Result<Vec<Entry>> {
-        check::snapshot(&self.handle)
+        self.intact(check::snapshot(&self.handle))
     }
 
     /// Takes every shard lock once (running recovery where a dead writer left work).
@@ -307,7 +336,7 @@ impl Cache {
         for shard in 0..self.handle.layout.shards {
             drop(journal::Writer::enter(&self.handle, shard)?);
         }
-        Ok(())
+        self.handle.intact()
     }
 }
 

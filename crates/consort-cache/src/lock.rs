@@ -60,11 +60,13 @@ impl Drop for Guard<'_> {
 ///
 /// # Errors
 /// [`Error::Forked`] in a forked child of the process that opened the handle;
+/// [`Error::Corrupt`] once the file was truncated under us;
 /// [`Error::Retired`] once another process has recreated the cache.
 pub(crate) fn acquire(handle: &Handle, index: usize) -> Result<Guard<'_>> {
     if rustix::process::getpid() != handle.pid {
         return Err(Error::Forked);
     }
+    handle.intact()?;
     if handle.is_retired() {
         return Err(Error::Retired(handle.path.clone()));
     }

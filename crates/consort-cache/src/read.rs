@@ -22,6 +22,8 @@
 //!    the reader's own participant counters.
 //! 4. Lengths are clamped before use and every index is bounds-checked, so a corrupt slot
 //!    gives a miss or `Error::Corrupt`, never a wild read.
+//! 5. A file truncated under us gives `Error::Corrupt`: the read checks the region's
+//!    truncation flag after its loads, before it calls `f` (`region.rs`, invariant 4).
 
 use crate::error::Result;
 use crate::handle::{now_ns, Handle};
@@ -55,7 +57,11 @@ fn get_into<R>(
     buf: &mut [u8],
     f: impl FnOnce(&[u8]) -> R,
 ) -> Result<Option<R>> {
-    match read(handle, key, buf)? {
+    let found = read(handle, key, buf);
+    // After the read's loads (and its acquire fence): a copy made from zero pages that the
+    // SIGBUS guard put in place of a truncated file is never handed to `f`.
+    handle.intact()?;
+    match found? {
         Some(len) => {
             handle.count(participant::HITS, 1);
             Ok(Some(f(&buf[..len])))

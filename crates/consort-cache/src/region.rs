@@ -12,8 +12,13 @@
 //!    references: no plain (racy) load or store of shared bytes exists, and no `&mut` to
 //!    them is ever created.
 //! 2. A reference never outlives the mapping: each borrows `&self`, which owns the mapping.
-//! 3. Nothing mapped is ever truncated (the file is built complete before it is published),
-//!    so an access inside `len` never faults.
+//! 3. Nothing *we* map is ever truncated (the file is built complete before it is
+//!    published), so an access inside `len` faults only if someone else truncates the file.
+//! 4. **A truncated file is a corrupt cache, not a SIGBUS.** Every mapping is registered with
+//!    the SIGBUS guard ([`guard`]): a fault inside it marks the region truncated and puts
+//!    zero pages where the file's pages were, so the faulting access completes; the layers
+//!    above check [`Region::truncated`] before they trust what they read (a read checks
+//!    before it hands out a value) and turn it into `Error::Corrupt`.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -36,6 +41,8 @@ mod mapped {
 
     use memmap2::{MmapOptions, MmapRaw};
 
+    use super::guard::{self, Guarded};
+    use crate::sync::Ordering::Relaxed;
     use crate::sync::{AtomicU32, AtomicU64};
 
     /// One shared mapping of a whole cache file.
@@ -43,13 +50,36 @@ mod mapped {
     pub(crate) struct Region {
         map: MmapRaw,
         len: usize,
+        /// Our entry in the SIGBUS guard's registry, released on drop.
+        guard: &'static Guarded,
     }
 
     impl Region {
-        /// Maps `len` bytes of `file` (the caller checked that the file is at least that long).
+        /// Maps `len` bytes of `file` (the caller checked that the file is at least that
+        /// long) and registers the mapping with the SIGBUS guard.
+        ///
+        /// # Errors
+        /// When `mmap` fails, or when this process already has [`guard::MAX_MAPPINGS`] cache
+        /// mappings.
         pub(crate) fn map(file: &File, len: usize) -> io::Result<Region> {
             let map = MmapOptions::new().len(len).map_raw(file)?;
-            Ok(Region { map, len })
+            let guard = guard::register(map.as_ptr() as usize, len)?;
+            Ok(Region { map, len, guard })
+        }
+
+        /// Whether someone truncated the file under this mapping: a fault inside it has been
+        /// caught, and zero pages now stand where the file's pages were.
+        ///
+        /// `Relaxed`: the thread that faulted set the flag in its signal handler before the
+        /// faulting access completed, so its own later load sees it; a thread that read zero
+        /// pages another thread's handler put in place read them after that handler's
+        /// `mmap`, which the kernel makes visible to other CPUs only after a TLB shootdown,
+        /// a full barrier on x86 and aarch64 (a hardware argument, not a language one).
+        /// Callers load it after the data they want to trust (the read path after its
+        /// acquire fence), so the compiler cannot move it before them.
+        #[inline]
+        pub(crate) fn truncated(&self) -> bool {
+            self.guard.truncated.load(Relaxed)
         }
 
         /// The 8-byte word at byte offset `off`.
@@ -108,6 +138,207 @@ mod mapped {
             // SAFETY: as in `u64`: in bounds, 4-byte aligned, lives as long as `&self`, and
             // only ever accessed atomically.
             unsafe { AtomicU32::from_ptr(self.map.as_mut_ptr().add(off).cast::<u32>()) }
+        }
+    }
+
+    impl Drop for Region {
+        fn drop(&mut self) {
+            // Before the fields drop: the mapping is unregistered, then unmapped.
+            guard::unregister(self.guard);
+        }
+    }
+}
+
+/// The SIGBUS guard: truncating a cache file under a process that maps it must not kill the
+/// process (issue 14: the same user can do it with `truncate`, `: > file` or a copy).
+///
+/// The kernel raises SIGBUS (`BUS_ADRERR`) when a mapped page lies beyond the end of the
+/// file. The first mapping installs [`on_sigbus`] for the whole process; a fault whose
+/// address lies in a registered mapping marks that mapping truncated and maps anonymous zero
+/// pages (`MAP_FIXED`) from the faulting page to the mapping's end, so the access completes
+/// and reads zeros; the layers above then report `Error::Corrupt` rather than trust them.
+/// Any other SIGBUS goes to the handler that was there before ours, or, for the default
+/// action, is raised again with it, so a fault elsewhere still kills as it did.
+///
+/// Costs: nothing on the hot path but one load of the region's flag per operation; a
+/// registry of [`MAX_MAPPINGS`] entries in static memory; one handler per process.
+///
+/// # Caveats
+/// - A program that installs its own SIGBUS handler after its first cache mapping, without
+///   chaining to ours, turns the guard off.
+/// - `mmap` is not on POSIX's list of async-signal-safe functions; on Linux it is one system
+///   call that takes no user-space lock, which is what makes calling it here sound in
+///   practice.
+#[cfg(not(loom))]
+mod guard {
+    use std::ffi::{c_int, c_void};
+    use std::io;
+
+    use crate::sync::Ordering::{Acquire, Relaxed, Release, SeqCst};
+    use crate::sync::{AtomicBool, AtomicUsize, Once};
+
+    /// How many cache mappings one process may have at once.
+    pub(crate) const MAX_MAPPINGS: usize = 1024;
+
+    /// One registered mapping. Entries live in static memory, so the handler can read any of
+    /// them at any time without a lock and without following a pointer.
+    #[derive(Debug)]
+    pub(crate) struct Guarded {
+        /// First byte of the mapping; 0 while the entry guards nothing.
+        start: AtomicUsize,
+        len: AtomicUsize,
+        /// Taken by one registration at a time.
+        taken: AtomicBool,
+        /// Set by the handler: a fault inside the mapping was caught.
+        pub(crate) truncated: AtomicBool,
+    }
+
+    #[allow(clippy::declare_interior_mutable_const)]
+    const FREE: Guarded = Guarded {
+        start: AtomicUsize::new(0),
+        len: AtomicUsize::new(0),
+        taken: AtomicBool::new(false),
+        truncated: AtomicBool::new(false),
+    };
+
+    static REGISTRY: [Guarded; MAX_MAPPINGS] = [FREE; MAX_MAPPINGS];
+    /// Entries `0..IN_USE` may be taken: the handler scans no further.
+    static IN_USE: AtomicUsize = AtomicUsize::new(0);
+    static INSTALL: Once = Once::new();
+    /// The system page size, read once before the handler is installed.
+    static PAGE_SIZE: AtomicUsize = AtomicUsize::new(4096);
+    /// The SIGBUS disposition we replaced: its `sa_sigaction` and `sa_flags`.
+    static PREVIOUS_ACTION: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
+    static PREVIOUS_FLAGS: AtomicUsize = AtomicUsize::new(0);
+
+    /// Registers the mapping `[start, start + len)` (installing the handler the first time).
+    pub(crate) fn register(start: usize, len: usize) -> io::Result<&'static Guarded> {
+        INSTALL.call_once(install);
+        for (index, entry) in REGISTRY.iter().enumerate() {
+            if entry
+                .taken
+                .compare_exchange(false, true, Acquire, Relaxed)
+                .is_ok()
+            {
+                IN_USE.fetch_max(index + 1, SeqCst);
+                entry.truncated.store(false, Relaxed);
+                entry.len.store(len, Relaxed);
+                // `start` is what makes the entry live for the handler: stored last.
+                entry.start.store(start, Release);
+                return Ok(entry);
+            }
+        }
+        Err(io::Error::other(format!(
+            "this process already has {MAX_MAPPINGS} cache mappings"
+        )))
+    }
+
+    /// Forgets a mapping that is about to be unmapped.
+    pub(crate) fn unregister(entry: &'static Guarded) {
+        entry.start.store(0, Release);
+        entry.taken.store(false, Release);
+    }
+
+    /// The registered mapping that holds `addr`: its entry, start and length.
+    fn find(addr: usize) -> Option<(&'static Guarded, usize, usize)> {
+        let in_use = IN_USE.load(Acquire).min(MAX_MAPPINGS);
+        REGISTRY[..in_use].iter().find_map(|entry| {
+            let start = entry.start.load(Acquire);
+            let len = entry.len.load(Relaxed);
+            (start != 0 && addr >= start && addr - start < len).then_some((entry, start, len))
+        })
+    }
+
+    fn install() {
+        PAGE_SIZE.store(rustix::param::page_size(), Relaxed);
+        // SAFETY: `sigaction` is a plain C struct for which all-zero bytes are a valid value.
+        let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: a null `act` only queries the current disposition into `previous`, a
+        // valid, exclusively borrowed `struct sigaction`.
+        if unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut previous) } != 0 {
+            return; // no guard: a truncation kills, as it did before
+        }
+        PREVIOUS_ACTION.store(previous.sa_sigaction, Relaxed);
+        PREVIOUS_FLAGS.store(previous.sa_flags as usize, Relaxed);
+        // SAFETY: as above, all-zero bytes are a valid `sigaction`.
+        let mut ours: libc::sigaction = unsafe { std::mem::zeroed() };
+        ours.sa_sigaction = on_sigbus as *const () as usize;
+        ours.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        // SAFETY: `ours.sa_mask` is a valid, exclusively borrowed `sigset_t`.
+        unsafe { libc::sigemptyset(&mut ours.sa_mask) };
+        // SAFETY: `ours` is a valid `struct sigaction` whose handler has the SA_SIGINFO
+        // signature, and it stays valid for the call; the old action is not asked for.
+        unsafe { libc::sigaction(libc::SIGBUS, &ours, std::ptr::null_mut()) };
+    }
+
+    /// The SIGBUS handler: async-signal-safe (atomics, `mmap`, `sigaction`, `raise`; no
+    /// allocation, no lock, no panic).
+    extern "C" fn on_sigbus(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
+        if !info.is_null() {
+            // SAFETY: for an SA_SIGINFO handler the kernel passes a valid `siginfo_t`, and
+            // for SIGBUS its address field is the faulting address.
+            let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+            if code == libc::BUS_ADRERR {
+                if let Some((entry, start, len)) = find(addr) {
+                    entry.truncated.store(true, SeqCst);
+                    let page = addr & !(PAGE_SIZE.load(Relaxed) - 1);
+                    // SAFETY: `[page, start + len)` lies inside a mapping of ours that is
+                    // registered, and a mapping is unregistered before it is unmapped, so
+                    // MAP_FIXED replaces only our own pages. Only atomics ever refer to those
+                    // bytes, and zero bytes are valid atomics.
+                    let mapped = unsafe {
+                        libc::mmap(
+                            page as *mut c_void,
+                            start + len - page,
+                            libc::PROT_READ | libc::PROT_WRITE,
+                            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                            -1,
+                            0,
+                        )
+                    };
+                    if mapped != libc::MAP_FAILED {
+                        return; // the faulting access now reads (or writes) a zero page
+                    }
+                }
+            }
+        }
+        chain(signal, info, context);
+    }
+
+    /// Hands a SIGBUS that is not ours to the disposition we replaced.
+    fn chain(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
+        let action = PREVIOUS_ACTION.load(Relaxed);
+        let flags = PREVIOUS_FLAGS.load(Relaxed) as c_int;
+        if action == libc::SIG_IGN && !info.is_null() {
+            // SAFETY: as in `on_sigbus`, the kernel's `siginfo_t` is valid.
+            let code = unsafe { (*info).si_code };
+            if code <= 0 {
+                return; // sent by kill(2) or sigqueue(3), and ignored: as without us
+            }
+        }
+        if action == libc::SIG_DFL || action == libc::SIG_IGN {
+            // The default action, as if we had never been here: the signal is blocked while
+            // we run, so it is delivered, and kills, when we return.
+            // SAFETY: `signal` is async-signal-safe and takes plain values.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+            // SAFETY: `raise` is async-signal-safe and takes a plain value.
+            unsafe { libc::raise(signal) };
+            return;
+        }
+        if flags & libc::SA_SIGINFO != 0 {
+            // SAFETY: the previous disposition was installed with SA_SIGINFO, so its
+            // `sa_sigaction` is a handler of this signature, and it is called with the
+            // kernel's own arguments.
+            let handler = unsafe {
+                std::mem::transmute::<usize, extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void)>(
+                    action,
+                )
+            };
+            handler(signal, info, context);
+        } else {
+            // SAFETY: without SA_SIGINFO, `sa_sigaction` is a plain `sa_handler`.
+            let handler = unsafe { std::mem::transmute::<usize, extern "C" fn(c_int)>(action) };
+            handler(signal);
         }
     }
 }
@@ -170,6 +401,11 @@ mod heap {
                 lock_words: (0..len / PAGE).map(|_| AtomicU32::new(0)).collect(),
                 len,
             }
+        }
+
+        /// A heap region cannot be truncated.
+        pub(crate) fn truncated(&self) -> bool {
+            false
         }
 
         pub(crate) fn u64(&self, off: usize) -> &AtomicU64 {

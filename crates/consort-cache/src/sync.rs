@@ -5,7 +5,9 @@
 //! Every module that touches shared memory takes its atomics, fences, `Mutex` and futex calls
 //! from here. Only `fault` (a process-wide countdown) and `torture`
 //! (in-process counters) use std's atomics directly, because they are not shared memory and
-//! loom has nothing to say about them.
+//! loom has nothing to say about them. The SIGBUS guard's registry in `region` is not shared
+//! memory either and does not exist under loom; it takes std's process-local atomics and
+//! `Once` from here all the same, so that this file stays the one door.
 //!
 //! Under loom:
 //! - the atomics are loom's, wrapped so that a thread that fault injection has killed
@@ -22,6 +24,12 @@ pub(crate) use std::sync::atomic::{compiler_fence, Ordering};
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64};
+/// Process-local, for the SIGBUS guard of `region` (not built under loom).
+#[cfg(not(loom))]
+pub(crate) use std::sync::{
+    atomic::{AtomicBool, AtomicUsize},
+    Once,
+};
 #[cfg(not(loom))]
 pub(crate) use std::sync::{Mutex, MutexGuard};
 

@@ -11,6 +11,10 @@ use crate::{Cache, Config, Result};
 /// Length of a self-checking value.
 pub const VALUE_LEN: usize = 64;
 
+/// The most writer processes a storm can run: every handle of the cache but the one of the
+/// checking reader ([`crate::MAX_HANDLES`] in all).
+pub const MAX_WRITERS: usize = crate::MAX_HANDLES - 1;
+
 /// The geometry the storm, the crash tests and their helper process agree on: `capacity`
 /// entries in `shards` shards (one shard makes SIEVE deterministic), 16-byte keys,
 /// [`VALUE_LEN`]-byte values, no default TTL, in `dir` (`None`: `/dev/shm`).
@@ -121,6 +125,10 @@ pub struct StormReport {
 
 /// Runs the storm for `duration` with `writers` writer processes from `spawn(i)` (each
 /// must run [`writer_loop`] on the same cache) and one checking reader thread here.
+///
+/// # Errors
+/// `InvalidInput` for 0 writers or more than [`MAX_WRITERS`], before any is started; a
+/// writer that could not be started or that stopped by itself.
 pub fn storm(
     cache: &Cache,
     keys: u64,
@@ -128,6 +136,12 @@ pub fn storm(
     duration: Duration,
     spawn: &mut dyn FnMut(usize) -> std::io::Result<Child>,
 ) -> std::io::Result<StormReport> {
+    if writers == 0 || writers > MAX_WRITERS {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{writers} writers: a storm runs 1 to {MAX_WRITERS}"),
+        ));
+    }
     let before = cache.stats();
     let stop = AtomicBool::new(false);
     let reads = AtomicU64::new(0);

@@ -6,6 +6,7 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use consort_cache::{torture, Cache, Error, Insert};
@@ -447,4 +448,127 @@ fn ttl_stats_and_purge() {
     assert_eq!(stats.len, 8);
     cache.clear().unwrap();
     assert_eq!(cache.check_invariants().unwrap().live, 0);
+}
+
+/// Issue 14: truncating a cache file under running processes killed them with SIGBUS (exit
+/// 135). The file is the user's own, so anyone running as the user can do it (`truncate`,
+/// `: > file`, a copy over it). Now every process that has it mapped survives: its next
+/// operation on the cache returns `Error::Corrupt` naming the truncation, no read returns a
+/// value, and `Cache::recreate` makes a working cache under the same name.
+#[test]
+fn issue_14_truncating_the_file_under_live_processes_is_corrupt_not_sigbus() {
+    use std::os::unix::process::ExitStatusExt;
+    let _dog = Watchdog::new("truncate under load", Duration::from_secs(60));
+    let dir = TempDir::new("truncate");
+    let cache = open(dir.path(), "cut", 64, 2);
+    let mut writer = helper()
+        .arg(dir.path())
+        .args(["cut", "64/2", "storm", "7"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reaper = KillOnDrop(writer.id());
+    let mut line = String::new();
+    let stdout = writer.stdout.as_mut().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    assert_eq!(line, "storming\n", "the writer did not start");
+    let start = cache.stats().inserts;
+    assert!(
+        wait_until(Duration::from_secs(20), || cache.stats().inserts
+            > start + 1000),
+        "the writer never got going"
+    );
+    // Keep the superblock page: the participant table and every shard are cut off.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(cache.path())
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let mut status = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            status = writer.try_wait().unwrap();
+            status.is_some()
+        }),
+        "the writer kept writing to a truncated cache"
+    );
+    reaper.0 = 0;
+    let status = status.unwrap();
+    let err = String::from_utf8(writer.wait_with_output().unwrap().stderr).unwrap();
+    assert_eq!(
+        status.signal(),
+        None,
+        "the writer died of a signal (7 is SIGBUS): {err}"
+    );
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is corrupt") && err.contains("truncated"),
+        "{err}"
+    );
+    // This process has the file mapped too: every operation says so, none faults.
+    for _ in 0..3 {
+        match cache.get(&torture::key(1)) {
+            Err(Error::Corrupt { what, .. }) => assert!(what.contains("truncated"), "{what}"),
+            other => panic!("a read of a truncated cache gave {other:?}"),
+        }
+        assert!(matches!(
+            cache.insert(&torture::key(1), &torture::value(1, 1), None),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+    assert!(matches!(cache.check_headers(), Err(Error::Corrupt { .. })));
+    // Opening it again is refused for its size; a recreate replaces it.
+    assert!(matches!(
+        Cache::open("cut", &config(dir.path(), 64, 2)),
+        Err(Error::Corrupt { .. })
+    ));
+    let new = Cache::recreate("cut", &config(dir.path(), 64, 2)).unwrap();
+    assert_eq!(new.insert(b"k", b"v", None).unwrap(), Insert::Stored);
+    assert_eq!(new.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    // Cut to nothing, superblock included, while three threads of this process read and
+    // write: each ends on the error, none on a signal, and no read returns a wrong value.
+    let cut = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..3u64)
+            .map(|thread| {
+                let (new, cut) = (&new, &cut);
+                scope.spawn(move || {
+                    let mut rng = torture::Rng::new(thread + 1);
+                    loop {
+                        let id = rng.below(128);
+                        let result = if thread == 0 {
+                            new.insert(&torture::key(id), &torture::value(id, 1), None)
+                                .map(|_| ())
+                        } else {
+                            new.get_with(&torture::key(id), |bytes| {
+                                assert!(torture::is_valid(id, bytes), "a wrong value");
+                            })
+                            .map(|_| ())
+                        };
+                        match result {
+                            Ok(()) => {}
+                            Err(Error::Corrupt { what, .. }) if cut.load(Ordering::SeqCst) => {
+                                return what;
+                            }
+                            Err(err) => panic!("before the cut: {err}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        assert!(wait_until(Duration::from_secs(20), || new.stats().inserts > 1000));
+        cut.store(true, Ordering::SeqCst);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(new.path())
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        for worker in workers {
+            let what = worker.join().unwrap();
+            assert!(what.contains("truncated"), "{what}");
+        }
+    });
 }

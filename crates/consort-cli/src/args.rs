@@ -1,7 +1,7 @@
 //! The arguments that several commands share, each defined once: the worker (`--worker`,
 //! `--python`), its environment (`--env`, `--with`), the script (`SCRIPT | -f FILE`, `-f -`
-//! for stdin) and the `--timeout` parser; and [`Recipe`], what the worker arguments
-//! resolve to: the service recipe and the very command it runs.
+//! for stdin), the `--timeout` parser and the rule for input names; and [`Recipe`], what
+//! the worker arguments resolve to: the service recipe and the very command it runs.
 //!
 //! The library's worker constructors are named here and nowhere else in the CLI, so that
 //! a rename in the library touches one file.
@@ -116,6 +116,45 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
         Ok(duration) => Ok(duration),
         Err(_) => Err("too large for a timeout".to_owned()),
     }
+}
+
+/// Python's keywords (soft keywords such as `match` are names the script can still use).
+const PYTHON_KEYWORDS: &[&str] = &[
+    "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue",
+    "def", "del", "elif", "else", "except", "finally", "for", "from", "global", "if", "import",
+    "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try", "while",
+    "with", "yield",
+];
+
+/// Why `name` cannot name a task input, if it cannot; shared by `run --input` and `map`'s
+/// input lines.
+///
+/// Inputs become the script's variables (consort's and Appose's Python workers bind them as
+/// globals next to `task`), so a name must be one the script can write and that hides
+/// nothing the script needs: ASCII letters, digits and `_`, not starting with a digit, not a
+/// Python keyword, not `task`, and not a `__dunder__` name (`__builtins__` would take the
+/// builtins away).
+pub fn input_name_problem(name: &str) -> Option<&'static str> {
+    let mut chars = name.chars();
+    let identifier = chars
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !identifier {
+        return Some(
+            "not an identifier (ASCII letters, digits and `_`, not starting with a digit)",
+        );
+    }
+    if name == "task" {
+        return Some("the script's own `task` (its handle on the task) would be hidden");
+    }
+    if PYTHON_KEYWORDS.contains(&name) {
+        return Some("a Python keyword, which the script cannot use as a variable");
+    }
+    if name.len() > 4 && name.starts_with("__") && name.ends_with("__") {
+        return Some("a name Python reserves (`__...__`)");
+    }
+    None
 }
 
 /// A worker to start: the service recipe, the command it runs, and its interpreter.

@@ -57,10 +57,37 @@ fn torture_config(dir: Option<PathBuf>) -> Config {
     torture::config(dir, 1024, 4)
 }
 
+/// Runs a `consort cache` command. A verdict that a cache file is corrupt, from any of them,
+/// exits 1 naming what is wrong; every other error exits 2.
 pub fn run(cmd: CacheCmd) -> anyhow::Result<u8> {
+    match run_command(cmd) {
+        Err(err) if is_corrupt(&err) => {
+            eprintln!("consort: {err:#}");
+            Ok(1)
+        }
+        other => other,
+    }
+}
+
+fn is_corrupt(err: &anyhow::Error) -> bool {
+    matches!(
+        err.downcast_ref::<consort_cache::Error>(),
+        Some(consort_cache::Error::Corrupt { .. })
+    )
+}
+
+/// Attaches to an existing cache and runs the cheap checks (size, superblock, each shard's
+/// header), so that nothing is reported from a file that is not a sound cache.
+fn attach_checked(args: &NameArgs) -> Result<Cache, consort_cache::Error> {
+    let cache = Cache::attach(&args.name, args.dir.as_deref())?;
+    cache.check_headers()?;
+    Ok(cache)
+}
+
+fn run_command(cmd: CacheCmd) -> anyhow::Result<u8> {
     match cmd {
         CacheCmd::Stats(args) => {
-            let cache = Cache::attach(&args.name, args.dir.as_deref())?;
+            let cache = attach_checked(&args)?;
             let s = cache.stats();
             if args.json {
                 println!(
@@ -82,8 +109,7 @@ pub fn run(cmd: CacheCmd) -> anyhow::Result<u8> {
             Ok(0)
         }
         CacheCmd::Check(args) => {
-            let cache = Cache::attach(&args.name, args.dir.as_deref())?;
-            match cache.check_invariants() {
+            match attach_checked(&args).and_then(|cache| cache.check_invariants()) {
                 Ok(report) => {
                     if args.json {
                         println!(
@@ -120,18 +146,36 @@ pub fn run(cmd: CacheCmd) -> anyhow::Result<u8> {
 }
 
 fn torture_run(args: &TortureArgs) -> anyhow::Result<u8> {
-    if args.writers == 0 || !args.seconds.is_finite() || args.seconds <= 0.0 {
-        bail!("--writers and --seconds must be positive");
+    if args.writers == 0 || args.writers > torture::MAX_WRITERS {
+        bail!(
+            "--writers {}: give 1 to {} (a cache has {} handles, and the storm's checking \
+             reader holds one)",
+            args.writers,
+            torture::MAX_WRITERS,
+            consort_cache::MAX_HANDLES
+        );
+    }
+    if !args.seconds.is_finite() || args.seconds <= 0.0 {
+        bail!(
+            "--seconds {:?}: give a number of seconds greater than 0",
+            args.seconds
+        );
     }
     let duration = Duration::try_from_secs_f64(args.seconds)
         .with_context(|| format!("--seconds {:?}: too large", args.seconds))?;
     let config = torture_config(args.name.dir.clone());
-    let cache = Cache::open(&args.name.name, &config).with_context(|| {
-        format!(
-            "torture needs a scratch cache of its own shape; pick a new NAME instead of {:?}",
-            args.name.name
-        )
-    })?;
+    let cache = match Cache::open(&args.name.name, &config) {
+        Ok(cache) => cache,
+        // Only a cache of another shape is a reason to pick another name; any other error
+        // (a directory that is not ours, a corrupt file) says what it is.
+        Err(err @ consort_cache::Error::Mismatch { .. }) => {
+            return Err(anyhow::Error::new(err).context(format!(
+                "torture needs a scratch cache of its own shape; pick a new NAME instead of {:?}",
+                args.name.name
+            )))
+        }
+        Err(err) => return Err(err.into()),
+    };
     let exe = std::env::current_exe().context("cannot find the consort binary")?;
     let mut spawn = |i: usize| {
         let mut cmd = Command::new(&exe);

@@ -2,13 +2,17 @@
 //! line, in input order.
 //!
 //! Memory stays bounded whatever the input's length: stdin is read ahead by at most a
-//! window of lines, and an output line is written as soon as it and every line before it
-//! have ended. The first Ctrl-C stops reading, hard-cancels what is queued or running and
-//! writes the lines already read (status `canceled`), then exits 130; a second one closes
-//! the pool at once.
+//! window of lines, a line is read up to `--max-line` bytes (16 MiB by default; a longer
+//! one fails, is skipped to its newline without being held, and reading goes on), and an
+//! output line is written as soon as it and every line before it have ended. A line that
+//! is not UTF-8, not a JSON object, or whose keys are not input names fails on its own.
+//! The first Ctrl-C stops reading, hard-cancels what is queued or running and writes the
+//! lines already read (each with the status it ended with), then exits 130; a second one
+//! closes the pool at once. The summary on stderr counts the statuses written.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufWriter, IsTerminal, Read, Write};
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -20,11 +24,14 @@ use consort::{Pool, PoolEvent, Task, TaskError};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
-use crate::args::{parse_timeout, EnvArgs, ScriptArgs, WorkerArgs};
+use crate::args::{input_name_problem, parse_timeout, EnvArgs, ScriptArgs, WorkerArgs};
 use crate::exit;
 
 /// How long a cancelled task gets to stop before its worker is killed.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+/// The longest input line read by default: the limit on a worker's output line.
+const DEFAULT_MAX_LINE: usize = consort::protocol::DEFAULT_MAX_LINE;
 
 #[derive(Debug, Args)]
 #[command(
@@ -52,6 +59,10 @@ pub struct MapArgs {
     /// One task per worker at a time, so a crash or a kill touches no other line.
     #[arg(long)]
     isolated: bool,
+    /// The longest input line, in bytes (default 16 MiB, the limit on a worker's output
+    /// line); a longer line fails and is skipped to its newline without being held.
+    #[arg(long, value_name = "BYTES", default_value_t = NonZeroUsize::new(DEFAULT_MAX_LINE).expect("not 0"))]
+    max_line: NonZeroUsize,
     #[command(flatten)]
     script: ScriptArgs,
 }
@@ -105,7 +116,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
     let pool = builder.start().context("starting the workers")?;
 
     let total_bytes = stdin_file_len();
-    let lines = read_lines(window);
+    let lines = read_lines(window, args.max_line.get());
     let mut progress = Progress::new(total_bytes);
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut pending: VecDeque<Line> = VecDeque::new();
@@ -135,8 +146,9 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
                 break;
             };
             let (bytes, item) = match line {
-                Ok(line) => (line.len() as u64 + 1, submit(&pool, &script, &line)),
-                Err(err) => (
+                Input::Line { text, bytes } => (bytes, submit(&pool, &script, &text)),
+                Input::Refused { bytes, reason } => (bytes, Item::Done("failed", reason)),
+                Input::Failed(err) => (
                     0,
                     Item::Done("failed", format!("cannot read the input: {err}")),
                 ),
@@ -190,8 +202,8 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
             // Bounded; it ends every task, so each line read gets its output line.
             pool.close();
             for line in pending.drain(..) {
-                write_line(&mut out, &line)?;
-                progress.advance(line.bytes, false);
+                let complete = write_line(&mut out, &line)?;
+                progress.advance(line.bytes, complete);
             }
             out.flush()?;
             progress.finish();
@@ -229,8 +241,9 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
                     let _ = task.wait_timeout(Duration::from_millis(20));
                 }
             }
-            write_line(&mut out, &line)?;
-            progress.advance(line.bytes, false);
+            // A line that completed before the interrupt reached it says so, and counts so.
+            let complete = write_line(&mut out, &line)?;
+            progress.advance(line.bytes, complete);
         }
         out.flush()?;
         progress.finish();
@@ -272,6 +285,12 @@ fn submit(pool: &Pool, script: &str, line: &str) -> Item {
             return Item::Done("failed", format!("the input line is not valid JSON: {err}"))
         }
     };
+    // The keys become the script's variables: the same rule as `run --input`.
+    for key in inputs.keys() {
+        if let Some(problem) = input_name_problem(key) {
+            return Item::Done("failed", format!("the input line's key {key:?}: {problem}"));
+        }
+    }
     match pool.task(script).inputs(inputs).submit() {
         Ok(task) => Item::Task(task),
         Err(err) => Item::Done("failed", format!("cannot submit the task: {err}")),
@@ -317,34 +336,44 @@ fn write_line(out: &mut impl Write, line: &Line) -> anyhow::Result<bool> {
     Ok(status == "complete")
 }
 
-/// Reads stdin on a thread, at most `ahead` lines ahead of the consumer.
-fn read_lines(ahead: usize) -> Receiver<std::io::Result<String>> {
+/// What the stdin reader hands over: one per input line that is not blank.
+enum Input {
+    /// A line of text (newline and a trailing `\r` removed) and its length in the input.
+    Line { text: String, bytes: u64 },
+    /// A line that cannot be a task: its length in the input, and why.
+    Refused { bytes: u64, reason: String },
+    /// Reading stdin failed; nothing more comes.
+    Failed(std::io::Error),
+}
+
+/// Reads stdin on a thread, at most `ahead` lines ahead of the consumer, each line up to
+/// `max_line` bytes.
+fn read_lines(ahead: usize, max_line: usize) -> Receiver<Input> {
     let (lines_tx, lines) = mpsc::sync_channel(ahead);
     let spawned = std::thread::Builder::new()
         .name("consort-map-stdin".to_owned())
         .spawn(move || {
             let stdin = std::io::stdin();
             let mut reader = stdin.lock();
-            let mut buf = Vec::new();
             loop {
-                buf.clear();
-                match reader.by_ref().read_until(b'\n', &mut buf) {
-                    Ok(0) => return,
-                    Ok(_) => {
-                        let text = String::from_utf8_lossy(&buf);
-                        let text = text.trim_end_matches(['\n', '\r']);
-                        if text.trim().is_empty() {
-                            continue;
-                        }
-                        if lines_tx.send(Ok(text.to_owned())).is_err() {
-                            return;
-                        }
-                    }
-                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(err) => {
-                        let _ = lines_tx.send(Err(err));
-                        return;
-                    }
+                let input = match next_line(&mut reader, max_line) {
+                    Ok(None) => return,
+                    Ok(Some(Ok(line))) => match decode_line(line) {
+                        Some(input) => input,
+                        None => continue, // blank
+                    },
+                    Ok(Some(Err(len))) => Input::Refused {
+                        bytes: len + 1,
+                        reason: format!(
+                            "the input line is {len} bytes long, over the limit of {max_line} \
+                             bytes (--max-line)"
+                        ),
+                    },
+                    Err(err) => Input::Failed(err),
+                };
+                let failed = matches!(input, Input::Failed(_));
+                if lines_tx.send(input).is_err() || failed {
+                    return;
                 }
             }
         });
@@ -352,6 +381,80 @@ fn read_lines(ahead: usize) -> Receiver<std::io::Result<String>> {
         eprintln!("consort: cannot start the stdin reader: {err}");
     }
     lines
+}
+
+/// Reads the next line, newline excluded, holding at most `max_line + 1` bytes of it:
+/// `None` at the end of the input, `Err(len)` for a line longer than `max_line`, which is
+/// then read to its newline (or the end of the input) and dropped as it comes.
+fn next_line(
+    reader: &mut impl BufRead,
+    max_line: usize,
+) -> std::io::Result<Option<Result<Vec<u8>, u64>>> {
+    let mut line = Vec::new();
+    let limit = u64::try_from(max_line)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    if reader.by_ref().take(limit).read_until(b'\n', &mut line)? == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        return Ok(Some(Ok(line)));
+    }
+    if line.len() <= max_line {
+        return Ok(Some(Ok(line))); // the last line, without a newline
+    }
+    // Over the limit: skip to the newline without holding any of it.
+    let mut len = line.len() as u64;
+    drop(line);
+    loop {
+        let chunk = match reader.fill_buf() {
+            Ok(chunk) => chunk,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        if chunk.is_empty() {
+            return Ok(Some(Err(len)));
+        }
+        match chunk.iter().position(|&byte| byte == b'\n') {
+            Some(at) => {
+                reader.consume(at + 1);
+                return Ok(Some(Err(len + at as u64)));
+            }
+            None => {
+                let n = chunk.len();
+                len += n as u64;
+                reader.consume(n);
+            }
+        }
+    }
+}
+
+/// A line as the consumer gets it: its text, or why it fails; `None` for a blank line.
+fn decode_line(mut line: Vec<u8>) -> Option<Input> {
+    let bytes = line.len() as u64 + 1;
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    match String::from_utf8(line) {
+        Ok(text) if text.trim().is_empty() => None,
+        Ok(text) => Some(Input::Line { text, bytes }),
+        Err(err) => {
+            let utf8 = err.utf8_error();
+            let offset = utf8.valid_up_to();
+            let byte = err.as_bytes()[offset];
+            let what = match utf8.error_len() {
+                Some(_) => format!("invalid byte 0x{byte:02x}"),
+                None => format!("an incomplete sequence (from byte 0x{byte:02x}) at its end"),
+            };
+            Some(Input::Refused {
+                bytes,
+                reason: format!(
+                    "the input line is not valid UTF-8: {what} at byte offset {offset}"
+                ),
+            })
+        }
+    }
 }
 
 /// The size of stdin when it is a regular file (`< inputs.jsonl`), for the ETA.
@@ -445,11 +548,16 @@ line on stdout, in input order:
   {\"index\": i, \"status\": \"complete\"|\"failed\"|\"crashed\"|\"timeout\"|\"canceled\",
    \"outputs\": {...}, \"error\": \"...\" or null}
 
-Each input line is a JSON object whose keys become the script's variables. A line that is
-not a JSON object gets a `failed` output line naming the problem, and the run goes on.
-Blank lines are skipped. Workers that die are replaced; --retries sends the tasks they
+Each input line is a JSON object whose keys become the script's variables, so each key is
+an identifier (ASCII letters, digits and `_`, not starting with a digit), not a Python
+keyword, not `task` and not a `__dunder__`. A line that is not valid UTF-8, not a JSON
+object, has such a key, or is longer than --max-line BYTES (default 16 MiB; it is skipped
+to its newline without being held) gets a `failed` output line naming the problem, and
+the run goes on. Blank lines are skipped and get no output line: `index` counts the
+non-blank lines from 0. Workers that die are replaced; --retries sends the tasks they
 were running again. On a terminal, stderr shows a bar with the rate (and the ETA when
-stdin is a file).
+stdin is a file); at the end it prints how many lines were written and how many of them
+did not complete.
 
 --timeout SECS takes a number of seconds greater than 0 (fractions allowed, e.g. 0.5);
 0, a negative number, nan, inf or a number too large for a timeout is a usage error.
@@ -460,5 +568,5 @@ Exit codes:
     2    usage error, or the workers could not be started, or every worker kept dying at
          start before any line completed (the lines read so far get their output lines)
   130    interrupted: the first Ctrl-C stops reading, cancels every task (killing its
-         worker if it does not stop within 2 s) and writes the lines read so far; a second
-         Ctrl-C closes the workers at once";
+         worker if it does not stop within 2 s) and writes the lines read so far, each
+         with the status it ended with; a second Ctrl-C closes the workers at once";

@@ -16,7 +16,7 @@ use clap::Args;
 use consort::{EventKind, TaskError, TaskEvent};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::args::{parse_timeout, EnvArgs, ScriptArgs, WorkerArgs};
+use crate::args::{input_name_problem, parse_timeout, EnvArgs, ScriptArgs, WorkerArgs};
 use crate::exit;
 
 mod arrays;
@@ -54,7 +54,9 @@ pub struct RunArgs {
     env: EnvArgs,
     /// An input variable, as NAME=JSON (e.g. `--input x=5 --input names='["a","b"]'`), or
     /// NAME=@FILE.npy: the array is loaded into a new shared-memory block, passed as an
-    /// Appose NDArray, and unlinked when the run ends.
+    /// Appose NDArray, and unlinked when the run ends. NAME is an identifier (ASCII
+    /// letters, digits, `_`), not a Python keyword, `task` or a `__dunder__`, and is given
+    /// once.
     #[arg(long = "input", value_name = "NAME=JSON|NAME=@FILE.npy")]
     inputs: Vec<String>,
     /// Also save each n-d array output as DIR/NAME.npy (exit 2 if one cannot be saved).
@@ -250,15 +252,22 @@ type Inputs = Vec<(String, serde_json::Value)>;
 
 /// The inputs, and the arrays loaded for `NAME=@FILE.npy` (their blocks live as long as
 /// the returned arrays).
+///
+/// # Errors
+/// A usage error naming the input: no `=`, a name that [`input_name_problem`] refuses, a
+/// name given twice, JSON that does not parse, an array file that cannot be loaded.
 fn parse_inputs(specs: &[String]) -> anyhow::Result<(Inputs, Vec<consort::NDArray>)> {
-    let mut inputs = Vec::new();
+    let mut inputs: Inputs = Vec::new();
     let mut input_arrays = Vec::new();
     for spec in specs {
         let (name, json) = spec
             .split_once('=')
             .with_context(|| format!("--input {spec:?}: expected NAME=JSON"))?;
-        if name.is_empty() {
-            bail!("--input {spec:?}: the name is empty");
+        if let Some(problem) = input_name_problem(name) {
+            bail!("--input {name:?}: {problem}");
+        }
+        if inputs.iter().any(|(seen, _)| seen == name) {
+            bail!("--input {name:?}: given twice (give each input once)");
         }
         let value = match json.strip_prefix('@') {
             Some(path) => {

@@ -516,3 +516,75 @@ fn worker_python_serves_appose_requests_on_stdin_and_stdout() {
     drop(stdin);
     assert!(child.wait().expect("wait").success());
 }
+
+/// Issue 14: `--input` names that are no identifier (`a-b`, `1x`, an empty one), Python
+/// keywords, `task` (which hid the script's handle on its task) and dunder names were
+/// accepted silently, and a repeated `--input` kept the last value. Each is now a usage
+/// error naming the input and why.
+#[test]
+fn issue_14_input_names_must_be_identifiers_given_once() {
+    let _watchdog = Watchdog::new("cli-input-names", Duration::from_secs(60));
+    let cases = [
+        ("a-b=1", "--input \"a-b\": not an identifier"),
+        ("1x=1", "--input \"1x\": not an identifier"),
+        ("=1", "--input \"\": not an identifier"),
+        ("na\u{ef}ve=1", "--input \"na\u{ef}ve\": not an identifier"),
+        ("task=1", "--input \"task\": the script's own `task`"),
+        ("class=1", "--input \"class\": a Python keyword"),
+        (
+            "__builtins__=1",
+            "--input \"__builtins__\": a name Python reserves",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let output = run("consort", &["--input", spec, "1"]);
+        assert_eq!(output.status.code(), Some(2), "{spec}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains(expected),
+            "{spec}: {}",
+            stderr(&output)
+        );
+    }
+    let output = run("consort", &["--input", "x=1", "--input", "x=2", "x"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--input \"x\": given twice"),
+        "{}",
+        stderr(&output)
+    );
+    // Names that are fine: underscores, digits after the first character, a soft keyword.
+    let output = run(
+        "consort",
+        &["--input", "_a1=2", "--input", "match=3", "_a1 * match"],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let outputs: Value = serde_json::from_slice(&output.stdout).expect("JSON outputs");
+    assert_eq!(outputs, serde_json::json!({"result": 6}));
+}
+
+/// Issue 14: a worker whose stdout line never ends was read (and dropped) forever while
+/// its task waited, silently, until a timeout if there was one. The line is cut at the
+/// limit (16 MiB by default): the pending tasks fail at once with the reason, and the run
+/// ends (the framer never holds more than the limit meanwhile).
+#[test]
+fn issue_14_a_stdout_line_that_never_ends_fails_the_task_at_the_limit() {
+    let _watchdog = Watchdog::new("cli-endless-line", Duration::from_secs(120));
+    let dir = std::env::temp_dir().join(format!("consort-cli-endless-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let script = dir.join("endless.py");
+    std::fs::write(
+        &script,
+        "import sys\nsys.stdin.readline()\nchunk = b'x' * 65536\nwhile True:\n    sys.stdout.buffer.write(chunk)\n",
+    )
+    .expect("write the worker");
+    let worker = format!("{} {}", python().display(), script.display());
+    // The timeout only bounds a failure of this test: the task must fail long before.
+    let output = run(&worker, &["--timeout", "60", "1"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("over the limit of 16777216 bytes"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -243,3 +243,207 @@ fn env_runs_every_worker_in_that_environment() {
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(stderr(&output).contains("--env"), "{}", stderr(&output));
 }
+
+/// Runs `consort map` with raw bytes on stdin.
+fn run_map_bytes(args: &[&str], input: Vec<u8>) -> Output {
+    let mut child = map(args).spawn().expect("start consort map");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let output = child.wait_with_output().expect("consort map output");
+    writer.join().expect("stdin writer");
+    output
+}
+
+fn error_of(line: &Value) -> &str {
+    line["error"].as_str().unwrap_or_default()
+}
+
+/// Issue 14: invalid UTF-8 in an input line was replaced by U+FFFD and the line reported
+/// complete. That line now fails, naming the byte and its offset, and the run goes on.
+#[test]
+fn issue_14_a_line_that_is_not_utf8_fails_naming_the_byte() {
+    let _watchdog = Watchdog::new("map-utf8", LIMIT);
+    let mut input = b"{\"x\": \"a\"}\n{\"x\": \"".to_vec();
+    input.extend_from_slice(b"\xff\"}\n{\"x\": \"\xc3");
+    input.extend_from_slice(b"\n{\"x\": \"\xc3\xa9\"}\n");
+    let output = run_map_bytes(&["--workers", "1", "x"], input);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let lines = lines(&output);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[0]["status"], "complete");
+    assert_eq!(lines[1]["status"], "failed", "{}", lines[1]);
+    assert!(
+        error_of(&lines[1]).contains("not valid UTF-8: invalid byte 0xff at byte offset 7"),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(lines[2]["status"], "failed", "{}", lines[2]);
+    assert!(
+        error_of(&lines[2]).contains("not valid UTF-8: an incomplete sequence")
+            && error_of(&lines[2]).contains("at byte offset 7"),
+        "{}",
+        lines[2]
+    );
+    assert_eq!(lines[3]["status"], "complete");
+    assert_eq!(lines[3]["outputs"]["result"], "\u{e9}");
+}
+
+/// Issue 14: input lines had no length limit, and each cost twice its size (a 1 GB line
+/// took 1.96 GB). A line longer than `--max-line` (16 MiB by default) fails naming the
+/// limit, and the reader goes on from the next newline, never holding more than the limit.
+#[test]
+fn issue_14_a_line_over_the_limit_fails_and_reading_goes_on() {
+    let _watchdog = Watchdog::new("map-max-line", LIMIT);
+    let long = format!("{{\"x\": \"{}\"}}", "y".repeat(100));
+    let input = format!("{{\"x\": 1}}\n{long}\n{{\"x\": 3}}\n{long}");
+    let output = run_map(&["--workers", "1", "--max-line", "64", "x"], input);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let lines = lines(&output);
+    let statuses: Vec<_> = lines.iter().map(|line| line["status"].clone()).collect();
+    assert_eq!(
+        statuses,
+        ["complete", "failed", "complete", "failed"],
+        "{lines:?}"
+    );
+    for line in [&lines[1], &lines[3]] {
+        assert!(
+            error_of(line).contains(&format!(
+                "the input line is {} bytes long, over the limit of 64 bytes",
+                long.len()
+            )),
+            "{line}"
+        );
+    }
+    assert_eq!(lines[2]["outputs"]["result"], 3);
+    let output = map(&["--max-line", "0", "x"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("consort map");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+}
+
+/// The peak resident set of a live process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kib * 1024
+}
+
+#[test]
+fn issue_14_a_128_mib_line_costs_no_more_than_the_default_limit() {
+    let _watchdog = Watchdog::new("map-line-memory", LIMIT);
+    let mut child = map(&["--workers", "1", "x"])
+        .spawn()
+        .expect("start consort map");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut { stdout }, &mut text).expect("stdout");
+        text
+    });
+    let line_len = 128usize << 20;
+    stdin.write_all(b"{\"x\": \"").expect("write");
+    let chunk = vec![b'y'; 1 << 20];
+    for _ in 0..line_len >> 20 {
+        stdin.write_all(&chunk).expect("write");
+    }
+    stdin.write_all(b"\"}\n{\"x\": 2}\n").expect("write");
+    // All but a pipe's worth of the line has been read: the peak so far is the reader's.
+    let peak = peak_rss(child.id());
+    drop(stdin);
+    let status = child.wait().expect("consort map");
+    let lines: Vec<Value> = reader
+        .join()
+        .expect("reader")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .collect();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["status"], "failed");
+    assert!(
+        error_of(&lines[0]).contains("over the limit of 16777216 bytes"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(lines[1]["outputs"]["result"], 2);
+    // Holding the line would take 128 MiB (twice that before issue 14); the reader holds
+    // at most the 16 MiB limit.
+    assert!(
+        peak < 64 << 20,
+        "consort map peaked at {peak} bytes while reading a {line_len}-byte line"
+    );
+}
+
+/// Issue 14: after Ctrl-C, the summary counted every line written after the interrupt as
+/// not complete, although lines that had completed were written `complete` (it said 32
+/// where the output had 24). The summary now counts the statuses written.
+#[test]
+fn issue_14_after_ctrl_c_the_summary_counts_the_statuses_written() {
+    let _watchdog = Watchdog::new("map-ctrl-c-summary", LIMIT);
+    let dir = std::env::temp_dir().join(format!("consort-map-summary-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // Line 0 blocks the in-order output; lines 1 to 3 complete behind it.
+    let script = "import time\nif x == 0:\n    time.sleep(60)\nopen(marker, 'w').close()\nx";
+    let mut child: Child = map(&["--workers", "1", script])
+        .spawn()
+        .expect("start consort map");
+    let markers: Vec<_> = (0..4).map(|idx| dir.join(format!("m{idx}"))).collect();
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        for (x, marker) in markers.iter().enumerate() {
+            writeln!(stdin, "{}", json!({"x": x, "marker": marker})).expect("write input");
+        }
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || markers[1..]
+            .iter()
+            .all(|marker| marker.exists())),
+        "the tasks did not run"
+    );
+    kill(child.id(), 2);
+    let output = child.wait_with_output().expect("consort map output");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
+    let lines = lines(&output);
+    let statuses: Vec<_> = lines.iter().map(|line| line["status"].clone()).collect();
+    assert_eq!(
+        statuses,
+        ["canceled", "complete", "complete", "complete"],
+        "{lines:?}"
+    );
+    assert!(
+        stderr(&output).contains("consort map: 4 lines (1 not complete)"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// Issue 14: an input line's keys are the script's variables; a key that is no identifier
+/// or that is `task` (hiding the script's handle on its task) was passed on silently. Such
+/// a line now fails with the reason, and the run goes on.
+#[test]
+fn issue_14_a_line_whose_key_is_not_an_input_name_fails() {
+    let _watchdog = Watchdog::new("map-keys", LIMIT);
+    let input =
+        "{\"x\": 1}\n{\"a-b\": 1}\n{\"task\": 1, \"x\": 2}\n{\"x\": 3, \"for\": 0}\n{\"x\": 4}\n";
+    let output = run_map(&["--workers", "1", "x"], input.to_owned());
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let lines = lines(&output);
+    let statuses: Vec<_> = lines.iter().map(|line| line["status"].clone()).collect();
+    assert_eq!(
+        statuses,
+        ["complete", "failed", "failed", "failed", "complete"],
+        "{lines:?}"
+    );
+    assert!(error_of(&lines[1]).contains("the input line's key \"a-b\": not an identifier"));
+    assert!(error_of(&lines[2]).contains("the input line's key \"task\": the script's own"));
+    assert!(error_of(&lines[3]).contains("the input line's key \"for\": a Python keyword"));
+}

@@ -894,6 +894,13 @@ impl Framer {
     pub fn buffered(&self) -> usize {
         self.buf.len()
     }
+
+    /// Bytes dropped so far of a line that grew past `max_line` and has not ended: such a
+    /// line is cut at the limit, and a reader can act on it now rather than at a newline
+    /// that may never come. Its [`Frame::Oversize`] still comes at the newline.
+    pub fn dropping(&self) -> Option<usize> {
+        self.discarding
+    }
 }
 
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {

@@ -16,7 +16,9 @@
 //!    [`READS_PER_PUMP`] full buffers, and the waiter gives stdout back however it stops
 //!    reading, a panic included.
 //! 4. Every line ends up routed to its task, in the stdout tail as noise, or (over
-//!    `max_line`) failing the pending tasks: nothing is dropped silently.
+//!    `max_line`) failing the pending tasks: nothing is dropped silently. A line is cut
+//!    at the limit: the tasks pending when it passes `max_line`, and any submitted while
+//!    it goes on, fail then, so a line that never ends cannot keep a task waiting.
 
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
@@ -241,6 +243,9 @@ impl Stdout {
                 Ok(n_read) => {
                     sinks.drain.stdout_busy(Some(n_read));
                     framer.push(&buf[..n_read], |frame| self.on_frame(frame, decoded, sinks));
+                    if let Some(dropped) = framer.dropping() {
+                        self.on_line_cut(dropped, sinks);
+                    }
                     sinks.drain.stdout_busy(None);
                     reads += 1;
                     if n_read < buf.len() || reads == READS_PER_PUMP {
@@ -337,6 +342,31 @@ impl Stdout {
                 }
             }
             Frame::Oversize { len } => self.on_oversize(len, sinks),
+        }
+    }
+
+    /// A line past `max_line` that has not ended (it may never end) fails every pending
+    /// task now: whatever it holds is dropped, a response included.
+    fn on_line_cut(&self, dropped: usize, sinks: Sinks<'_>) {
+        let pending = sinks.tasks.take_all();
+        if pending.is_empty() {
+            return;
+        }
+        let message = format!(
+            "the worker is writing a stdout line over the limit of {} bytes ({dropped} bytes \
+             so far, dropped as they come); its pending tasks cannot be trusted to get their \
+             responses",
+            self.max_line
+        );
+        sinks.debug.note(|| format!("<{message}>"));
+        for core in pending {
+            sinks.tasks.end(
+                &core,
+                TaskState::Failed,
+                Err(TaskError::Failed {
+                    message: message.clone(),
+                }),
+            );
         }
     }
 
