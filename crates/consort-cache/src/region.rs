@@ -222,7 +222,10 @@ mod guard {
             {
                 IN_USE.fetch_max(index + 1, SeqCst);
                 entry.truncated.store(false, Relaxed);
-                entry.len.store(len, Relaxed);
+                // Release: a handler that reads this length also sees the `start = 0` of
+                // the entry's previous unregistration, and so cannot pair this length with
+                // the previous mapping's start (see `find`).
+                entry.len.store(len, Release);
                 // `start` is what makes the entry live for the handler: stored last.
                 entry.start.store(start, Release);
                 return Ok(entry);
@@ -240,12 +243,19 @@ mod guard {
     }
 
     /// The registered mapping that holds `addr`: its entry, start and length.
+    ///
+    /// Another thread may be re-registering an entry while the handler reads it. Its start
+    /// and length are read as a pair: start, length, start again; a pair whose two starts
+    /// differ is being changed and is passed over. Were a stale start paired with a new
+    /// length, the handler could map zero pages over memory that is not a cache's.
     fn find(addr: usize) -> Option<(&'static Guarded, usize, usize)> {
         let in_use = IN_USE.load(Acquire).min(MAX_MAPPINGS);
         REGISTRY[..in_use].iter().find_map(|entry| {
             let start = entry.start.load(Acquire);
-            let len = entry.len.load(Relaxed);
-            (start != 0 && addr >= start && addr - start < len).then_some((entry, start, len))
+            let len = entry.len.load(Acquire);
+            let again = entry.start.load(Acquire);
+            (start != 0 && start == again && addr >= start && addr - start < len)
+                .then_some((entry, start, len))
         })
     }
 
