@@ -9,6 +9,7 @@ mod close;
 mod concurrency;
 mod consort_python;
 mod crash;
+mod deep_json;
 mod framing;
 mod interop;
 mod python;

@@ -158,8 +158,9 @@ impl Tasks {
         lock(&self.dispatcher).take();
     }
 
-    /// Routes one response from the worker to its task.
-    pub(crate) fn route(&self, task: TaskId, kind: ResponseKind, debug: &DebugOut) {
+    /// Routes one response from the worker to its task; returns whether the task was
+    /// pending.
+    pub(crate) fn route(&self, task: TaskId, kind: ResponseKind, debug: &DebugOut) -> bool {
         let core = if kind.is_terminal() {
             self.lock().tasks.remove(&task)
         } else {
@@ -167,7 +168,7 @@ impl Tasks {
         };
         let Some(core) = core else {
             debug.note(|| format!("<no such task: {task}>"));
-            return;
+            return false;
         };
         match kind {
             ResponseKind::Launch => {
@@ -200,6 +201,7 @@ impl Tasks {
                 self.end(&core, TaskState::Failed, Err(TaskError::Failed { message }));
             }
         }
+        true
     }
 
     /// Ends a task (the first end wins) and delivers its end: through the dispatcher when
