@@ -337,3 +337,38 @@ fn a_child_that_escaped_the_group_delays_the_crash_only_by_the_drain_silence() {
         "setsid escapes the group kill, as documented"
     );
 }
+
+/// issue 14: a worker that closed its stdout and lived on was waited on until it exited,
+/// and its pending tasks with it, silently. No answer can come once stdout is closed: its
+/// tasks now end CRASHED with the cause, within the bound of a crash after an exit
+/// (`drain_silence`, then the kill ladder), and a COMPLETION written before the EOF wins.
+#[test]
+fn issue_14_a_worker_that_closes_its_stdout_and_lives_on_crashes_its_pending_tasks() {
+    let _watchdog =
+        watchdog("issue_14_a_worker_that_closes_its_stdout_and_lives_on_crashes_its_pending_tasks");
+    let silence = Duration::from_millis(200);
+    let service = fake(&["serve"])
+        .with_drain_silence(silence)
+        .start()
+        .expect("start");
+    let pending = submit(&service, "hang");
+    assert!(wait_until(TASK_LIMIT, || pending.state() == TaskState::Running));
+    let closer = submit(&service, "close-stdout");
+    finish(&closer).expect("the COMPLETION written before stdout closed wins");
+    let closed_at = Instant::now();
+    let report = crashed(&pending);
+    let latency = closed_at.elapsed();
+    eprintln!("pending task crashed {latency:?} after stdout closed");
+    let cause = report.cause.clone().unwrap_or_default();
+    assert!(cause.contains("closed its stdout"), "{report:?}");
+    let message = TaskError::Crashed(Box::new(report)).to_string();
+    assert!(message.contains("closed its stdout"), "{message}");
+    // The silence, then SIGTERM and its grace, then the reap; plus slack.
+    let bound =
+        (silence + GRACE + Duration::from_secs(1) + Duration::from_millis(500)) * slowdown();
+    assert!(latency <= bound, "took {latency:?}, bound {bound:?}");
+    assert!(
+        service.exit_status().is_some(),
+        "the mute worker was ended, not waited on"
+    );
+}

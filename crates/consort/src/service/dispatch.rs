@@ -108,6 +108,11 @@ impl Tasks {
         None
     }
 
+    /// Whether `close` (or a kill) began.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.lock().closing
+    }
+
     pub(crate) fn report(&self) -> Option<Arc<CrashReport>> {
         self.lock().report.clone()
     }

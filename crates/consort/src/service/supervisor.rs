@@ -13,13 +13,15 @@
 //!
 //! # Invariants
 //! 1. Every task ends exactly once, and every task ends: a task admitted to the table ends
-//!    by its response, a hard cancel, an oversize line or the monitor; a task refused
+//!    by its response (or one that names it and cannot be decoded), a hard cancel, an
+//!    oversize line or the monitor, which a worker that closed its stdout is ended for
+//!    (`run_stdout`), as one that stopped reading its stdin is (`run_writer`); a task refused
 //!    (the worker ended, or the service is closing) ends CRASHED at once, on the
 //!    submitting thread.
 //! 2. A task is admitted before its EXECUTE is written, so its response always finds it.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -105,6 +107,29 @@ impl Supervisor {
             signals::KILL,
             Some(format!("the worker stopped reading its stdin ({err})")),
         );
+    }
+
+    /// The stdout thread, and what stdout's EOF means: a worker that closed its stdout
+    /// while alive can answer nothing more, so it is ended (SIGTERM, then SIGKILL after
+    /// `kill_grace`), and its pending tasks crash with it, the cause naming the EOF.
+    fn run_stdout(&self, poll_fd: OwnedFd) {
+        self.stdout.run(poll_fd, self.sinks());
+        // A worker that exits closes its stdout a moment before the monitor sees it exit:
+        // an EOF alone does not tell it from one that lives on. A worker being closed is
+        // left to the close ladder, which bounds its shutdown already.
+        if self.drain.exited_within(self.config.drain_silence) || self.tasks.is_closing() {
+            return;
+        }
+        self.debug
+            .note(|| "<the worker closed its stdout and lives on: ending it>".to_owned());
+        self.exit
+            .set_cause(|| "the worker closed its stdout; no answer could come".to_owned());
+        self.exit.signal_group(signals::TERM, None);
+        self.exit.signal_group(signals::CONT, None);
+        if self.drain.exited_within(self.config.kill_grace) {
+            return;
+        }
+        self.exit.signal_group(signals::KILL, None);
     }
 
     /// A report for a task refused before the worker ended.
@@ -231,11 +256,7 @@ pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
         .note(|| format!("<worker process {pid} started>"));
     let spawned = link
         .spawn_thread("monitor", |sup| exit::run_monitor(sup.parts()))
-        .and_then(|()| {
-            link.spawn_thread("stdout", move |sup| {
-                sup.stdout.run(poll_stdout, sup.sinks())
-            })
-        })
+        .and_then(|()| link.spawn_thread("stdout", move |sup| sup.run_stdout(poll_stdout)))
         .and_then(|()| {
             link.spawn_thread("stderr", move |sup| {
                 sup.stderr
