@@ -10,6 +10,7 @@ mod concurrency;
 mod consort_python;
 mod crash;
 mod deep_json;
+mod descendants;
 mod framing;
 mod interop;
 mod python;

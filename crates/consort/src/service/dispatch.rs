@@ -12,7 +12,7 @@
 //!    that ended the task).
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,8 @@ pub(crate) enum Dispatch {
     Event(Arc<TaskCore>, TaskEvent),
     /// A task's end: its listeners, then its waiters.
     End(Ending),
+    /// Everything sent before it was delivered (see [`Tasks::wait_delivered`]).
+    Flushed(Sender<()>),
 }
 
 /// The tasks sent to the worker and not ended, and how the worker ended.
@@ -157,6 +159,19 @@ impl Tasks {
         self.lock().tasks.drain().map(|(_, core)| core).collect()
     }
 
+    /// Waits, up to `bound`, until the dispatcher has delivered everything sent so far
+    /// (listeners called, waiters released).
+    pub(crate) fn wait_delivered(&self, bound: Duration) {
+        let (flushed, delivered) = mpsc::channel();
+        let sent = match lock(&self.dispatcher).as_ref() {
+            Some(dispatcher) => dispatcher.send(Dispatch::Flushed(flushed)).is_ok(),
+            None => false,
+        };
+        if sent {
+            let _ = delivered.recv_timeout(bound);
+        }
+    }
+
     /// The dispatcher runs out once its queue is empty; later events are delivered on the
     /// thread that has them.
     pub(crate) fn stop_dispatcher(&self) {
@@ -254,5 +269,8 @@ fn deliver(message: Dispatch) {
     match message {
         Dispatch::Event(core, event) => core.deliver(&event),
         Dispatch::End(ending) => ending.deliver(),
+        Dispatch::Flushed(flushed) => {
+            let _ = flushed.send(());
+        }
     }
 }

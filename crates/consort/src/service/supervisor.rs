@@ -36,7 +36,7 @@ use super::stderr::Stderr;
 use super::stdin::Stdin;
 use super::stdout::{Sinks, Stdout};
 use crate::protocol::{new_task_id, Args, Request};
-use crate::sys::{signals, Pid};
+use crate::sys::{self, signals, Pid};
 use crate::task::{CrashReport, ExitStatus, Listener, Route, Task, TaskCore, TaskError, TaskState};
 
 static NEXT_SERVICE: AtomicU64 = AtomicU64::new(1);
@@ -208,6 +208,24 @@ pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
     if let Some(file) = &init_file {
         command.env("APPOSE_INIT_SCRIPT", file.path());
     }
+    // The worker's tag, appended to the lineage it inherits (a worker started by a task
+    // of another worker carries both), marks its descendants for the monitor.
+    let lineage = sys::new_lineage_tag();
+    let inherited = match config
+        .env
+        .iter()
+        .rev()
+        .find(|(key, _)| key == sys::LINEAGE_ENV)
+    {
+        Some((_, value)) => value.clone(),
+        None => std::env::var_os(sys::LINEAGE_ENV),
+    };
+    let mut lineages = inherited.unwrap_or_default();
+    if !lineages.is_empty() {
+        lineages.push(":");
+    }
+    lineages.push(&lineage);
+    command.env(sys::LINEAGE_ENV, lineages);
     let mut child = spawner::spawn(command).map_err(|source| StartError::Spawn {
         program: config.program.clone(),
         source,
@@ -247,7 +265,7 @@ pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
         stdout: Stdout::new(stdout, config.max_line, config.tail_bytes),
         stderr: Stderr::new(config.tail_bytes),
         drain: Drain::new(),
-        exit: Exit::new(child, guardian, init_file),
+        exit: Exit::new(child, lineage, guardian, init_file),
         config,
     };
     let link = ServiceLink(Arc::new(supervisor));
