@@ -394,19 +394,33 @@ pub(crate) fn kill_now(parts: Parts<'_>, service: u64, cause: &str) -> ExitStatu
 }
 
 /// Starts the worker's lifeline: a `sh` that joins the worker's process group and waits for
-/// EOF on a pipe that only this process writes to, then SIGKILLs the whole group.
+/// EOF on a pipe that only this process writes to, then SIGKILLs the worker's descendants
+/// that left the group (those whose environment carries `lineage`, found by one `grep` over
+/// `/proc/*/environ`, twice) and the whole group.
 ///
 /// The parent-death signal ends the worker when this process dies, however it dies, but not
 /// the worker's own children, and nothing of this process is left to signal their group. The
 /// kernel closes the pipe when this process dies, and the guardian does it. As long as the
 /// guardian lives, the group id cannot be reused, so its `kill` never hits another group.
-/// Without `/bin/sh` the worker runs without a lifeline (logged).
-pub(crate) fn spawn_guardian(pid: Pid) -> Option<Child> {
+/// Without `/bin/sh` the worker runs without a lifeline (logged); without `grep`, the
+/// lifeline kills the group only.
+pub(crate) fn spawn_guardian(pid: Pid, lineage: &str) -> Option<Child> {
     use std::os::unix::process::CommandExt;
+    // By pid, as a shell must: a process found would have to exit, and its pid be reused,
+    // in the instant before its kill. The monitor, which outlives nothing, uses pidfds.
+    const LIFELINE: &str = "read -r _\n\
+        for round in 1 2; do\n\
+        for found in $(grep -lsF -e \"$1\" /proc/[0-9]*/environ); do\n\
+        found=${found#/proc/}; kill -9 \"${found%/environ}\"\n\
+        done\n\
+        done 2>/dev/null\n\
+        kill -9 0";
     let mut command = Command::new("/bin/sh");
     command
         .arg("-c")
-        .arg("read -r _; kill -9 0")
+        .arg(LIFELINE)
+        .arg("consort-lifeline")
+        .arg(lineage)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -230,7 +230,7 @@ pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
         program: config.program.clone(),
         source,
     })?;
-    let guardian = exit::spawn_guardian(Pid(child.id()));
+    let guardian = exit::spawn_guardian(Pid(child.id()), &lineage);
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
