@@ -49,6 +49,8 @@
 //! - `spawn-escaped`: start `setsid fake_worker idle`, which leaves the worker's process
 //!   group but keeps its stdout and stderr open, and complete with output `escaped`.
 //! - `stderr-spam <bytes>`: write `bytes` bytes of numbered lines on stderr, then complete.
+//! - `close-stdout`: LAUNCH, COMPLETION, then put `/dev/null` in place of stdout (closing
+//!   the pipe) and serve on, answering into the void: a worker that lives on mute.
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, Write};
@@ -213,6 +215,7 @@ const BEHAVIOURS: &[&str] = &[
     "spawn-grandchild",
     "spawn-escaped",
     "stderr-spam",
+    "close-stdout",
 ];
 
 struct Job {
@@ -368,6 +371,18 @@ fn run(behaviour: &str, job: Job) -> Option<JoinHandle<()>> {
             let _ = err.flush();
             job.launch();
             job.complete(job.inputs.clone());
+        }
+        "close-stdout" => {
+            job.launch();
+            job.complete(job.inputs.clone());
+            // Under the write lock, so no other task's line is cut in two.
+            let _held = job
+                .out
+                .0
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let null = std::fs::File::create("/dev/null").expect("open /dev/null");
+            rustix::stdio::dup2_stdout(&null).expect("replace stdout by /dev/null");
         }
         _ => {
             job.launch();

@@ -2,8 +2,9 @@
 //! and their children die too".
 //!
 //! `mini_supervisor <fake_worker path>` starts a service from a short-lived thread (so the
-//! workers must not depend on that thread's life), has the worker spawn a grandchild, leaves
-//! a task running, prints `worker <pid> grandchild <pid>` on stdout, and waits to be killed.
+//! workers must not depend on that thread's life), has the worker spawn a grandchild and a
+//! child that leaves its process group (`setsid`), leaves a task running, prints
+//! `worker <pid> grandchild <pid> escaped <pid>` on stdout, and waits to be killed.
 
 use std::io::Write;
 use std::process::Command;
@@ -30,13 +31,20 @@ fn main() {
         .expect("submit")
         .wait_timeout(Duration::from_secs(30))
         .expect("spawn the grandchild");
+    let escaped = service
+        .task("spawn-escaped")
+        .submit()
+        .expect("submit")
+        .wait_timeout(Duration::from_secs(30))
+        .expect("spawn the escaped child");
     let _running = service.task("hang").submit().expect("submit");
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
-        "worker {} grandchild {}",
+        "worker {} grandchild {} escaped {}",
         service.pid(),
-        outputs["grandchild"]
+        outputs["grandchild"],
+        escaped["escaped"]
     )
     .and_then(|()| stdout.flush())
     .expect("write to the test");

@@ -297,43 +297,62 @@ fn a_stopped_worker_that_is_killed_crashes_its_tasks() {
 }
 
 #[test]
-fn a_child_that_escaped_the_group_delays_the_crash_only_by_the_drain_silence() {
-    let _watchdog =
-        watchdog("a_child_that_escaped_the_group_delays_the_crash_only_by_the_drain_silence");
+fn a_child_that_escaped_the_group_dies_without_delaying_the_crash() {
+    let _watchdog = watchdog("a_child_that_escaped_the_group_dies_without_delaying_the_crash");
     let silence = Duration::from_millis(200);
     let service = fake(&["serve"])
         .with_drain_silence(silence)
         .start()
         .expect("start");
-    let outputs = finish(&submit(&service, "spawn-escaped")).expect("spawned");
-    let escaped = outputs["escaped"]
-        .as_u64()
-        .and_then(|pid| u32::try_from(pid).ok())
-        .expect("the escaped child's pid");
     // It holds the worker's stdout and stderr open, and no group kill reaches it.
-    struct Sweep(u32);
-    impl Drop for Sweep {
-        fn drop(&mut self) {
-            let _ = consort::sys::Pid::new(self.0).signal(SIGKILL);
-        }
-    }
-    let _sweep = Sweep(escaped);
-    assert!(wait_until(TASK_LIMIT, || consort_tests::cmdline(escaped)
-        .get(1)
-        .is_some_and(|arg| arg == "idle")));
+    let escaped =
+        super::descendants::escaped(&finish(&submit(&service, "spawn-escaped")).expect("spawned"));
     let pending = submit(&service, "hang");
     assert!(wait_until(TASK_LIMIT, || pending.state() == TaskState::Running));
     let killed_at = Instant::now();
     consort_tests::kill(service.pid(), SIGKILL);
     assert_eq!(crashed(&pending).status, ExitStatus::Signal(SIGKILL));
     let latency = killed_at.elapsed();
-    eprintln!("crash declared {latency:?} after the kill, pipes still open");
+    eprintln!("crash declared {latency:?} after the kill");
     assert!(
         latency <= (silence + Duration::from_millis(500)) * slowdown(),
         "{latency:?}"
     );
+    // Killed by its lineage (issue 14): it no longer outlives the worker.
+    escaped.assert_dies();
+}
+
+/// issue 14: a worker that closed its stdout and lived on was waited on until it exited,
+/// and its pending tasks with it, silently. No answer can come once stdout is closed: its
+/// tasks now end CRASHED with the cause, within the bound of a crash after an exit
+/// (`drain_silence`, then the kill ladder), and a COMPLETION written before the EOF wins.
+#[test]
+fn issue_14_a_worker_that_closes_its_stdout_and_lives_on_crashes_its_pending_tasks() {
+    let _watchdog =
+        watchdog("issue_14_a_worker_that_closes_its_stdout_and_lives_on_crashes_its_pending_tasks");
+    let silence = Duration::from_millis(200);
+    let service = fake(&["serve"])
+        .with_drain_silence(silence)
+        .start()
+        .expect("start");
+    let pending = submit(&service, "hang");
+    assert!(wait_until(TASK_LIMIT, || pending.state() == TaskState::Running));
+    let closer = submit(&service, "close-stdout");
+    finish(&closer).expect("the COMPLETION written before stdout closed wins");
+    let closed_at = Instant::now();
+    let report = crashed(&pending);
+    let latency = closed_at.elapsed();
+    eprintln!("pending task crashed {latency:?} after stdout closed");
+    let cause = report.cause.clone().unwrap_or_default();
+    assert!(cause.contains("closed its stdout"), "{report:?}");
+    let message = TaskError::Crashed(Box::new(report)).to_string();
+    assert!(message.contains("closed its stdout"), "{message}");
+    // The silence, then SIGTERM and its grace, then the reap; plus slack.
+    let bound =
+        (silence + GRACE + Duration::from_secs(1) + Duration::from_millis(500)) * slowdown();
+    assert!(latency <= bound, "took {latency:?}, bound {bound:?}");
     assert!(
-        is_running(escaped),
-        "setsid escapes the group kill, as documented"
+        service.exit_status().is_some(),
+        "the mute worker was ended, not waited on"
     );
 }

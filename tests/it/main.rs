@@ -9,6 +9,8 @@ mod close;
 mod concurrency;
 mod consort_python;
 mod crash;
+mod deep_json;
+mod descendants;
 mod framing;
 mod interop;
 mod python;

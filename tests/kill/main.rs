@@ -172,10 +172,10 @@ fn supervisor_sigkilled_its_worker_and_grandchild_die() {
         .split_whitespace()
         .filter_map(|word| word.parse().ok())
         .collect();
-    let [worker, grandchild] = pids[..] else {
+    let [worker, grandchild, escaped] = pids[..] else {
         panic!("mini_supervisor said {line:?}");
     };
-    sweep.0.extend([worker, grandchild]);
+    sweep.0.extend([worker, grandchild, escaped]);
     assert!(
         is_running(worker),
         "the worker outlived the thread that started it"
@@ -191,5 +191,10 @@ fn supervisor_sigkilled_its_worker_and_grandchild_die() {
     assert!(
         wait_until(bound, || !is_running(grandchild)),
         "the grandchild {grandchild} outlived the supervisor"
+    );
+    // issue 14: the guardian finds it by the worker's lineage in its environment.
+    assert!(
+        wait_until(bound, || !is_running(escaped)),
+        "the child {escaped} that left the worker's group outlived the supervisor"
     );
 }

@@ -8,13 +8,21 @@
 //! - two responses on one line, or a response glued to the end of a `print()` without a
 //!   newline (appose 0.12.0's worker writes the JSON and the newline separately, unlocked);
 //! - `NaN`, `Infinity` and `-Infinity` (Python's `allow_nan=True`);
-//! - integers beyond 64 bits, invalid UTF-8, CRLF line ends, a last line without a newline.
+//! - integers beyond 64 bits, invalid UTF-8, CRLF line ends, a last line without a newline;
+//! - values nested deeper than serde_json's recursion limit (128 levels), up to
+//!   [`MAX_DEPTH`].
 //!
 //! # Invariants
-//! 1. Decoding never fails as a whole: every byte of a line ends up either in a [`Response`]
-//!    or in a [`Decoded::Noise`] fragment.
-//! 2. [`Framer`] never holds more than `max_line` bytes of one line, whatever the input.
-//! 3. Encoded requests never contain a non-ASCII byte or a blank line (the Python worker
+//! 1. Decoding never fails as a whole: every byte of a line ends up in a [`Response`], in a
+//!    [`Decoded::Undecodable`] or in a [`Decoded::Noise`] fragment.
+//! 2. A JSON object that names a `task` and a `responseType` is never noise: it is a
+//!    [`Response`], or an [`Decoded::Undecodable`] that says why it could not be one.
+//! 3. Nothing here recurses deeper than serde_json's limit on the caller's stack: a line
+//!    nested deeper is measured without recursion, and decoded on a thread whose stack is
+//!    sized for it (see [`MAX_DEPTH`]).
+//! 4. Decoding a line costs time linear in its length, whatever it holds.
+//! 5. [`Framer`] never holds more than `max_line` bytes of one line, whatever the input.
+//! 6. Encoded requests never contain a non-ASCII byte or a blank line (the Python worker
 //!    takes a blank line as end of input).
 
 use std::fmt::Write as _;
@@ -30,6 +38,21 @@ pub type Args = Map<String, Value>;
 
 /// Default bound on one line from a worker, in bytes (16 MiB).
 pub const DEFAULT_MAX_LINE: usize = 16 << 20;
+
+/// The deepest nesting a line may have, its own object counted as one level: a response or
+/// a request nested deeper is not decoded, and the task it names fails with the reason.
+///
+/// serde_json stops at 128 levels; consort goes further, because Python's `json` writes
+/// values up to about 1,000 levels deep. It stops here because a `serde_json::Value` is
+/// dropped, cloned, compared and printed by recursion, on whatever thread holds it: 1,024
+/// levels take about 1 MiB of stack to clone or print in a debug build (a quarter of that
+/// optimised), within any thread's stack, where the 8 million levels a 16 MiB line can hold
+/// would overflow all of them.
+pub const MAX_DEPTH: usize = 1024;
+
+/// The deepest value serde_json parses with its recursion limit on (it refuses the 128th
+/// level); a deeper one is parsed on a thread of its own (`parse_deep`).
+const SERDE_DEPTH: usize = 127;
 
 /// A task identifier: an opaque string, unique per service.
 ///
@@ -171,6 +194,19 @@ impl ResponseKind {
 pub enum Decoded {
     /// A well-formed response.
     Response(Response),
+    /// A JSON object that names a task and a response type but cannot be decoded: nested
+    /// deeper than [`MAX_DEPTH`], or not valid JSON. The task it names cannot get this
+    /// response; a supervisor fails it with `reason`.
+    Undecodable {
+        /// The task it names.
+        task: TaskId,
+        /// The `responseType` it names, as written.
+        response_type: String,
+        /// Why it cannot be decoded, in a sentence that names the response type.
+        reason: String,
+        /// The object's text.
+        text: String,
+    },
     /// Text that is not a response: a stray `print()`, a JSON value without `task` and
     /// `responseType`, a response of an unknown type, or a truncated fragment.
     Noise(String),
@@ -418,6 +454,10 @@ pub const HEARTBEAT_ENV: &str = "CONSORT_HEARTBEAT_SECS";
 /// `f64` (Python writes `10**400` in full) decode as `null`, since JSON values cannot hold
 /// them; lone UTF-16 surrogate escapes (Python writes them for undecodable file names)
 /// decode as U+FFFD; other integers beyond 64 bits decode as the nearest float.
+///
+/// A line nested deeper than serde_json's limit is decoded on a thread of its own, up to
+/// [`MAX_DEPTH`] levels; an object that names a task and a response type but is deeper
+/// still, or is not valid JSON, is [`Decoded::Undecodable`].
 pub fn decode_line(line: &[u8], out: &mut Vec<Decoded>) {
     let line = strip_line_end(line);
     if line.iter().all(u8::is_ascii_whitespace) {
@@ -432,13 +472,14 @@ pub fn decode_line(line: &[u8], out: &mut Vec<Decoded>) {
         out.push(Decoded::Response(response));
         return;
     }
-    if decode_text(&text_finite, out) {
+    if decode_text(&text_finite, false, out) {
         return;
     }
     // Some candidate did not parse: maybe noise, maybe a value serde_json refuses. Clean
-    // those values up everywhere and decode the line again, once.
+    // those values up everywhere and decode the line again, once; what still fails then
+    // is noise, too deep, or a response that is not valid JSON.
     out.truncate(mark);
-    decode_text(&sanitize(&text), out);
+    decode_text(&sanitize(&text), true, out);
 }
 
 /// The fields of a response, read straight from the text: no map is built for the
@@ -494,30 +535,53 @@ fn decode_single(text: &str) -> Option<Response> {
     })
 }
 
-/// Decodes `text`; returns false if some `{"` candidate failed to parse.
-fn decode_text(text: &str, out: &mut Vec<Decoded>) -> bool {
+/// Decodes `text`; returns false if some `{"` candidate failed to parse. On the `last`
+/// pass, a candidate that fails is looked at more closely (`salvage`): decoded if it is
+/// only too deep for serde_json, else kept whole as undecodable if it names a task and a
+/// response type.
+fn decode_text(text: &str, last: bool, out: &mut Vec<Decoded>) -> bool {
     let mut clean = true;
     let mut pos = 0;
     let mut noise_start = 0;
+    // What `salvage` may scan on this line in all, so that many failing candidates cost
+    // linear time, not quadratic.
+    let mut budget = 2 * text.len() + 4096;
+    let last_response_type = text.rfind("\"responseType\"");
     while let Some(start) = next_candidate(text, pos) {
         let mut stream =
             serde_json::Deserializer::from_str(&text[start..]).into_iter::<Map<String, Value>>();
         let mut consumed = 0;
         let mut objects = Vec::new();
+        let mut failure = None;
         loop {
             match stream.next() {
                 Some(Ok(object)) => {
                     consumed = stream.byte_offset();
                     objects.push(object);
                 }
-                Some(Err(_)) => {
+                Some(Err(err)) => {
                     clean = false;
+                    failure = Some(err);
                     break;
                 }
                 None => break,
             }
         }
         if objects.is_empty() {
+            let salvaged = match failure {
+                Some(err) if last => {
+                    let may_name_response = last_response_type.is_some_and(|at| at > start);
+                    salvage(&text[start..], &err, may_name_response, &mut budget)
+                }
+                _ => None,
+            };
+            if let Some((len, item)) = salvaged {
+                push_noise(out, &text[noise_start..start]);
+                out.push(item);
+                pos = start + len;
+                noise_start = pos;
+                continue;
+            }
             // Not JSON from here: look for the next candidate after this brace.
             pos = start + 1;
             continue;
@@ -534,6 +598,215 @@ fn decode_text(text: &str, out: &mut Vec<Decoded>) -> bool {
     }
     push_noise(out, &text[noise_start..]);
     clean
+}
+
+/// Looks again at a candidate (`text` starts with its `{`) that serde_json refused with
+/// `err`: returns how many bytes of `text` it takes, and what it is, or `None` to go on
+/// looking for the next candidate inside it, as for any noise. `may_name_response`: a
+/// `"responseType"` key appears somewhere after the candidate's start.
+///
+/// A candidate that serde_json refused for its depth is parsed again without the limit (up
+/// to [`MAX_DEPTH`]); once it ends, it is taken whole either way, so no part of it is read
+/// twice. A candidate that names a task and a response type at its top level is taken
+/// whole as [`Decoded::Undecodable`] when it cannot be decoded.
+fn salvage(
+    text: &str,
+    err: &serde_json::Error,
+    may_name_response: bool,
+    budget: &mut usize,
+) -> Option<(usize, Decoded)> {
+    // Refused for its depth: as deep as serde_json's limit where it stopped. (Garbage can
+    // look deep further on, where serde_json never went.)
+    let mut stopped_at = error_offset(text, err).saturating_add(1).min(text.len());
+    while !text.is_char_boundary(stopped_at) {
+        stopped_at += 1;
+    }
+    let mut prefix_budget = stopped_at;
+    let deep = skim(&text[..stopped_at], &mut prefix_budget)
+        .is_some_and(|prefix| prefix.depth > SERDE_DEPTH);
+    if !deep && !may_name_response {
+        return None;
+    }
+    let skim = skim(text, budget)?;
+    let len = skim.end.unwrap_or(text.len());
+    let object = &text[..len];
+    let why = if !deep {
+        format!("it is not valid JSON ({err})")
+    } else if skim.depth > MAX_DEPTH {
+        too_deep(skim.depth)
+    } else {
+        match parse_deep(object, skim.depth) {
+            Ok(object) => {
+                let item = match response_from_object(object) {
+                    Ok(response) => Decoded::Response(response),
+                    // Its text as written: printing a deep value again would recurse.
+                    Err(_) => Decoded::Noise(text[..len].to_owned()),
+                };
+                return Some((len, item));
+            }
+            Err(why) => why,
+        }
+    };
+    match (skim.task, skim.response_type) {
+        (Some(task), Some(response_type)) => Some((
+            len,
+            Decoded::Undecodable {
+                task: TaskId(task),
+                reason: format!("the worker's {response_type} could not be decoded: {why}"),
+                response_type,
+                text: object.to_owned(),
+            },
+        )),
+        // A whole object too deep to read, that is not a response: noise, in one piece.
+        _ if deep && skim.end.is_some() => Some((len, Decoded::Noise(object.to_owned()))),
+        _ => None,
+    }
+}
+
+/// The byte offset in `text` of where serde_json's error `err` says it stopped.
+fn error_offset(text: &str, err: &serde_json::Error) -> usize {
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(err.line().saturating_sub(1))
+        .map(str::len)
+        .sum();
+    line_start.saturating_add(err.column()).min(text.len())
+}
+
+fn too_deep(depth: usize) -> String {
+    format!("it is nested {depth} levels deep, over the limit of {MAX_DEPTH}")
+}
+
+/// What a JSON object says about itself without being parsed (see [`skim`]).
+#[derive(Debug, PartialEq)]
+struct Skim {
+    /// How deep it nests, itself counted as one level.
+    depth: usize,
+    /// Where it ends (after its closing brace); `None` when it does not.
+    end: Option<usize>,
+    /// The `task` and `responseType` strings of its top level, when it has them.
+    task: Option<String>,
+    response_type: Option<String>,
+}
+
+/// Reads the object at the start of `text` without recursion and without checking its
+/// syntax: how deep it nests, where it ends, and its top-level `task` and `responseType`
+/// strings. Scans at most `budget` bytes, and takes them off it; `None` once it is spent.
+fn skim(text: &str, budget: &mut usize) -> Option<Skim> {
+    // Where the top level of the object is, between its tokens.
+    #[derive(PartialEq)]
+    enum Expect {
+        Key,
+        Colon,
+        Value,
+        Other,
+    }
+    let bytes = text.as_bytes();
+    let limit = bytes.len().min(*budget);
+    let mut skim = Skim {
+        depth: 0,
+        end: None,
+        task: None,
+        response_type: None,
+    };
+    let mut depth = 0usize;
+    let mut expect = Expect::Other;
+    let mut key: &str = "";
+    let mut idx = 0;
+    while idx < limit {
+        match bytes[idx] {
+            b'"' => {
+                let mut close = idx + 1;
+                while close < bytes.len() && bytes[close] != b'"' {
+                    close += if bytes[close] == b'\\' { 2 } else { 1 };
+                }
+                if close >= bytes.len() {
+                    // An unterminated string: the object never ends.
+                    idx = bytes.len();
+                    break;
+                }
+                let token = &text[idx..=close];
+                if depth == 1 {
+                    match expect {
+                        Expect::Key => {
+                            key = token;
+                            expect = Expect::Colon;
+                        }
+                        Expect::Value => {
+                            let slot = match key {
+                                "\"task\"" => &mut skim.task,
+                                "\"responseType\"" => &mut skim.response_type,
+                                _ => &mut None,
+                            };
+                            *slot = serde_json::from_str(token).ok();
+                            expect = Expect::Other;
+                        }
+                        _ => expect = Expect::Other,
+                    }
+                }
+                idx = close + 1;
+                continue;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                skim.depth = skim.depth.max(depth);
+                expect = if depth == 1 {
+                    Expect::Key
+                } else {
+                    Expect::Other
+                };
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    skim.end = Some(idx + 1);
+                    idx += 1;
+                    break;
+                }
+            }
+            b':' if depth == 1 && expect == Expect::Colon => expect = Expect::Value,
+            b',' if depth == 1 => expect = Expect::Key,
+            _ => {}
+        }
+        idx += 1;
+    }
+    if skim.end.is_none() && idx < bytes.len() {
+        // The budget ran out before the object ended.
+        *budget = 0;
+        return None;
+    }
+    *budget -= idx.min(*budget);
+    Some(skim)
+}
+
+/// Parses `text`, one JSON object nested `depth` levels deep (over serde_json's limit, at
+/// most [`MAX_DEPTH`]), without the recursion limit, on a thread whose stack is sized for
+/// the depth: the caller's stack, whatever it is, is never at risk.
+fn parse_deep(text: &str, depth: usize) -> Result<Map<String, Value>, String> {
+    // A debug build takes about 2.4 KiB of stack per level, an optimised one 0.4 KiB.
+    let stack = 256 * 1024 + depth * 8 * 1024;
+    let parse = || {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        deserializer.disable_recursion_limit();
+        Map::<String, Value>::deserialize(&mut deserializer)
+            .and_then(|object| deserializer.end().map(|()| object))
+            .map_err(|err| format!("it is not valid JSON ({err})"))
+    };
+    std::thread::scope(|scope| {
+        let parser = std::thread::Builder::new()
+            .name("consort-deep-json".to_owned())
+            .stack_size(stack)
+            .spawn_scoped(scope, parse)
+            .map_err(|err| {
+                format!(
+                    "it is nested {depth} levels deep, and no thread could be started to \
+                     decode it ({err})"
+                )
+            })?;
+        parser
+            .join()
+            .unwrap_or_else(|_| Err("decoding it panicked".to_owned()))
+    })
 }
 
 /// The next `{` at or after `pos` whose next non-blank character is `"`.
@@ -765,8 +1038,10 @@ pub fn decode_request(line: &[u8]) -> Result<Request, (Option<TaskId>, String)> 
     let line = strip_line_end(line);
     let text = String::from_utf8_lossy(line);
     let text = replace_non_finite(&text);
-    let mut object: Map<String, Value> = serde_json::from_str(&text)
-        .map_err(|err| (None, format!("request is not a JSON object: {err}")))?;
+    let mut object: Map<String, Value> = match serde_json::from_str(&text) {
+        Ok(object) => object,
+        Err(err) => decode_deep_request(&text, &err)?,
+    };
     let task = match object.remove("task") {
         Some(Value::String(task)) => TaskId(task),
         _ => return Err((None, "request has no string \"task\" field".to_owned())),
@@ -798,6 +1073,37 @@ pub fn decode_request(line: &[u8]) -> Result<Request, (Option<TaskId>, String)> 
         Some(other) => Err((Some(task), format!("unknown requestType {other:?}"))),
         None => Err((Some(task), "request has no \"requestType\"".to_owned())),
     }
+}
+
+/// A request serde_json refused with `err`: parsed again without the recursion limit if
+/// it is only too deep for serde_json, else an error that names the task, when the request
+/// has one, and what is wrong.
+fn decode_deep_request(
+    text: &str,
+    err: &serde_json::Error,
+) -> Result<Map<String, Value>, (Option<TaskId>, String)> {
+    let not_an_object = || format!("request is not a JSON object: {err}");
+    let object = text.trim_start();
+    if !object.starts_with('{') {
+        return Err((None, not_an_object()));
+    }
+    let mut budget = usize::MAX;
+    let Some(skim) = skim(object, &mut budget) else {
+        return Err((None, not_an_object()));
+    };
+    let task = skim.task.map(TaskId);
+    if skim.depth > MAX_DEPTH {
+        return Err((
+            task,
+            format!("request could not be decoded: {}", too_deep(skim.depth)),
+        ));
+    }
+    let len = skim.end.unwrap_or(object.len());
+    if skim.depth <= SERDE_DEPTH || !object[len..].trim().is_empty() {
+        return Err((task, not_an_object()));
+    }
+    parse_deep(&object[..len], skim.depth)
+        .map_err(|why| (task, format!("request could not be decoded: {why}")))
 }
 
 // ---------------------------------------------------------------------------------------

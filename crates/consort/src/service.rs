@@ -257,7 +257,10 @@ impl ServiceBuilder {
 
     /// How long, once the worker has exited, its stdout may stay silent before a crash is
     /// declared anyway (default 200 ms). This only matters when a process that escaped the
-    /// worker's process group still holds its stdout open.
+    /// worker's process group and its lineage (it cleared its environment) still holds its
+    /// stdout open. It is also how long a worker whose stdout reached EOF has to be seen
+    /// exiting before it counts as a worker that closed its stdout and lives on, and is
+    /// ended.
     pub fn with_drain_silence(mut self, silence: Duration) -> ServiceBuilder {
         Arc::make_mut(&mut self.config).drain_silence = silence;
         self

@@ -1,5 +1,6 @@
 //! Thin wrappers over the few process system calls consort needs: process-group signals,
-//! waiting for an exit without reaping it, and the parent-death signal.
+//! waiting for an exit without reaping it, the parent-death signal, and finding a worker's
+//! descendants by the lineage tag in their environment.
 //!
 //! Everything here is a direct system call through `rustix`; the one `unsafe` block is
 //! `CommandExt::pre_exec`, which runs between `fork` and `exec`.
@@ -8,9 +9,12 @@
 //! 1. A process group is signalled only through [`Pgid::signal`], so `kill(-pgid)` exists in
 //!    exactly one place.
 //! 2. The `pre_exec` hook calls only raw, async-signal-safe system calls and allocates nothing.
+//! 3. [`kill_lineage`] signals only a process that carries the tag: through a pidfd opened
+//!    before its environment is read again, so a recycled pid is never signalled.
 #![allow(unsafe_code)]
 
-use std::io;
+use std::collections::HashSet;
+use std::io::{self, Read};
 use std::process::Command;
 
 use rustix::process::{Pid as RawPid, Signal, WaitId, WaitIdOptions};
@@ -132,6 +136,119 @@ pub fn isolate_child(command: &mut Command) {
             });
         }
     }
+}
+
+/// The environment variable that carries a process's lineage: the tags of the consort
+/// workers it descends from, `:`-separated. The supervisor appends a fresh tag for each
+/// worker it starts, and whatever the worker starts inherits it, in whatever process group
+/// or session it ends up (see [`kill_lineage`]).
+pub const LINEAGE_ENV: &str = "CONSORT_LINEAGE";
+
+/// A fresh lineage tag: 16 hex digits from the kernel's random source (the time, should
+/// that fail).
+pub fn new_lineage_tag() -> String {
+    let random = random_u64().unwrap_or_else(|_| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        (now.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32)
+    });
+    format!("{random:016x}")
+}
+
+/// The most rounds [`kill_lineage`] makes: each round finds what the last one's processes
+/// forked before they died.
+const LINEAGE_ROUNDS: usize = 16;
+
+/// SIGKILLs every process whose environment carries `tag` in [`LINEAGE_ENV`]: a worker's
+/// descendants, wherever they went (another process group, another session, reparented to
+/// init). Scans `/proc` round after round while a round finds new ones, at most
+/// `LINEAGE_ROUNDS` times; returns how many processes were signalled.
+///
+/// # Caveats
+/// Linux only (`/proc/<pid>/environ`, pidfds); elsewhere it finds nothing. A process that
+/// cleared or rewrote its environment, runs as another user, or made itself undumpable
+/// (`prctl(PR_SET_DUMPABLE, 0)`, which hides its environment) is not found.
+pub fn kill_lineage(tag: &str) -> usize {
+    if !cfg!(target_os = "linux") || tag.is_empty() {
+        return 0;
+    }
+    let me = std::process::id();
+    let mut signalled = HashSet::new();
+    let mut environ = Vec::new();
+    for _round in 0..LINEAGE_ROUNDS {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            break;
+        };
+        let mut found_new = false;
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == me
+                || signalled.contains(&pid)
+                || !carries_tag(pid, tag, &mut environ)
+                || !kill_if_tagged(Pid(pid), tag, &mut environ)
+            {
+                continue;
+            }
+            signalled.insert(pid);
+            found_new = true;
+        }
+        if !found_new {
+            break;
+        }
+    }
+    signalled.len()
+}
+
+/// Whether `/proc/<pid>/environ` carries `tag` in [`LINEAGE_ENV`]; `environ` is scratch.
+fn carries_tag(pid: u32, tag: &str, environ: &mut Vec<u8>) -> bool {
+    environ.clear();
+    let read = std::fs::File::open(format!("/proc/{pid}/environ"))
+        .and_then(|mut file| file.read_to_end(environ));
+    if read.is_err() {
+        // Gone, another user's, or undumpable.
+        return false;
+    }
+    let key = LINEAGE_ENV.as_bytes();
+    environ
+        .split(|byte| *byte == 0)
+        .filter_map(|entry| entry.strip_prefix(key)?.strip_prefix(b"="))
+        .any(|lineage| {
+            lineage
+                .split(|byte| *byte == b':')
+                .any(|one| one == tag.as_bytes())
+        })
+}
+
+/// SIGKILLs `pid` if it still carries `tag`, checked through a pidfd opened first: the
+/// pidfd names one process for good, so if the pid was recycled in between, the environment
+/// read is the new process's, which does not carry the tag. Returns whether it was signalled.
+#[cfg(target_os = "linux")]
+fn kill_if_tagged(pid: Pid, tag: &str, environ: &mut Vec<u8>) -> bool {
+    use rustix::process::{pidfd_open, pidfd_send_signal, PidfdFlags};
+    let Some(raw) = pid.raw() else {
+        return false;
+    };
+    match pidfd_open(raw, PidfdFlags::empty()) {
+        Ok(pidfd) => {
+            carries_tag(pid.get(), tag, environ) && pidfd_send_signal(&pidfd, Signal::KILL).is_ok()
+        }
+        // A kernel before 5.3: the pid, then, and the tiny window between reading and
+        // signalling is left open.
+        Err(rustix::io::Errno::NOSYS) => pid.signal(signals::KILL).is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn kill_if_tagged(_pid: Pid, _tag: &str, _environ: &mut Vec<u8>) -> bool {
+    false
 }
 
 /// Random bytes from the kernel.

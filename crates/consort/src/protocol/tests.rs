@@ -380,7 +380,7 @@ proptest! {
         decode_line(line.as_bytes(), &mut out);
         let got: Vec<_> = out.into_iter().filter_map(|item| match item {
             Decoded::Response(response) => Some(response),
-            Decoded::Noise(_) => None,
+            Decoded::Undecodable { .. } | Decoded::Noise(_) => None,
         }).collect();
         prop_assert_eq!(got, expect);
     }
@@ -454,9 +454,9 @@ fn blanks_after_the_opening_brace_do_not_hide_a_response() {
 /// Decodes `text` only through the general path (the one `decode_single` must agree with).
 fn decode_general(text: &str) -> Vec<Decoded> {
     let mut out = Vec::new();
-    if !decode_text(text, &mut out) {
+    if !decode_text(text, false, &mut out) {
         out.clear();
-        decode_text(&sanitize(text), &mut out);
+        decode_text(&sanitize(text), true, &mut out);
     }
     out
 }
@@ -517,4 +517,222 @@ fn task_ids_are_the_prefix_and_serial_in_32_hex_digits() {
     }
     let serial = |id: &TaskId| u64::from_str_radix(&id.to_string()[16..], 16).unwrap();
     assert!(serial(&second) > serial(&first));
+}
+
+// -- nesting deeper than serde_json's limit (issue 14) ---------------------------------
+
+/// `depth` arrays around `1`.
+fn nested(depth: usize) -> String {
+    format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+/// `depth` arrays around `1`, built without recursion.
+fn nested_value(depth: usize) -> Value {
+    (0..depth).fold(Value::from(1), |inner, _| Value::Array(vec![inner]))
+}
+
+/// A COMPLETION whose output `x` is `depth` arrays deep: `depth + 2` levels in all.
+fn deep_completion(task: &str, depth: usize) -> String {
+    format!(
+        r#"{{"outputs":{{"x":{}}},"task":"{task}","responseType":"COMPLETION"}}"#,
+        nested(depth)
+    )
+}
+
+fn undecodable(task: &str, response_type: &str, reason: &str, text: &str) -> Decoded {
+    Decoded::Undecodable {
+        task: TaskId::new(task),
+        response_type: response_type.to_owned(),
+        reason: reason.to_owned(),
+        text: text.to_owned(),
+    }
+}
+
+#[test]
+fn issue_14_responses_deeper_than_serde_json_s_limit_decode_up_to_max_depth() {
+    // 126 arrays: the 128 levels the issue found dropped as noise.
+    for depth in [125, 126, 127, 500, MAX_DEPTH - 2] {
+        let line = deep_completion("a", depth);
+        let expect = resp(
+            "a",
+            ResponseKind::Completion(args(json!({"x": nested_value(depth)}))),
+        );
+        check_decode(line.as_bytes(), std::slice::from_ref(&expect));
+        // Glued to noise and to another response, through the general path.
+        let glued = format!("noise {line}{}", r#"{"task":"b","responseType":"LAUNCH"}"#);
+        check_decode(
+            glued.as_bytes(),
+            &[noise("noise"), expect, resp("b", ResponseKind::Launch)],
+        );
+    }
+}
+
+#[test]
+fn issue_14_a_response_deeper_than_max_depth_is_undecodable_with_the_reason() {
+    let line = deep_completion("a", MAX_DEPTH - 1);
+    check_decode(
+        line.as_bytes(),
+        &[undecodable(
+            "a",
+            "COMPLETION",
+            &format!(
+                "the worker's COMPLETION could not be decoded: it is nested {} levels deep, \
+                 over the limit of {MAX_DEPTH}",
+                MAX_DEPTH + 1
+            ),
+            &line,
+        )],
+    );
+    // 8 million levels: measured, not parsed (nor recursed into).
+    let line = deep_completion("a", 8 << 20);
+    let mut out = Vec::new();
+    decode_line(line.as_bytes(), &mut out);
+    assert!(
+        matches!(&out[..], [Decoded::Undecodable { reason, .. }]
+            if reason.ends_with(&format!("nested {} levels deep, over the limit of {MAX_DEPTH}", (8 << 20) + 2))),
+        "{:.300?}",
+        out
+    );
+}
+
+#[test]
+fn issue_14_a_response_that_is_not_valid_json_is_undecodable_and_what_follows_is_kept() {
+    let broken = r#"{"outputs":{"a":1,},"task":"a","responseType":"COMPLETION"}"#;
+    let line = format!(r#"{broken} {{"task":"b","responseType":"LAUNCH"}}"#);
+    check_decode(
+        line.as_bytes(),
+        &[
+            undecodable(
+                "a",
+                "COMPLETION",
+                "the worker's COMPLETION could not be decoded: it is not valid JSON \
+                 (trailing comma at line 1 column 19)",
+                broken,
+            ),
+            resp("b", ResponseKind::Launch),
+        ],
+    );
+    // A response type of its own: still named, and still undecodable.
+    let odd = r#"{"task":"a","responseType":"ODD","x":[1 2]}"#;
+    let mut out = Vec::new();
+    decode_line(odd.as_bytes(), &mut out);
+    assert!(
+        matches!(&out[..], [Decoded::Undecodable { response_type, .. }] if response_type == "ODD"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn broken_json_that_names_no_task_and_response_type_is_still_noise() {
+    check_decode(
+        br#"{"task":"a","outputs":{,}} {"responseType":"LAUNCH",} {"task": 7,"responseType":"X",}"#,
+        &[noise(
+            r#"{"task":"a","outputs":{,}} {"responseType":"LAUNCH",} {"task": 7,"responseType":"X",}"#,
+        )],
+    );
+    // Keys below the top level do not make the outer object a response; the inner one is
+    // looked at on its own, as any response glued to noise is.
+    check_decode(
+        br#"{"inner":{"task":"a","responseType":"LAUNCH","x":[,]},}"#,
+        &[
+            noise(r#"{"inner":"#),
+            undecodable(
+                "a",
+                "LAUNCH",
+                "the worker's LAUNCH could not be decoded: it is not valid JSON (expected value \
+                 at line 1 column 42)",
+                r#"{"task":"a","responseType":"LAUNCH","x":[,]}"#,
+            ),
+            noise(",}"),
+        ],
+    );
+}
+
+#[test]
+fn a_deep_object_that_is_not_a_response_is_one_noise_fragment() {
+    let deep = format!(r#"{{"x":{}}}"#, nested(300));
+    let line = format!(r#"{deep}{{"task":"b","responseType":"LAUNCH"}}"#);
+    check_decode(
+        line.as_bytes(),
+        &[noise(&deep), resp("b", ResponseKind::Launch)],
+    );
+}
+
+#[test]
+fn many_failing_candidates_on_one_line_cost_linear_time() {
+    // Each `{"a` starts a candidate that never closes; skimming each to the end of the
+    // line would be quadratic (about 10^11 steps here), and never finish.
+    let line = format!(
+        r#"{}{{"task":"b","responseType":"LAUNCH"}}"#,
+        r#"{"a"#.repeat(300_000)
+    );
+    let mut out = Vec::new();
+    decode_line(line.as_bytes(), &mut out);
+    // (Not assert_eq!: the noise fragment is a megabyte.)
+    assert!(
+        out.last() == Some(&resp("b", ResponseKind::Launch)),
+        "the response at the end was lost"
+    );
+}
+
+#[test]
+fn skim_reads_depth_end_and_top_level_names_without_parsing() {
+    let mut budget = usize::MAX;
+    let text =
+        r#"{"outputs":{"task":"no"},"t\"x":"{[","task":"a\u0062","responseType":"LAUNCH"} tail"#;
+    let found = skim(text, &mut budget).expect("budget");
+    assert_eq!(
+        found,
+        Skim {
+            depth: 2,
+            end: Some(text.len() - " tail".len()),
+            task: Some("ab".to_owned()),
+            response_type: Some("LAUNCH".to_owned()),
+        }
+    );
+    let mut budget = 10;
+    assert_eq!(skim(text, &mut budget), None, "a spent budget says so");
+    assert_eq!(budget, 0);
+}
+
+#[test]
+fn issue_14_deep_requests_decode_up_to_max_depth_and_fail_with_their_task_beyond() {
+    let request = |depth: usize| {
+        format!(
+            r#"{{"task":"t","requestType":"EXECUTE","script":"s","inputs":{{"x":{}}},"queue":null}}"#,
+            nested(depth)
+        )
+    };
+    assert_eq!(
+        decode_request(request(500).as_bytes()),
+        Ok(Request::Execute {
+            task: TaskId::new("t"),
+            script: "s".to_owned(),
+            inputs: args(json!({"x": nested_value(500)})),
+            queue: None,
+        })
+    );
+    assert_eq!(
+        decode_request(request(MAX_DEPTH).as_bytes()),
+        Err((
+            Some(TaskId::new("t")),
+            format!(
+                "request could not be decoded: it is nested {} levels deep, over the limit \
+                 of {MAX_DEPTH}",
+                MAX_DEPTH + 2
+            )
+        ))
+    );
+    // Broken JSON that names its task fails that task, instead of going unanswered.
+    assert!(matches!(
+        decode_request(br#"{"task":"t","requestType":"EXECUTE","inputs":{,}}"#),
+        Err((Some(task), reason)) if task.as_str() == "t"
+            && reason.starts_with("request is not a JSON object")
+    ));
+    // A deep request followed by something else is not one object.
+    let trailing = format!("{} x", request(300));
+    assert!(matches!(
+        decode_request(trailing.as_bytes()),
+        Err((Some(_), _))
+    ));
 }

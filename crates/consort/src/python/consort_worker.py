@@ -854,11 +854,55 @@ def _handle(line):
         else:
             raise ValueError("unknown requestType %r" % (kind,))
     except Exception as error:
+        if isinstance(error, RecursionError):
+            error = "it is too deeply nested for Python's json (%s)" % error
+        if not isinstance(uuid, str):
+            # json could not read it (too deep, or not JSON): its task must still hear.
+            uuid = _task_of(line)
         if isinstance(uuid, str):
             _write_line({"error": "bad request: %s" % error, "task": uuid,
                          "responseType": "FAILURE"})
         else:
             print("consort worker: bad request ignored: %s" % error, file=sys.stderr)
+
+
+def _task_of(line):
+    """The "task" string at the top level of a request that json could not decode, read
+    token by token without recursion (a request too deep for json is too deep for a
+    recursive reader); None when there is none."""
+    import re
+
+    try:
+        text = line.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return None
+    depth = 0
+    expect = None  # at the top level: "key", "colon", "value" or None
+    key = None
+    for match in re.finditer(r'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]:,]', text):
+        token = match.group()
+        if token[0] == '"':
+            if depth == 1 and expect == "key":
+                key, expect = token, "colon"
+            elif depth == 1 and expect == "value":
+                if key == '"task"':
+                    try:
+                        return json.loads(token)
+                    except ValueError:
+                        return None
+                expect = None
+        elif token in "{[":
+            depth += 1
+            expect = "key" if depth == 1 else None
+        elif token in "}]":
+            depth -= 1
+            if depth <= 0:
+                return None
+        elif depth == 1 and token == ":" and expect == "colon":
+            expect = "value"
+        elif depth == 1 and token == ",":
+            expect = "key"
+    return None
 
 
 def _begin_shutdown(*_signal_args):

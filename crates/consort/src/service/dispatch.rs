@@ -12,7 +12,7 @@
 //!    that ended the task).
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,8 @@ pub(crate) enum Dispatch {
     Event(Arc<TaskCore>, TaskEvent),
     /// A task's end: its listeners, then its waiters.
     End(Ending),
+    /// Everything sent before it was delivered (see [`Tasks::wait_delivered`]).
+    Flushed(Sender<()>),
 }
 
 /// The tasks sent to the worker and not ended, and how the worker ended.
@@ -108,6 +110,11 @@ impl Tasks {
         None
     }
 
+    /// Whether `close` (or a kill) began.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.lock().closing
+    }
+
     pub(crate) fn report(&self) -> Option<Arc<CrashReport>> {
         self.lock().report.clone()
     }
@@ -152,14 +159,28 @@ impl Tasks {
         self.lock().tasks.drain().map(|(_, core)| core).collect()
     }
 
+    /// Waits, up to `bound`, until the dispatcher has delivered everything sent so far
+    /// (listeners called, waiters released).
+    pub(crate) fn wait_delivered(&self, bound: Duration) {
+        let (flushed, delivered) = mpsc::channel();
+        let sent = match lock(&self.dispatcher).as_ref() {
+            Some(dispatcher) => dispatcher.send(Dispatch::Flushed(flushed)).is_ok(),
+            None => false,
+        };
+        if sent {
+            let _ = delivered.recv_timeout(bound);
+        }
+    }
+
     /// The dispatcher runs out once its queue is empty; later events are delivered on the
     /// thread that has them.
     pub(crate) fn stop_dispatcher(&self) {
         lock(&self.dispatcher).take();
     }
 
-    /// Routes one response from the worker to its task.
-    pub(crate) fn route(&self, task: TaskId, kind: ResponseKind, debug: &DebugOut) {
+    /// Routes one response from the worker to its task; returns whether the task was
+    /// pending.
+    pub(crate) fn route(&self, task: TaskId, kind: ResponseKind, debug: &DebugOut) -> bool {
         let core = if kind.is_terminal() {
             self.lock().tasks.remove(&task)
         } else {
@@ -167,7 +188,7 @@ impl Tasks {
         };
         let Some(core) = core else {
             debug.note(|| format!("<no such task: {task}>"));
-            return;
+            return false;
         };
         match kind {
             ResponseKind::Launch => {
@@ -200,6 +221,7 @@ impl Tasks {
                 self.end(&core, TaskState::Failed, Err(TaskError::Failed { message }));
             }
         }
+        true
     }
 
     /// Ends a task (the first end wins) and delivers its end: through the dispatcher when
@@ -247,5 +269,8 @@ fn deliver(message: Dispatch) {
     match message {
         Dispatch::Event(core, event) => core.deliver(&event),
         Dispatch::End(ending) => ending.deliver(),
+        Dispatch::Flushed(flushed) => {
+            let _ = flushed.send(());
+        }
     }
 }

@@ -15,7 +15,12 @@
 //! 4. No worker and no worker's child outlives the supervisor: the parent-death signal ends
 //!    the worker, and the guardian, reading a pipe only the supervisor writes, SIGKILLs the
 //!    group when that pipe closes. While the guardian lives, the group id cannot be reused.
-//! 5. Exit hooks run once, after the worker's tasks have ended (the pool learns of the
+//! 5. Every descendant of a worker dies with it, however it ends: the monitor SIGKILLs the
+//!    group, then every process that carries the worker's lineage tag in its environment
+//!    (`sys::kill_lineage`: those that left the group, `setsid` and all), before `close`
+//!    and `wait_exit` return: after the crash is declared, or before it if the pipes stay
+//!    open (such a process may hold them).
+//! 6. Exit hooks run once, after the worker's tasks have ended (the pool learns of the
 //!    death without polling).
 
 use std::os::unix::process::ExitStatusExt;
@@ -30,12 +35,21 @@ use super::spawner::TempPath;
 use super::stderr::Stderr;
 use super::stdin::Stdin;
 use super::stdout::Stdout;
-use crate::sys::{signals, Pgid, Pid};
+use crate::sys::{self, signals, Pgid, Pid};
 use crate::task::{CrashReport, ExitStatus, TaskError, TaskState};
 
 /// The longest the monitor waits for the pipes to drain after the worker exited, however
 /// much they keep producing (a process that escaped the group may flood them forever).
 const MAX_DRAIN: Duration = Duration::from_secs(10);
+
+/// How long the pipes may stay silent and open, after the group was killed, before the
+/// monitor looks for descendants that left the group (one may hold them) rather than wait
+/// for the drain first.
+const LINEAGE_FIRST_AFTER: Duration = Duration::from_millis(1);
+
+/// The longest the monitor lets listeners take with the crash events before it looks for
+/// the descendants that left the group.
+const DELIVERY_FIRST: Duration = Duration::from_millis(20);
 
 /// What runs once the worker has ended (see [`Exit::on_exit`]).
 pub(crate) type ExitHook = Box<dyn FnOnce() + Send>;
@@ -43,6 +57,8 @@ pub(crate) type ExitHook = Box<dyn FnOnce() + Send>;
 /// The worker process, its lifeline, and why consort ended it.
 pub(crate) struct Exit {
     pid: Pid,
+    /// The worker's tag in `sys::LINEAGE_ENV`, which its descendants inherit.
+    lineage: String,
     /// Guards signalling the group against reaping its leader.
     proc: Mutex<Proc>,
     /// The worker's lifeline (see [`spawn_guardian`]), reaped by the monitor.
@@ -77,9 +93,15 @@ pub(crate) struct Parts<'a> {
 }
 
 impl Exit {
-    pub(crate) fn new(child: Child, guardian: Option<Child>, init_file: Option<TempPath>) -> Exit {
+    pub(crate) fn new(
+        child: Child,
+        lineage: String,
+        guardian: Option<Child>,
+        init_file: Option<TempPath>,
+    ) -> Exit {
         Exit {
             pid: Pid(child.id()),
+            lineage,
             proc: Mutex::new(Proc {
                 child: Some(child),
                 reaped: false,
@@ -225,7 +247,20 @@ pub(crate) fn run_monitor(parts: Parts<'_>) {
     // Whatever is left of the group (grandchildren) would hold our pipes open and
     // outlive the worker: end it before the leader is reaped and its id freed.
     exit.signal_group(signals::KILL, None);
-    if drain.wait(config.drain_silence, MAX_DRAIN) == Drained::GaveUp {
+    // The descendants that left the group carry the worker's lineage. Finding them scans
+    // `/proc` (a fraction of a millisecond per hundred processes), so it waits until the
+    // tasks have ended, unless the pipes stay open: one of them may hold them, and then it
+    // goes first, so the drain does not wait out the silence for it.
+    let drain_started = Instant::now();
+    let mut lineage_killed = false;
+    let mut drained = drain.wait(LINEAGE_FIRST_AFTER, MAX_DRAIN);
+    if drained == Drained::GaveUp {
+        kill_lineage(exit, debug);
+        lineage_killed = true;
+        let left = MAX_DRAIN.saturating_sub(drain_started.elapsed());
+        drained = drain.wait(config.drain_silence, left);
+    }
+    if drained == Drained::GaveUp {
         debug.note(|| {
             "<worker pipes still open after exit (held by an escaped process?)>".to_owned()
         });
@@ -261,6 +296,14 @@ pub(crate) fn run_monitor(parts: Parts<'_>) {
             );
         }
     }
+    if !lineage_killed {
+        // Once the tasks' ends are out (listeners called, waiters woken; bounded), so that
+        // the scan takes no CPU their threads need; before `settle`, so that `close`
+        // returns only once the descendants are dead too.
+        tasks.wait_delivered(DELIVERY_FIRST);
+        std::thread::yield_now();
+        kill_lineage(exit, debug);
+    }
     tasks.settle();
     // Let the writer and the dispatcher run out once their queues are empty.
     stdin.worker_exited();
@@ -273,6 +316,14 @@ pub(crate) fn run_monitor(parts: Parts<'_>) {
     }
     // The group SIGKILL above ended the guardian; reaped last, off the crash's path.
     exit.reap_guardian(config.kill_grace);
+}
+
+/// SIGKILLs the worker's descendants that left its group (`sys::kill_lineage`).
+fn kill_lineage(exit: &Exit, debug: &DebugOut) {
+    let escaped = sys::kill_lineage(&exit.lineage);
+    if escaped > 0 {
+        debug.note(|| format!("<killed {escaped} descendant(s) that left the worker's group>"));
+    }
 }
 
 /// The bounded escalation: stdin EOF, then SIGTERM, then SIGKILL.
@@ -343,19 +394,33 @@ pub(crate) fn kill_now(parts: Parts<'_>, service: u64, cause: &str) -> ExitStatu
 }
 
 /// Starts the worker's lifeline: a `sh` that joins the worker's process group and waits for
-/// EOF on a pipe that only this process writes to, then SIGKILLs the whole group.
+/// EOF on a pipe that only this process writes to, then SIGKILLs the worker's descendants
+/// that left the group (those whose environment carries `lineage`, found by one `grep` over
+/// `/proc/*/environ`, twice) and the whole group.
 ///
 /// The parent-death signal ends the worker when this process dies, however it dies, but not
 /// the worker's own children, and nothing of this process is left to signal their group. The
 /// kernel closes the pipe when this process dies, and the guardian does it. As long as the
 /// guardian lives, the group id cannot be reused, so its `kill` never hits another group.
-/// Without `/bin/sh` the worker runs without a lifeline (logged).
-pub(crate) fn spawn_guardian(pid: Pid) -> Option<Child> {
+/// Without `/bin/sh` the worker runs without a lifeline (logged); without `grep`, the
+/// lifeline kills the group only.
+pub(crate) fn spawn_guardian(pid: Pid, lineage: &str) -> Option<Child> {
     use std::os::unix::process::CommandExt;
+    // By pid, as a shell must: a process found would have to exit, and its pid be reused,
+    // in the instant before its kill. The monitor, which outlives nothing, uses pidfds.
+    const LIFELINE: &str = "read -r _\n\
+        for round in 1 2; do\n\
+        for found in $(grep -lsF -e \"$1\" /proc/[0-9]*/environ); do\n\
+        found=${found#/proc/}; kill -9 \"${found%/environ}\"\n\
+        done\n\
+        done 2>/dev/null\n\
+        kill -9 0";
     let mut command = Command::new("/bin/sh");
     command
         .arg("-c")
-        .arg("read -r _; kill -9 0")
+        .arg(LIFELINE)
+        .arg("consort-lifeline")
+        .arg(lineage)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -18,7 +18,10 @@
 //! 4. Every line ends up routed to its task, in the stdout tail as noise, or (over
 //!    `max_line`) failing the pending tasks: nothing is dropped silently. A line is cut
 //!    at the limit: the tasks pending when it passes `max_line`, and any submitted while
-//!    it goes on, fail then, so a line that never ends cannot keep a task waiting.
+//!    it goes on, fail then, so a line that never ends cannot keep a task waiting. A
+//!    response that names a pending task but cannot be decoded fails that task with the
+//!    reason, unless it is the unterminated last line at EOF: a write cut short by the
+//!    worker's end, whose task the crash ends.
 
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
@@ -33,7 +36,7 @@ use super::config::{lock, DebugOut, DebugStream};
 use super::dispatch::Tasks;
 use super::drain::Drain;
 use super::stderr::Tail;
-use crate::protocol::{decode_line, Decoded, Frame, Framer, HEARTBEAT_LINE};
+use crate::protocol::{decode_line, Decoded, Frame, Framer, ResponseKind, HEARTBEAT_LINE};
 use crate::task::{TaskCore, TaskError, TaskState};
 
 /// The longest a waiter reads stdout for its task before it leaves the reading to the
@@ -217,7 +220,7 @@ impl Stdout {
         let StdoutReader {
             framer, decoded, ..
         } = &mut *reader;
-        framer.finish(|frame| self.on_frame(frame, decoded, sinks));
+        framer.finish(|frame| self.on_frame(frame, true, decoded, sinks));
         reader.pipe = None;
         drop(reader);
         sinks.debug.note(|| "<worker stdout closed>".to_owned());
@@ -242,7 +245,9 @@ impl Stdout {
                 Ok(0) => break,
                 Ok(n_read) => {
                     sinks.drain.stdout_busy(Some(n_read));
-                    framer.push(&buf[..n_read], |frame| self.on_frame(frame, decoded, sinks));
+                    framer.push(&buf[..n_read], |frame| {
+                        self.on_frame(frame, false, decoded, sinks)
+                    });
                     if let Some(dropped) = framer.dropping() {
                         self.on_line_cut(dropped, sinks);
                     }
@@ -317,7 +322,14 @@ impl Stdout {
         }
     }
 
-    fn on_frame(&self, frame: Frame<'_>, decoded: &mut Vec<Decoded>, sinks: Sinks<'_>) {
+    /// Handles one line; `at_eof` when it is the unterminated last one.
+    fn on_frame(
+        &self,
+        frame: Frame<'_>,
+        at_eof: bool,
+        decoded: &mut Vec<Decoded>,
+        sinks: Sinks<'_>,
+    ) {
         match frame {
             Frame::Line(line) => {
                 let heard = self.born.elapsed().as_millis() as u64 + 1;
@@ -332,7 +344,28 @@ impl Stdout {
                 for item in decoded.drain(..) {
                     match item {
                         Decoded::Response(response) => {
-                            sinks.tasks.route(response.task, response.kind, sinks.debug)
+                            sinks.tasks.route(response.task, response.kind, sinks.debug);
+                        }
+                        Decoded::Undecodable {
+                            task, reason, text, ..
+                        } => {
+                            let failed = !at_eof
+                                && sinks.tasks.route(
+                                    task.clone(),
+                                    ResponseKind::Failure(Some(reason.clone())),
+                                    sinks.debug,
+                                );
+                            if failed {
+                                sinks
+                                    .debug
+                                    .note(|| format!("<task {task} failed: {reason}>"));
+                                lock(&self.tail).push(format!("<task {task}: {reason}>"));
+                            } else {
+                                // No pending task lost it, or the worker's end cut it short
+                                // (and crashes its task): noise.
+                                sinks.debug.note(|| format!("<INVALID> {reason}"));
+                                lock(&self.tail).push(text);
+                            }
                         }
                         Decoded::Noise(noise) => {
                             sinks.debug.note(|| format!("<INVALID> {noise}"));

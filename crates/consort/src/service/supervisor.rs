@@ -13,13 +13,15 @@
 //!
 //! # Invariants
 //! 1. Every task ends exactly once, and every task ends: a task admitted to the table ends
-//!    by its response, a hard cancel, an oversize line or the monitor; a task refused
+//!    by its response (or one that names it and cannot be decoded), a hard cancel, an
+//!    oversize line or the monitor, which a worker that closed its stdout is ended for
+//!    (`run_stdout`), as one that stopped reading its stdin is (`run_writer`); a task refused
 //!    (the worker ended, or the service is closing) ends CRASHED at once, on the
 //!    submitting thread.
 //! 2. A task is admitted before its EXECUTE is written, so its response always finds it.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -34,7 +36,7 @@ use super::stderr::Stderr;
 use super::stdin::Stdin;
 use super::stdout::{Sinks, Stdout};
 use crate::protocol::{new_task_id, Args, Request};
-use crate::sys::{signals, Pid};
+use crate::sys::{self, signals, Pid};
 use crate::task::{CrashReport, ExitStatus, Listener, Route, Task, TaskCore, TaskError, TaskState};
 
 static NEXT_SERVICE: AtomicU64 = AtomicU64::new(1);
@@ -105,6 +107,29 @@ impl Supervisor {
             signals::KILL,
             Some(format!("the worker stopped reading its stdin ({err})")),
         );
+    }
+
+    /// The stdout thread, and what stdout's EOF means: a worker that closed its stdout
+    /// while alive can answer nothing more, so it is ended (SIGTERM, then SIGKILL after
+    /// `kill_grace`), and its pending tasks crash with it, the cause naming the EOF.
+    fn run_stdout(&self, poll_fd: OwnedFd) {
+        self.stdout.run(poll_fd, self.sinks());
+        // A worker that exits closes its stdout a moment before the monitor sees it exit:
+        // an EOF alone does not tell it from one that lives on. A worker being closed is
+        // left to the close ladder, which bounds its shutdown already.
+        if self.drain.exited_within(self.config.drain_silence) || self.tasks.is_closing() {
+            return;
+        }
+        self.debug
+            .note(|| "<the worker closed its stdout and lives on: ending it>".to_owned());
+        self.exit
+            .set_cause(|| "the worker closed its stdout; no answer could come".to_owned());
+        self.exit.signal_group(signals::TERM, None);
+        self.exit.signal_group(signals::CONT, None);
+        if self.drain.exited_within(self.config.kill_grace) {
+            return;
+        }
+        self.exit.signal_group(signals::KILL, None);
     }
 
     /// A report for a task refused before the worker ended.
@@ -183,11 +208,29 @@ pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
     if let Some(file) = &init_file {
         command.env("APPOSE_INIT_SCRIPT", file.path());
     }
+    // The worker's tag, appended to the lineage it inherits (a worker started by a task
+    // of another worker carries both), marks its descendants for the monitor.
+    let lineage = sys::new_lineage_tag();
+    let inherited = match config
+        .env
+        .iter()
+        .rev()
+        .find(|(key, _)| key == sys::LINEAGE_ENV)
+    {
+        Some((_, value)) => value.clone(),
+        None => std::env::var_os(sys::LINEAGE_ENV),
+    };
+    let mut lineages = inherited.unwrap_or_default();
+    if !lineages.is_empty() {
+        lineages.push(":");
+    }
+    lineages.push(&lineage);
+    command.env(sys::LINEAGE_ENV, lineages);
     let mut child = spawner::spawn(command).map_err(|source| StartError::Spawn {
         program: config.program.clone(),
         source,
     })?;
-    let guardian = exit::spawn_guardian(Pid(child.id()));
+    let guardian = exit::spawn_guardian(Pid(child.id()), &lineage);
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
@@ -222,7 +265,7 @@ pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
         stdout: Stdout::new(stdout, config.max_line, config.tail_bytes),
         stderr: Stderr::new(config.tail_bytes),
         drain: Drain::new(),
-        exit: Exit::new(child, guardian, init_file),
+        exit: Exit::new(child, lineage, guardian, init_file),
         config,
     };
     let link = ServiceLink(Arc::new(supervisor));
@@ -231,11 +274,7 @@ pub(crate) fn start(config: Arc<Config>) -> Result<ServiceLink, StartError> {
         .note(|| format!("<worker process {pid} started>"));
     let spawned = link
         .spawn_thread("monitor", |sup| exit::run_monitor(sup.parts()))
-        .and_then(|()| {
-            link.spawn_thread("stdout", move |sup| {
-                sup.stdout.run(poll_stdout, sup.sinks())
-            })
-        })
+        .and_then(|()| link.spawn_thread("stdout", move |sup| sup.run_stdout(poll_stdout)))
         .and_then(|()| {
             link.spawn_thread("stderr", move |sup| {
                 sup.stderr
