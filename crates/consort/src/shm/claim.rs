@@ -14,7 +14,7 @@
 //! 4. (Linux) it was created after the claim's [`Start`], which is taken before the worker
 //!    starts: its birth time (its change time where the file system keeps no birth time)
 //!    against the kernel's coarse clock, the clock that stamps files;
-//! 5. the creator [`registry`](super::registry) does not record it as made by a process
+//! 5. the creator [`registry`] does not record it as made by a process
 //!    other than the worker or a member of the worker's process group.
 //!
 //! Anything else is left alone and the [`Refusal`] says why. A block that passes but whose
