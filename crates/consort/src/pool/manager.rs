@@ -745,6 +745,8 @@ impl Manager {
                 cause: Some("the pool closed before the task ended".to_owned()),
                 stderr: Vec::new(),
                 stdout: Vec::new(),
+                sent: true,
+                beside: None,
             };
             job.finish(
                 TaskState::Crashed,
