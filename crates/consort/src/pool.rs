@@ -10,7 +10,8 @@
 //! [`Service`](crate::service::Service) task whose end reaches the manager, which decides: finish the pool task, or
 //! send it again. The manager sleeps until something happens: a job queued, an attempt's
 //! end, a worker's exit, or the next deadline, restart or heartbeat check. This file holds
-//! the API; `pool/settings.rs` the policies, `pool/events.rs` what the pool reports.
+//! the API; `pool/settings.rs` the policies, `pool/capacity.rs` how many workers the
+//! machine holds, `pool/events.rs` what the pool reports.
 //! docs/design/pool.md tells the life of a pool task.
 //!
 //! # Invariants
@@ -45,6 +46,7 @@ use crate::protocol::{new_task_id, Args, HEARTBEAT_ENV};
 use crate::service::{ServiceBuilder, StartError, SubmitError, TaskSpec};
 use crate::task::{Route, Task, TaskCore, TaskError, TaskEvent};
 
+mod capacity;
 mod events;
 mod manager;
 mod queue;
@@ -337,7 +339,10 @@ impl PoolBuilder {
     /// `close`) at once.
     ///
     /// # Errors
-    /// [`PoolError::Config`] for a zero worker count, queue limit or tasks per worker;
+    /// [`PoolError::Config`] for a zero worker count, queue limit or tasks per worker, and
+    /// for more workers than the machine can hold (each costs 7 processes or threads and
+    /// 6 file descriptors: the error names the limit, from `RLIMIT_NPROC`, `RLIMIT_NOFILE`,
+    /// `kernel.threads-max`, `kernel.pid_max` or the cgroup's `pids.max`);
     /// [`PoolError::Start`] when the first worker cannot be spawned (a missing program).
     /// Later spawn failures (a thread or a process that cannot be created included) are
     /// treated as workers that died at start.
@@ -347,6 +352,14 @@ impl PoolBuilder {
             return Err(PoolError::Config(
                 "workers, tasks per worker and the queue limit must be at least 1".to_owned(),
             ));
+        }
+        let n_workers = settings.workers.saturating_add(usize::from(settings.spare));
+        if let Some(capacity) = capacity::capacity() {
+            if n_workers as u64 > capacity.max_workers {
+                return Err(PoolError::Config(format!(
+                    "{n_workers} workers are more than this machine can hold: {capacity}"
+                )));
+            }
         }
         let mut recipe = self.recipe;
         if let Some(interval) = settings.heartbeat {
