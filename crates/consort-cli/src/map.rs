@@ -195,8 +195,9 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
                 break;
             }
         }
-        // Why the pool waits, if it does.
-        if let Some(text) = lock(&notes).due_note() {
+        // Why the pool waits, if it does (the lock is not held while printing).
+        let note = lock(&notes).due_note();
+        if let Some(text) = note {
             progress.note(&text);
         }
         // Interrupts.
