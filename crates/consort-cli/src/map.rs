@@ -8,7 +8,10 @@
 //! is not UTF-8, not a JSON object, or whose keys are not input names fails on its own.
 //! The first Ctrl-C stops reading, hard-cancels what is queued or running and writes the
 //! lines already read (each with the status it ended with), then exits 130; a second one
-//! closes the pool at once. The summary on stderr counts the statuses written.
+//! closes the pool at once. The summary on stderr counts the statuses written. The pool
+//! starts its first worker before the loop and the others while it runs, so a Ctrl-C
+//! during a long start is heard; when the pool waits to restart workers that keep dying at
+//! start, stderr says so and why.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufWriter, IsTerminal, Read, Write};
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use consort::{Pool, PoolEvent, Task, TaskError};
+use consort::{Pool, PoolError, PoolEvent, Task, TaskError};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
@@ -49,9 +52,14 @@ pub struct MapArgs {
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
     /// Send a task lost to a worker crash again, up to R more times (never a task that
-    /// failed in its script).
+    /// failed in its script). A crash counts against a line only when it ran alone on the
+    /// worker: lines that ran beside others are run again alone, without counting.
     #[arg(long, value_name = "R", default_value_t = 0)]
     retries: u32,
+    /// Do not run again, alone, the lines that were running beside others on a worker
+    /// that died: they end `crashed` with it, unless --retries sends them again.
+    #[arg(long)]
+    no_rerun_suspects: bool,
     /// End a task that runs longer than SECS seconds (a number > 0, e.g. 0.5; status
     /// `timeout`; the kill escalation).
     #[arg(long, value_name = "SECS", value_parser = parse_timeout, allow_negative_numbers = true)]
@@ -99,21 +107,25 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
         .with_tasks_per_worker(tasks_per_worker)
         .with_queue_limit(window)
         .with_retries(args.retries)
+        .with_rerun_suspects(!args.no_rerun_suspects)
         .with_cancel_grace(CANCEL_GRACE);
     if let Some(deadline) = deadline {
         builder = builder.with_deadline(deadline);
     }
-    // The last reason a worker died at start, for the message when every slot keeps failing.
-    let start_failure = Arc::new(Mutex::new(None::<String>));
+    let notes = Arc::new(Mutex::new(PoolNotes::default()));
     {
-        let start_failure = Arc::clone(&start_failure);
+        let notes = Arc::clone(&notes);
         builder = builder.with_monitor(move |event| {
-            if let PoolEvent::WorkerFailing { last_error, .. } = event {
-                *start_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(last_error.clone());
-            }
+            lock(&notes).record(event);
         });
     }
-    let pool = builder.start().context("starting the workers")?;
+    // Starts the first worker only: the pool starts the others while the loop below runs
+    // (and hears interrupts).
+    let pool = match builder.start() {
+        Ok(pool) => pool,
+        Err(PoolError::Config(problem)) => bail!("--workers {n_workers}: {problem}"),
+        Err(err) => return Err(err).context("starting the workers"),
+    };
 
     let total_bytes = stdin_file_len();
     let lines = read_lines(window, args.max_line.get());
@@ -183,6 +195,11 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
                 break;
             }
         }
+        // Why the pool waits, if it does (the lock is not held while printing).
+        let note = lock(&notes).due_note();
+        if let Some(text) = note {
+            progress.note(&text);
+        }
         // Interrupts.
         let n_interrupts = interrupts.load(Ordering::SeqCst);
         if n_interrupts > seen_interrupts {
@@ -193,11 +210,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
         // Workers that never got going: every slot keeps dying at start and no line has
         // completed. Give up rather than crash the input line by line, slower and slower.
         if n_complete == 0 && pool.stats().failing.len() == n_workers {
-            let reason = start_failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-                .unwrap_or_default();
+            let reason = lock(&notes).start_failure.clone().unwrap_or_default();
             drop(lines);
             // Bounded; it ends every task, so each line read gets its output line.
             pool.close();
@@ -258,6 +271,66 @@ pub fn run(args: MapArgs) -> anyhow::Result<u8> {
     } else {
         exit::FAILED
     })
+}
+
+/// What the pool's monitor saw that stderr should tell: why the pool waits to start
+/// workers. One note a second at most, the latest.
+#[derive(Default)]
+struct PoolNotes {
+    /// The last reason a worker died at start, for the message when every slot keeps
+    /// failing.
+    start_failure: Option<String>,
+    /// The latest wait worth telling, not told yet.
+    waiting: Option<String>,
+    told_at: Option<Instant>,
+}
+
+impl PoolNotes {
+    fn record(&mut self, event: &PoolEvent) {
+        let PoolEvent::WorkerFailing {
+            slot,
+            consecutive,
+            delay_ms,
+            capped,
+            last_error,
+            ..
+        } = event
+        else {
+            return;
+        };
+        self.start_failure = Some(last_error.clone());
+        // Shorter waits pass unnoticed; these are what would look like a stall.
+        if *delay_ms < 1000 && !capped {
+            return;
+        }
+        let secs = *delay_ms as f64 / 1000.0;
+        let why = if *capped {
+            "and reached its cap of restarts a minute"
+        } else {
+            "(backoff)"
+        };
+        self.waiting = Some(format!(
+            "worker slot {slot} died at start {consecutive} time(s) in a row {why}: its next \
+             start waits {secs:.1} s; the last: {last_error}"
+        ));
+    }
+
+    /// The note to print now, if one waits and none was printed in the last second.
+    fn due_note(&mut self) -> Option<String> {
+        if self
+            .told_at
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return None;
+        }
+        let note = self.waiting.take()?;
+        self.told_at = Some(Instant::now());
+        Some(note)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 /// Whether the task has ended and its listeners have seen it (so its result is final).
@@ -554,10 +627,14 @@ keyword, not `task` and not a `__dunder__`. A line that is not valid UTF-8, not 
 object, has such a key, or is longer than --max-line BYTES (default 16 MiB; it is skipped
 to its newline without being held) gets a `failed` output line naming the problem, and
 the run goes on. Blank lines are skipped and get no output line: `index` counts the
-non-blank lines from 0. Workers that die are replaced; --retries sends the tasks they
-were running again. On a terminal, stderr shows a bar with the rate (and the ETA when
-stdin is a file); at the end it prints how many lines were written and how many of them
-did not complete.
+non-blank lines from 0. Workers that die are replaced. A line whose worker died while it
+ran beside other lines is run again alone, and the crash does not count against it (none
+of them is known to have killed the worker; --no-rerun-suspects turns this off); a crash
+counts against a line only when it ran alone, and --retries R sends such a line again, up
+to R times. A `crashed` line's error says whether it ran alone. Workers that die at start
+are restarted with a backoff and at most 60 times a minute, and stderr says when the pool
+waits. On a terminal, stderr shows a bar with the rate (and the ETA when stdin is a file);
+at the end it prints how many lines were written and how many of them did not complete.
 
 --timeout SECS takes a number of seconds greater than 0 (fractions allowed, e.g. 0.5);
 0, a negative number, nan, inf or a number too large for a timeout is a usage error.
@@ -565,8 +642,9 @@ did not complete.
 Exit codes:
     0    every line completed
     1    some line did not complete
-    2    usage error, or the workers could not be started, or every worker kept dying at
-         start before any line completed (the lines read so far get their output lines)
+    2    usage error (--workers more than the machine can hold names the limit), or the
+         workers could not be started, or every worker kept dying at start before any
+         line completed (the lines read so far get their output lines)
   130    interrupted: the first Ctrl-C stops reading, cancels every task (killing its
          worker if it does not stop within 2 s) and writes the lines read so far, each
          with the status it ended with; a second Ctrl-C closes the workers at once";

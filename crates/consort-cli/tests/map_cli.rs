@@ -447,3 +447,218 @@ fn issue_14_a_line_whose_key_is_not_an_input_name_fails() {
     assert!(error_of(&lines[2]).contains("the input line's key \"task\": the script's own"));
     assert!(error_of(&lines[3]).contains("the input line's key \"for\": a Python keyword"));
 }
+
+/// Issue 14: with `--workers 2 --retries 0`, 21 self-killing lines in 2,000 took 53 to 62
+/// innocent lines down with them (10 to 20 with `--retries 1`). A line that ran beside
+/// others when its worker died is run again alone, uncharged: every innocent line
+/// completes, and each killer's error says it was alone on its worker.
+#[test]
+fn issue_14_lines_that_kill_their_worker_take_no_innocent_line_down() {
+    let _watchdog = Watchdog::new("issue-14-map-killers", LIMIT);
+    let input: String = (0..600).map(|x| format!("{{\"x\": {x}}}\n")).collect();
+    let script =
+        "import os, time\nif x % 60 == 7:\n    os.kill(os.getpid(), 9)\ntime.sleep(0.002)\nx * 2";
+    for retries in ["0", "1"] {
+        let output = run_map(
+            &["--workers", "2", "--retries", retries, script],
+            input.clone(),
+        );
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        let lines = lines(&output);
+        assert_eq!(lines.len(), 600);
+        for (idx, line) in lines.iter().enumerate() {
+            if idx % 60 == 7 {
+                assert_eq!(line["status"], "crashed", "--retries {retries}: {line}");
+                let error = line["error"].as_str().unwrap_or_default();
+                assert!(
+                    error.contains("the task was alone on the worker"),
+                    "--retries {retries}: {error}"
+                );
+            } else {
+                assert_eq!(line["status"], "complete", "--retries {retries}: {line}");
+            }
+        }
+    }
+}
+
+/// Issue 14: lines whose task killed the worker before it wrote a word (consort's Python
+/// worker holds a LAUNCH back for a millisecond) counted as deaths at start: with
+/// `--isolated --workers 2` and ten such lines first, `map` exited 2, "the workers keep
+/// dying at start", without running the rest; with `--workers 1` and every second line
+/// killing, the deaths also took the lines beside the killers down. A worker that read its
+/// task got going, and a line that ran beside a killer runs again alone.
+#[test]
+fn issue_14_lines_that_kill_their_worker_at_once_are_not_deaths_at_start() {
+    let _watchdog = Watchdog::new("issue-14-map-not-at-start", LIMIT);
+    /// The arguments, the number of lines, and which lines kill their worker.
+    type Case = (&'static [&'static str], u64, fn(u64) -> bool);
+    let cases: [Case; 2] = [
+        (&["--workers", "1", "--isolated"], 40, |x| x < 6),
+        (&["--workers", "1"], 100, |x| x % 2 == 1),
+    ];
+    for (args, n_lines, kills) in cases {
+        let input: String = (0..n_lines).map(|x| format!("{{\"x\": {x}}}\n")).collect();
+        let killers: Vec<String> = (0..n_lines)
+            .filter(|x| kills(*x))
+            .map(|x| x.to_string())
+            .collect();
+        let script = format!(
+            "import os\nif x in ({},):\n    os.kill(os.getpid(), 9)\nx",
+            killers.join(", ")
+        );
+        let output = run_map(&[args, &[script.as_str()]].concat(), input);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            !stderr(&output).contains("keep dying"),
+            "{}",
+            stderr(&output)
+        );
+        let lines = lines(&output);
+        assert_eq!(lines.len() as u64, n_lines, "{args:?}");
+        for (idx, line) in lines.iter().enumerate() {
+            let expected = if kills(idx as u64) {
+                "crashed"
+            } else {
+                "complete"
+            };
+            assert_eq!(line["status"], expected, "{args:?}: {line}");
+        }
+    }
+}
+
+/// Issue 14: a pool waiting out its backoff (or its restart cap) for workers that keep
+/// dying at start said nothing: `map` looked hung. It now says on stderr which slot waits,
+/// how long, and the last failure. Here the first worker runs a line, a line kills it, and
+/// every later worker dies at start.
+#[test]
+fn issue_14_stderr_says_when_the_pool_waits_for_workers_that_die_at_start() {
+    let _watchdog = Watchdog::new("issue-14-map-waiting-note", LIMIT);
+    let dir = std::env::temp_dir().join(format!("consort-map-note-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let worker = format!(
+        "sh -c 'mkdir {once} 2>/dev/null && exec {consort} worker python --python {python}; \
+         echo cannot start again >&2; exit 3'",
+        once = dir.join("once").display(),
+        consort = env!("CARGO_BIN_EXE_consort"),
+        python = python().display(),
+    );
+    let script = "import os\nif x == 1:\n    os.kill(os.getpid(), 9)\nx";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_consort"))
+        .args([
+            "map",
+            "--workers",
+            "1",
+            "--isolated",
+            "--worker",
+            &worker,
+            script,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start consort map");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr_pipe = child.stderr.take().expect("stderr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr_pipe)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut seen = seen.lock().unwrap();
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+        })
+    };
+    let mut out_lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    writeln!(stdin, "{{\"x\": 0}}").expect("write input");
+    let first = out_lines.next().expect("an output line").expect("read");
+    assert!(first.contains("\"complete\""), "{first}");
+    writeln!(stdin, "{{\"x\": 1}}").expect("write input");
+    let second = out_lines.next().expect("an output line").expect("read");
+    assert!(second.contains("\"crashed\""), "{second}");
+    let noted = wait_until(Duration::from_secs(30), || {
+        let seen = seen.lock().unwrap();
+        seen.contains("worker slot 0 died at start")
+            && seen.contains("its next start waits")
+            && seen.contains("cannot start again")
+    });
+    kill(child.id(), 15);
+    let status = child.wait().expect("consort map exits");
+    drop(stdin);
+    let _ = reader.join();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(noted, "stderr: {}", seen.lock().unwrap());
+    assert_eq!(status.code(), Some(130));
+}
+
+/// Issue 14: `consort map --workers 1000` started every worker before it looked at its
+/// interrupts, so SIGTERM went unheard for tens of seconds. The first worker starts, then
+/// the loop runs while the pool starts the others: a SIGTERM as soon as the first worker
+/// runs ends the run long before all 300 started. Each worker notes its start in a file;
+/// none dies before the close ladder's 2 s grace, so every one that started is counted.
+#[test]
+fn issue_14_sigterm_while_many_workers_start_is_heard() {
+    let _watchdog = Watchdog::new("issue-14-map-sigterm-at-start", LIMIT);
+    let dir = std::env::temp_dir().join(format!("consort-map-start-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let started = dir.join("started");
+    let worker = format!("sh -c 'echo x >> {}; exec sleep 600'", started.display());
+    let n_started = || {
+        std::fs::read_to_string(&started)
+            .map(|text| text.lines().count())
+            .unwrap_or(0)
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_consort"))
+        .args(["map", "--workers", "300", "--worker", &worker, "x"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start consort map");
+    // Held open: no input line, and no end of input either.
+    let stdin = child.stdin.take();
+    assert!(wait_until(Duration::from_secs(30), || n_started() > 0));
+    kill(child.id(), 15);
+    let output = child.wait_with_output().expect("consort map exits");
+    drop(stdin);
+    let n_started = n_started();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
+    assert!(
+        n_started < 150,
+        "{n_started} of 300 workers started before the SIGTERM was heard"
+    );
+}
+
+/// Issue 14: `consort map --workers 100000` panicked on thread creation, then hung. A
+/// count the machine cannot hold is a usage error that names the limit.
+#[test]
+fn issue_14_more_workers_than_the_machine_holds_is_a_usage_error() {
+    let _watchdog = Watchdog::new("issue-14-map-too-many", LIMIT);
+    let output = map(&["--workers", "100000000", "x"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("consort map");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(
+        text.contains("--workers 100000000")
+            && text.contains("more than this machine can hold")
+            && text.contains("at most"),
+        "{text}"
+    );
+}

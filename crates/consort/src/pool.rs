@@ -1,14 +1,17 @@
 //! A pool of workers started from one recipe, kept at its size and kept healthy: tasks go
-//! to the least-loaded worker; crashed workers are restarted with backoff; leaky ones are
-//! recycled between tasks; deadlines end tasks TIMED_OUT; tasks lost to a crash may be
-//! sent again; a bounded queue pushes back on submitters.
+//! to the least-loaded worker; crashed workers are restarted (with backoff when they die at
+//! start); leaky ones are recycled between tasks; deadlines end tasks TIMED_OUT; a crash
+//! is charged only to a task that was alone on the worker, and the tasks that ran beside
+//! others are rerun alone; tasks charged a crash may be sent again; a bounded queue pushes
+//! back on submitters.
 //!
 //! One **manager** thread owns the workers (`pool/manager.rs`). Submitters push jobs on a
 //! bounded queue (`pool/queue.rs`) and wake it; each attempt of a job is an ordinary
 //! [`Service`](crate::service::Service) task whose end reaches the manager, which decides: finish the pool task, or
 //! send it again. The manager sleeps until something happens: a job queued, an attempt's
 //! end, a worker's exit, or the next deadline, restart or heartbeat check. This file holds
-//! the API; `pool/settings.rs` the policies, `pool/events.rs` what the pool reports.
+//! the API; `pool/settings.rs` the policies, `pool/capacity.rs` how many workers the
+//! machine holds, `pool/events.rs` what the pool reports.
 //! docs/design/pool.md tells the life of a pool task.
 //!
 //! # Invariants
@@ -18,11 +21,16 @@
 //!    submitting thread), so it only forwards events and sends a message.
 //! 3. A worker is recycled only when it runs no task: a retiring worker takes no new task
 //!    and is closed once its last one has ended.
-//! 4. Restarts of one slot are spaced by its backoff and capped per minute, whatever the
-//!    worker does; a slot that keeps failing is reported (`PoolEvent::WorkerFailing`).
+//! 4. Restarts of one slot after deaths at start are spaced by its backoff and capped per
+//!    minute, whatever the worker does; a slot that keeps failing is reported
+//!    (`PoolEvent::WorkerFailing`). A worker that got going (it wrote a line or read a
+//!    request) and then died is restarted at once: its death is charged to its tasks.
 //! 5. `close` (and drop) is bounded: queued tasks end CANCELED, every worker gets
 //!    `Service::close` (itself bounded) in parallel, and no worker outlives the pool.
 //! 6. An idle pool costs no CPU: the manager has no tick.
+//! 7. A crash is charged to a task (against its retries) only when the task was alone on
+//!    the worker; the tasks of a worker that died running several are rerun alone,
+//!    uncharged; a task the worker refused (it had ended) never ran and is not charged.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -38,6 +46,7 @@ use crate::protocol::{new_task_id, Args, HEARTBEAT_ENV};
 use crate::service::{ServiceBuilder, StartError, SubmitError, TaskSpec};
 use crate::task::{Route, Task, TaskCore, TaskError, TaskEvent};
 
+mod capacity;
 mod events;
 mod manager;
 mod queue;
@@ -161,7 +170,7 @@ impl Pool {
     /// A snapshot of the workers and the queue.
     pub fn stats(&self) -> PoolStats {
         let mut stats = lock(&self.stats).clone();
-        stats.queued = self.queue.len();
+        stats.queued = self.queue.len() + stats.queued_alone;
         stats
     }
 
@@ -218,11 +227,29 @@ impl PoolBuilder {
         self
     }
 
-    /// Sends a task lost to a crash again, up to `n` more times (default 0). A task that
-    /// failed in user code, was cancelled or timed out is never retried. Per task:
-    /// [`PoolTaskBuilder::retries`].
+    /// Sends a task again after a crash charged to it, up to `n` more times (default 0). A
+    /// crash is charged to a task only when it was alone on the worker that died (see
+    /// [`PoolBuilder::with_rerun_suspects`]). A task that failed in user code, was
+    /// cancelled or timed out is never retried. Per task: [`PoolTaskBuilder::retries`].
     pub fn with_retries(mut self, n: u32) -> PoolBuilder {
         self.settings.retries = n;
+        self
+    }
+
+    /// Whether a worker that dies running several tasks has them rerun (default on).
+    ///
+    /// None of them is known to have killed it, so each is a suspect: it runs again alone
+    /// (on a worker running nothing else, which takes no other task meanwhile), and the
+    /// crash is charged to none of them. Only a crash with one task on the worker is
+    /// charged to that task, against its retries; a task that was on a worker that died
+    /// runs alone from then on. So whatever a task does to its worker, the others end as
+    /// they would have alone, even with no retries; a task that ends CRASHED says whether
+    /// it was alone ([`CrashReport::beside`](crate::task::CrashReport::beside)).
+    ///
+    /// Off, a crash is charged to every task on the worker, and only retries send them
+    /// again (for scripts that must never run twice).
+    pub fn with_rerun_suspects(mut self, rerun: bool) -> PoolBuilder {
+        self.settings.rerun_suspects = rerun;
         self
     }
 
@@ -255,14 +282,20 @@ impl PoolBuilder {
 
     /// Restart delays for a slot whose workers keep dying at start: none for the first
     /// death, then `initial`, doubling up to `max` (default 100 ms to 10 s).
+    ///
+    /// A worker died at start when it ended within 2 s without writing a line on stdout,
+    /// without reading a request from its stdin (Linux tells) and without finishing a task.
+    /// A worker that did any of these got going: whatever then killed it, its slot restarts
+    /// at once.
     pub fn with_backoff(mut self, initial: Duration, max: Duration) -> PoolBuilder {
         self.settings.backoff_initial = initial;
         self.settings.backoff_max = max;
         self
     }
 
-    /// At most `n` restarts of one slot in any minute (default 60); past it the slot
-    /// waits.
+    /// At most `n` restarts of one slot in any minute after deaths at start (default 60);
+    /// past it the slot waits. A worker that got going and then died is restarted at once,
+    /// however often: its tasks pay for its deaths.
     pub fn with_max_restarts_per_minute(mut self, n: usize) -> PoolBuilder {
         self.settings.max_restarts_per_minute = n;
         self
@@ -301,18 +334,32 @@ impl PoolBuilder {
         self
     }
 
-    /// Starts the workers and the manager.
+    /// Starts the first worker and the manager, which starts the others, one after
+    /// another: `start` returns once the first is started, and the pool takes tasks (and
+    /// `close`) at once.
     ///
     /// # Errors
-    /// [`PoolError::Config`] for a zero worker count, queue limit or tasks per worker;
+    /// [`PoolError::Config`] for a zero worker count, queue limit or tasks per worker, and
+    /// for more workers than the machine can hold (each costs 7 processes or threads and
+    /// 6 file descriptors: the error names the limit, from `RLIMIT_NPROC`, `RLIMIT_NOFILE`,
+    /// `kernel.threads-max`, `kernel.pid_max` or the cgroup's `pids.max`);
     /// [`PoolError::Start`] when the first worker cannot be spawned (a missing program).
-    /// Later spawn failures are treated as workers that died at start.
+    /// Later spawn failures (a thread or a process that cannot be created included) are
+    /// treated as workers that died at start.
     pub fn start(self) -> Result<Pool, PoolError> {
         let settings = self.settings;
         if settings.workers == 0 || settings.tasks_per_worker == 0 || settings.queue_limit == 0 {
             return Err(PoolError::Config(
                 "workers, tasks per worker and the queue limit must be at least 1".to_owned(),
             ));
+        }
+        let n_workers = settings.workers.saturating_add(usize::from(settings.spare));
+        if let Some(capacity) = capacity::capacity() {
+            if n_workers as u64 > capacity.max_workers {
+                return Err(PoolError::Config(format!(
+                    "{n_workers} workers are more than this machine can hold: {capacity}"
+                )));
+            }
         }
         let mut recipe = self.recipe;
         if let Some(interval) = settings.heartbeat {
@@ -384,7 +431,8 @@ impl PoolTaskBuilder<'_> {
         self
     }
 
-    /// Sends the task again, up to `n` more times, when its worker dies under it.
+    /// Sends the task again, up to `n` more times, after a crash charged to it (see
+    /// [`PoolBuilder::with_rerun_suspects`]).
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
         self

@@ -207,6 +207,12 @@ pub struct CrashReport {
     pub stderr: Vec<String>,
     /// The last non-protocol lines the worker wrote to stdout (bounded).
     pub stdout: Vec<String>,
+    /// Whether the task was sent to the worker: `false` when the worker had already ended,
+    /// or was being closed, when the task was submitted, so it never ran.
+    pub sent: bool,
+    /// For a pool task, the other pool tasks that were running on its worker when the
+    /// worker ended: empty when it ran alone there. `None` for a service task.
+    pub beside: Option<Vec<TaskId>>,
 }
 
 impl CrashReport {
@@ -231,11 +237,40 @@ impl CrashReport {
     }
 }
 
+/// How many of the tasks beside a crashed one its error text names.
+const MAX_LISTED: usize = 8;
+
 impl fmt::Display for CrashReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "worker (pid {}) ended with {}", self.pid, self.status)?;
         if let Some(cause) = &self.cause {
             write!(f, " ({cause})")?;
+        }
+        if !self.sent {
+            write!(f, "; the task was never sent to it")?;
+        }
+        match self.beside.as_deref() {
+            None => {}
+            Some([]) => write!(f, "; the task was alone on the worker")?,
+            Some(beside) => {
+                let (plural, verb) = if beside.len() == 1 {
+                    ("", "was")
+                } else {
+                    ("s", "were")
+                };
+                write!(
+                    f,
+                    "; {} other task{plural} {verb} running on the worker: ",
+                    beside.len()
+                )?;
+                for (idx, id) in beside.iter().take(MAX_LISTED).enumerate() {
+                    let sep = if idx == 0 { "" } else { ", " };
+                    write!(f, "{sep}{id}")?;
+                }
+                if beside.len() > MAX_LISTED {
+                    write!(f, ", …")?;
+                }
+            }
         }
         if let Some(last) = self.stderr.last() {
             write!(f, "; last stderr line: {last}")?;

@@ -48,10 +48,13 @@ pub enum PoolEvent {
     WorkerFailing {
         /// The slot.
         slot: usize,
-        /// Consecutive deaths without a finished task.
+        /// Consecutive deaths at start (see `PoolBuilder::with_backoff`).
         consecutive: u32,
         /// How long until the next start.
         delay_ms: u64,
+        /// The wait is the per-minute restart cap's
+        /// (`PoolBuilder::with_max_restarts_per_minute`), not only the backoff's.
+        capped: bool,
         /// The last failure.
         last_error: String,
     },
@@ -68,6 +71,9 @@ pub struct PoolStats {
     pub busy: Vec<u32>,
     /// Tasks waiting for a worker.
     pub queued: usize,
+    /// Of `queued`, the tasks waiting for a worker of their own: they were on a worker
+    /// that died (see `PoolBuilder::with_rerun_suspects`).
+    pub queued_alone: usize,
     /// Tasks sent to workers and not ended.
     pub running: usize,
     /// Workers started to replace one that died.

@@ -1,7 +1,10 @@
-//! The pool's manager: the one thread that owns the workers. It dispatches queued jobs to
-//! the least-loaded worker, settles each attempt's end (finish, retry, time out), restarts
-//! dead workers with backoff under a per-minute cap, recycles leaky ones between tasks,
-//! keeps the optional spare, kills wedged workers, and closes everything on shutdown.
+//! The pool's manager: the one thread that owns the workers. It starts them (the first is
+//! started by `Pool::start`, the others here, one per turn of its loop, so that `close`
+//! is heard while a thousand start), dispatches queued jobs to the least-loaded worker,
+//! settles each attempt's end (finish, rerun alone, retry, time out), restarts dead
+//! workers (with backoff under a per-minute cap after deaths at start), recycles leaky ones
+//! between tasks, keeps the optional spare, kills wedged workers, and closes everything on
+//! shutdown.
 //!
 //! It sleeps on its inbox ([`Msg`]) until a message comes or its next timer is due: a
 //! running job's deadline, a slot's restart, a heartbeat check. Workers report their exit
@@ -11,8 +14,15 @@
 //! 1. Only this thread changes the slots, the retirees and the spare.
 //! 2. Every timer the manager keeps is in `next_due`, so no deadline, restart or wedged
 //!    worker waits for an unrelated wake-up.
+//! 3. A crash is charged to a job only when the job was alone on the worker that died
+//!    ([`Death`]); a job that ran beside others when its worker died is a suspect, rerun
+//!    alone and uncharged (unless `rerun_suspects` is off), and a job the worker refused
+//!    (it had ended) did not run at all: it goes back where it waited, uncharged.
+//! 4. A job that must run alone is sent only to a worker running nothing, and that worker
+//!    takes nothing else until it ends; while such jobs wait, as many workers take no new
+//!    task as there are such jobs, so that they drain and free up.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -33,8 +43,14 @@ use crate::task::{CrashReport, EventKind, ExitStatus, Task, TaskError, TaskEvent
 pub(crate) enum Msg {
     /// A job was queued on an empty queue.
     Queued,
-    /// An attempt of `job` on service `service` ended; the attempt holds the result.
-    Ended { job: Arc<PoolJob>, service: u64 },
+    /// Attempt `attempt` of `job`, on service `service`, ended; the attempt holds the
+    /// result. (A refused attempt's end also comes: it is not the job's attempt, and
+    /// ignored.)
+    Ended {
+        job: Arc<PoolJob>,
+        service: u64,
+        attempt: TaskId,
+    },
     /// The worker of service `service` has ended, and its tasks with it.
     Exited { service: u64 },
     /// The pool is closing.
@@ -42,8 +58,8 @@ pub(crate) enum Msg {
 }
 
 /// Starts the manager thread with `first`, the worker `Pool::start` already started (so
-/// that a recipe that cannot start fails `start` itself). Returns the thread and its
-/// wake-up channel.
+/// that a recipe that cannot start fails `start` itself); the thread starts the others.
+/// Returns the thread and its wake-up channel.
 pub(crate) fn spawn(
     settings: Settings,
     queue: Arc<JobQueue>,
@@ -63,8 +79,11 @@ pub(crate) fn spawn(
         messages,
         wake: wake.clone(),
         slots: (0..workers).map(|_| Slot::default()).collect(),
+        next_first_start: 1,
         retiring: Vec::new(),
         running: HashMap::new(),
+        alone: VecDeque::new(),
+        deaths: HashMap::new(),
         closers: Vec::new(),
         restarts: 0,
         recycled: 0,
@@ -74,10 +93,7 @@ pub(crate) fn spawn(
         want_spare: false,
     };
     manager.install(0, first);
-    for slot_idx in 1..workers {
-        manager.start_slot(slot_idx);
-    }
-    manager.start_spare();
+    manager.want_spare = manager.settings.spare;
     manager.publish();
     let handle = std::thread::Builder::new()
         .name("consort-pool".to_owned())
@@ -103,12 +119,27 @@ struct Slot {
 struct Member {
     service: Service,
     started: Instant,
+    /// Attempts sent to it whose end the manager has not settled.
     running: usize,
     n_tasks: u64,
     finished_a_task: bool,
     base_rss: Option<u64>,
-    /// Being killed (wedged, or a hard cancel): takes no new task.
+    /// Being killed (wedged, a hard cancel, a refused task): takes no new task.
     killed: bool,
+    /// The job whose hard cancel is killing it: it was on the worker at its death.
+    killed_for: Option<TaskId>,
+    /// Runs a job that must run alone: takes no other task until it is idle.
+    alone: bool,
+    /// Kept for a job that must run alone: takes no new task, so it drains.
+    reserved: bool,
+}
+
+/// The jobs a worker's death ended, while the manager settles them one by one.
+struct Death {
+    /// Every job that was on the worker when it died.
+    jobs: Vec<TaskId>,
+    /// Those whose end the manager has not settled yet.
+    unsettled: HashSet<TaskId>,
 }
 
 struct Manager {
@@ -120,10 +151,19 @@ struct Manager {
     messages: Receiver<Msg>,
     wake: Sender<Msg>,
     slots: Vec<Slot>,
-    /// Workers replaced between tasks, closed once idle.
+    /// The next slot to start for the first time: until every slot has had its first
+    /// start, the manager starts one per turn and dispatches nothing (so that tasks spread
+    /// over all the workers), but hears `close`.
+    next_first_start: usize,
+    /// Workers replaced between tasks (or dead), closed once idle.
     retiring: Vec<Member>,
     /// Jobs sent to a worker, by task id, with the service running them.
     running: HashMap<TaskId, (Arc<PoolJob>, u64)>,
+    /// Jobs that must run alone (they were on a worker that died), oldest first: they
+    /// pass before the queue.
+    alone: VecDeque<Arc<PoolJob>>,
+    /// Deaths whose jobs are being settled, by service.
+    deaths: HashMap<u64, Death>,
     closers: Vec<JoinHandle<()>>,
     restarts: u64,
     recycled: u64,
@@ -156,7 +196,11 @@ impl Manager {
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Queued => {}
-                    Msg::Ended { job, service } => self.on_ended(job, service),
+                    Msg::Ended {
+                        job,
+                        service,
+                        attempt,
+                    } => self.on_ended(job, service, &attempt),
                     Msg::Exited { service } => self.on_exited(service),
                     Msg::Close => closing = true,
                 }
@@ -166,19 +210,41 @@ impl Manager {
                 break;
             }
             self.check_workers();
-            self.check_deadlines();
-            self.dispatch();
-            if std::mem::take(&mut self.want_spare) {
-                self.start_spare();
+            if self.next_first_start < self.slots.len() {
+                // One first start per turn, so that `close` is heard between them.
+                self.start_slot(self.next_first_start);
+                self.next_first_start += 1;
+            }
+            // The turn of the last first start dispatches too: jobs queued meanwhile sent
+            // their one wake-up already.
+            if self.next_first_start >= self.slots.len() {
+                self.check_deadlines();
+                self.dispatch();
+                if self.want_spare && !self.any_slot_due() {
+                    self.want_spare = false;
+                    self.start_spare();
+                }
             }
             self.publish();
         }
         self.shutdown();
     }
 
-    /// When the manager must look again without a message: the earliest deadline of a
-    /// running job, restart of a waiting slot, or silence limit of a worker.
+    /// Whether a slot waits to start and its time has come.
+    fn any_slot_due(&self) -> bool {
+        let now = Instant::now();
+        self.slots
+            .iter()
+            .any(|slot| slot.member.is_none() && slot.restart_at.is_some_and(|at| at <= now))
+    }
+
+    /// When the manager must look again without a message: now while slots wait for their
+    /// first start or a spare is wanted, else the earliest deadline of a running job, restart of a waiting slot,
+    /// or silence limit of a worker.
     fn next_due(&self) -> Option<Instant> {
+        if self.next_first_start < self.slots.len() || self.want_spare {
+            return Some(Instant::now());
+        }
         let deadlines = self.running.values().filter_map(|(job, _)| {
             let deadline = job.spec.deadline?;
             let state = job.state();
@@ -224,6 +290,7 @@ impl Manager {
             .map(|member| member.service.pid())
             .collect();
         stats.running = self.running.len();
+        stats.queued_alone = self.alone.len();
         stats.restarts = self.restarts;
         stats.recycled = self.recycled;
         stats.wedged = self.wedged;
@@ -253,6 +320,9 @@ impl Manager {
             finished_a_task: false,
             base_rss: None,
             killed: false,
+            killed_for: None,
+            alone: false,
+            reserved: false,
         });
         self.emit(PoolEvent::WorkerStarted {
             slot: slot_idx,
@@ -297,8 +367,11 @@ impl Manager {
     }
 
     /// Decides when an empty slot starts its next worker: at once after a worker that
-    /// lived, with a doubling delay after consecutive deaths at start, and never more than
-    /// `max_restarts_per_minute` times in a minute.
+    /// got going (whatever its task then did to it), with a doubling delay after
+    /// consecutive deaths at start, and never more than `max_restarts_per_minute` times in
+    /// a minute after deaths at start. A worker that dies of its tasks is paid for by them
+    /// (each such death is charged to a task or makes suspects that then run alone), so
+    /// its restarts need no cap; a worker that never gets going has no task to pay.
     fn schedule_restart(&mut self, slot_idx: usize, died_at_start: bool, error: String) {
         let settings = &self.settings;
         let slot = &mut self.slots[slot_idx];
@@ -312,7 +385,6 @@ impl Manager {
                 .min(settings.backoff_max),
         };
         let now = Instant::now();
-        slot.restart_times.push_back(now);
         while slot
             .restart_times
             .front()
@@ -320,7 +392,10 @@ impl Manager {
         {
             slot.restart_times.pop_front();
         }
-        slot.capped = slot.restart_times.len() > settings.max_restarts_per_minute;
+        if died_at_start {
+            slot.restart_times.push_back(now);
+        }
+        slot.capped = died_at_start && slot.restart_times.len() > settings.max_restarts_per_minute;
         if slot.capped {
             if let Some(oldest) = slot.restart_times.front() {
                 let window_end = *oldest + Duration::from_secs(60);
@@ -333,6 +408,7 @@ impl Manager {
                 slot: slot_idx,
                 consecutive: slot.failures,
                 delay_ms: delay.as_millis() as u64,
+                capped: slot.capped,
                 last_error: slot.last_error.clone(),
             };
             tracing::warn!(
@@ -359,9 +435,12 @@ impl Manager {
             || "the worker ended".to_owned(),
             |report| report.to_string(),
         );
-        // Silent on stdout and short-lived: it never got going.
+        // Silent on stdout, read no request and short-lived: it never got going. A worker
+        // that read a request started a task (consort's Python worker holds a LAUNCH back
+        // for a millisecond, so a task that kills it at once leaves stdout silent).
         let at_start = !member.finished_a_task
             && !member.service.link.heard_anything()
+            && !member.service.link.read_a_request()
             && member.started.elapsed() < QUICK_DEATH;
         self.emit(PoolEvent::WorkerExited {
             slot: slot_idx,
@@ -373,21 +452,28 @@ impl Manager {
         self.schedule_restart(slot_idx, at_start, report);
     }
 
-    /// Kills wedged workers, starts slots whose wait is over, closes idle retirees.
+    /// Kills wedged workers, starts slots whose wait is over (one per turn: see `run`),
+    /// closes idle retirees.
     fn check_workers(&mut self) {
+        let mut started = false;
         for slot_idx in 0..self.slots.len() {
             if let Some(wedged_after) = self.wedged_after() {
                 self.check_wedged(slot_idx, wedged_after);
             }
             let slot = &self.slots[slot_idx];
-            if slot.member.is_none() && slot.restart_at.is_some_and(|at| at <= Instant::now()) {
+            if !started
+                && slot.member.is_none()
+                && slot.restart_at.is_some_and(|at| at <= Instant::now())
+            {
                 self.start_slot(slot_idx);
+                started = true;
             }
         }
-        // Close retirees with no task left, off this thread (close may take seconds).
+        // Close retirees with no task left, off this thread (close may take seconds). A dead
+        // one too, once the ends of its attempts are settled: they need it (`Death`).
         let mut idx = 0;
         while idx < self.retiring.len() {
-            if self.retiring[idx].running == 0 || !self.retiring[idx].service.is_alive() {
+            if self.retiring[idx].running == 0 {
                 let member = self.retiring.swap_remove(idx);
                 self.close_in_background(member.service);
             } else {
@@ -478,48 +564,102 @@ impl Manager {
         }
     }
 
-    /// Sends queued jobs to the least-loaded workers that have room.
+    /// Sends jobs that must run alone to idle workers, then queued jobs to the
+    /// least-loaded workers that have room (invariant 4).
     fn dispatch(&mut self) {
-        let cap = self.settings.tasks_per_worker;
+        self.dispatch_alone();
+        self.dispatch_queued();
+    }
+
+    /// Picks a member for a job: the least loaded (fewest running, then fewest run) that
+    /// `fits`, and not being killed. A member found dead (its exit hook has not come yet:
+    /// a task sent to it would end CRASHED at once, without having run) is emptied first.
+    fn pick(&mut self, fits: impl Fn(&Member) -> bool) -> Option<usize> {
         loop {
-            let Some(slot_idx) = self
+            let slot_idx = self
                 .slots
                 .iter()
                 .enumerate()
                 .filter_map(|(slot_idx, slot)| {
                     let member = slot.member.as_ref()?;
-                    (member.running < cap && !member.killed).then_some((
+                    (!member.killed && fits(member)).then_some((
                         member.running,
                         member.n_tasks,
                         slot_idx,
                     ))
                 })
                 .min()
-                .map(|(_, _, slot_idx)| slot_idx)
-            else {
-                return;
-            };
-            // Its exit hook may not have come yet: a task sent to a dead worker would end
-            // CRASHED at once, without having run.
-            if let Some(dead) = self.slots[slot_idx]
-                .member
-                .as_ref()
-                .filter(|member| !member.service.is_alive())
-            {
-                let service_id = dead.service.id();
-                self.on_exited(service_id);
-                continue;
+                .map(|(_, _, slot_idx)| slot_idx)?;
+            let member = self.slots[slot_idx].member.as_ref()?;
+            if member.service.is_alive() {
+                return Some(slot_idx);
             }
-            let Some(job) = self.queue.pop() else {
-                return;
-            };
-            self.send(slot_idx, job);
+            let service_id = member.service.id();
+            self.on_exited(service_id);
         }
     }
 
-    /// Sends one attempt of `job` to the worker in `slot_idx`.
-    fn send(&mut self, slot_idx: usize, job: Arc<PoolJob>) {
+    fn dispatch_alone(&mut self) {
+        // Jobs cancelled while they waited have ended: drop them.
+        self.alone.retain(|job| !job.core.state().is_finished());
+        while !self.alone.is_empty() {
+            let Some(slot_idx) = self.pick(|member| member.running == 0 && !member.alone) else {
+                break;
+            };
+            let Some(job) = self.alone.pop_front() else {
+                break;
+            };
+            self.send(slot_idx, job, true);
+        }
+        // Keep as many workers from taking new tasks as jobs wait to run alone, so that they
+        // drain: the least loaded, chosen again each time (a reserved worker's load only
+        // falls, so it stays chosen).
+        for member in self
+            .slots
+            .iter_mut()
+            .filter_map(|slot| slot.member.as_mut())
+        {
+            member.reserved = false;
+        }
+        for _ in 0..self.alone.len() {
+            let Some(slot_idx) = self.pick(|member| !member.reserved && !member.alone) else {
+                break;
+            };
+            if let Some(member) = self.slots[slot_idx].member.as_mut() {
+                member.reserved = true;
+            }
+        }
+    }
+
+    fn dispatch_queued(&mut self) {
+        let cap = self.settings.tasks_per_worker;
+        loop {
+            let Some(slot_idx) =
+                self.pick(|member| member.running < cap && !member.alone && !member.reserved)
+            else {
+                return;
+            };
+            let Some(job) = self.queue.pop() else {
+                return;
+            };
+            self.send(slot_idx, job, false);
+        }
+    }
+
+    /// Puts a job back where it waited, first in line: it was submitted before what waits.
+    fn requeue(&mut self, job: Arc<PoolJob>, alone: bool) {
+        if alone {
+            self.alone.push_front(job);
+        } else {
+            self.queue.push_front(job);
+        }
+    }
+
+    /// Sends one attempt of `job` to the worker in `slot_idx`; `alone` (the job must run
+    /// alone) keeps any other task from that worker until it ends.
+    fn send(&mut self, slot_idx: usize, job: Arc<PoolJob>, alone: bool) {
         let Some(member) = self.slots[slot_idx].member.as_mut() else {
+            self.requeue(job, alone);
             return;
         };
         let service_id = member.service.id();
@@ -546,14 +686,29 @@ impl Manager {
         }
         match builder.submit() {
             Ok(attempt) => {
+                if let Some(Err(TaskError::Crashed(report))) = attempt.core.peek_result() {
+                    if !report.sent {
+                        // Refused: the worker had ended (its exit is on its way here) or is
+                        // being closed. The job never ran, so this is no attempt: it goes
+                        // back, uncharged, and the worker takes nothing more. The refused
+                        // attempt's end message, if any, names an attempt the job does not
+                        // hold and is ignored.
+                        drop(state);
+                        member.killed = true;
+                        self.requeue(job, alone);
+                        return;
+                    }
+                }
                 if !listened {
                     let ended = Arc::clone(&job);
                     let wake = self.wake.clone();
+                    let attempt_id = attempt.id().clone();
                     // Takes no pool lock (invariant 2 of `pool.rs`): it may run right here.
                     attempt.core.on_end(Box::new(move || {
                         let _ = wake.send(Msg::Ended {
                             job: ended,
                             service: service_id,
+                            attempt: attempt_id,
                         });
                     }));
                     attempt.wake_reader();
@@ -566,6 +721,10 @@ impl Manager {
                 state.dispatched_at = Some(Instant::now());
                 state.attempt = Some(attempt);
                 member.running += 1;
+                if alone {
+                    member.alone = true;
+                    member.reserved = false;
+                }
                 drop(state);
                 self.running
                     .insert(job.core.id.clone(), (Arc::clone(&job), service_id));
@@ -596,12 +755,24 @@ impl Manager {
             .map(|member| (None, member))
     }
 
-    fn on_ended(&mut self, job: Arc<PoolJob>, service_id: u64) {
-        self.running.remove(&job.core.id);
-        let Some(attempt) = job.state().attempt.take() else {
-            debug_assert!(false, "an attempt ended twice");
+    fn on_ended(&mut self, job: Arc<PoolJob>, service_id: u64, attempt_id: &TaskId) {
+        let attempt = {
+            let mut state = job.state();
+            if state
+                .attempt
+                .as_ref()
+                .is_some_and(|attempt| attempt.id() == attempt_id)
+            {
+                state.attempt.take()
+            } else {
+                None
+            }
+        };
+        let Some(attempt) = attempt else {
+            // A refused attempt's end (see `send`): the job was put back, or runs again.
             return;
         };
+        self.running.remove(&job.core.id);
         let state = attempt.state();
         let result = attempt.core.peek_result().unwrap_or_else(|| {
             Err(TaskError::Failed {
@@ -612,10 +783,17 @@ impl Manager {
         let max_growth = self.settings.max_rss_growth;
         let mut recycle = None;
         let forced = matches!(result, Err(TaskError::Canceled { forced: true }));
+        let job_id = job.core.id.clone();
         if let Some((slot_idx, member)) = self.member_mut(service_id) {
             member.running = member.running.saturating_sub(1);
+            if member.running == 0 {
+                member.alone = false;
+            }
             // A hard cancel is killing it: it must take no task meanwhile.
-            member.killed |= forced;
+            if forced {
+                member.killed = true;
+                member.killed_for.get_or_insert(job_id);
+            }
             if state != TaskState::Crashed {
                 member.n_tasks += 1;
                 member.finished_a_task = true;
@@ -641,6 +819,7 @@ impl Manager {
                 }
             }
         }
+        let beside = self.beside(service_id, &job, state == TaskState::Crashed);
         if state != TaskState::Crashed {
             if let Some(slot_idx) = slot_idx_of(&self.slots, service_id) {
                 self.slots[slot_idx].failures = 0;
@@ -658,23 +837,114 @@ impl Manager {
                 self.start_slot(slot_idx);
             }
         }
-        self.settle(job, state, result);
+        self.settle(job, state, result, beside);
     }
 
-    /// Ends the pool task from its attempt's end, or sends it again.
-    fn settle(&mut self, job: Arc<PoolJob>, state: TaskState, result: Result<Args, TaskError>) {
+    /// For a job whose attempt crashed: the other jobs that were on its worker when it
+    /// died. The first crash of a death finds them: the jobs still running there whose
+    /// attempt had not finished before the death (those that completed just before have
+    /// a result, even if their end message is still on its way), and the job whose hard
+    /// cancel killed it. The others of the death look them up. Any other end only leaves
+    /// the death's list of jobs to settle.
+    fn beside(&mut self, service_id: u64, job: &PoolJob, crashed: bool) -> Option<Vec<TaskId>> {
+        let job_id = &job.core.id;
+        if let Some(death) = self.deaths.get_mut(&service_id) {
+            let known = death.unsettled.remove(job_id) || death.jobs.contains(job_id);
+            let beside = (crashed && known).then(|| {
+                death
+                    .jobs
+                    .iter()
+                    .filter(|id| *id != job_id)
+                    .cloned()
+                    .collect()
+            });
+            if death.unsettled.is_empty() {
+                self.deaths.remove(&service_id);
+            }
+            if !crashed || known {
+                return beside;
+            }
+        }
+        if !crashed {
+            return None;
+        }
+        let mut jobs = vec![job_id.clone()];
+        let mut unsettled = HashSet::new();
+        for (other_id, (other, other_service)) in &self.running {
+            if *other_service != service_id {
+                continue;
+            }
+            let on_it_at_death =
+                other
+                    .state()
+                    .attempt
+                    .as_ref()
+                    .is_some_and(|attempt| match attempt.state() {
+                        TaskState::Crashed => true,
+                        TaskState::Canceled => matches!(
+                            attempt.core.peek_result(),
+                            Some(Err(TaskError::Canceled { forced: true }))
+                        ),
+                        other => !other.is_finished(),
+                    });
+            if on_it_at_death {
+                jobs.push(other_id.clone());
+                unsettled.insert(other_id.clone());
+            }
+        }
+        let killed_for = self
+            .member_mut(service_id)
+            .and_then(|(_, member)| member.killed_for.clone());
+        if let Some(killed_for) = killed_for.filter(|id| !jobs.contains(id)) {
+            jobs.push(killed_for);
+        }
+        let beside = jobs[1..].to_vec();
+        if !unsettled.is_empty() {
+            self.deaths.insert(service_id, Death { jobs, unsettled });
+        }
+        Some(beside)
+    }
+
+    /// Ends the pool task from its attempt's end, or sends it again. `beside` (for a crash)
+    /// names the other jobs its worker's death ended: with none, the crash is charged to
+    /// this job, against its retries; with some, it is a suspect, rerun alone, uncharged
+    /// (unless `rerun_suspects` is off: then every job of the death is charged).
+    fn settle(
+        &mut self,
+        job: Arc<PoolJob>,
+        state: TaskState,
+        result: Result<Args, TaskError>,
+        beside: Option<Vec<TaskId>>,
+    ) {
+        let result = match (result, &beside) {
+            (Err(TaskError::Crashed(mut report)), Some(beside)) => {
+                report.beside = Some(beside.clone());
+                Err(TaskError::Crashed(report))
+            }
+            (result, _) => result,
+        };
+        let rerun_suspects = self.settings.rerun_suspects;
         let (timed_out, retry) = {
             let mut job_state = job.state();
             job_state.dispatched_at = None;
-            let retry = state == TaskState::Crashed
+            let mut retry = None;
+            if state == TaskState::Crashed
                 && !job_state.timed_out
                 && !job_state.cancel_requested
-                && job_state.n_attempts <= job.spec.retries
-                && !self.queue.is_closed();
-            (
-                job_state.timed_out,
-                retry.then_some(job_state.n_attempts + 1),
-            )
+                && !self.queue.is_closed()
+            {
+                let suspect = rerun_suspects && beside.as_ref().is_some_and(|b| !b.is_empty());
+                if !suspect {
+                    job_state.n_charged += 1;
+                }
+                if suspect || job_state.n_charged <= job.spec.retries {
+                    // It was on a worker that died: from now on it runs alone, so that it
+                    // takes no other task down if it is the one that kills.
+                    job_state.alone |= rerun_suspects;
+                    retry = Some((job_state.n_attempts + 1, job_state.alone, !suspect));
+                }
+            }
+            (job_state.timed_out, retry)
         };
         if timed_out && state != TaskState::Complete && state != TaskState::Failed {
             let deadline = job.spec.deadline.unwrap_or_default();
@@ -692,15 +962,23 @@ impl Manager {
             );
             return;
         }
-        if let Some(attempt) = retry {
+        if let Some((attempt, alone, charged)) = retry {
             if job.core.has_listeners() {
                 let mut event = TaskEvent::new(job.core.id.clone(), EventKind::Retry);
                 event.error = result.as_ref().err().map(ToString::to_string);
-                event.progress.info = Some(json!({ "attempt": attempt }));
+                event.progress.info = Some(json!({
+                    "attempt": attempt,
+                    "alone": alone,
+                    "charged": charged,
+                }));
                 job.core.deliver(&event);
             }
-            // Retries go to the front: they were submitted before what waits.
-            self.queue.push_front(job);
+            if alone {
+                self.alone.push_back(job);
+            } else {
+                // Retries go to the front: they were submitted before what waits.
+                self.queue.push_front(job);
+            }
             return;
         }
         job.finish(state, result);
@@ -708,7 +986,8 @@ impl Manager {
 
     fn shutdown(mut self) {
         self.closing = true;
-        let queued = self.queue.drain();
+        let mut queued = self.queue.drain();
+        queued.extend(self.alone.drain(..));
         for job in queued {
             job.finish(
                 TaskState::Canceled,
@@ -731,8 +1010,13 @@ impl Manager {
         }
         // Every service is closed: the attempts' last events are in the channel.
         while let Ok(msg) = self.messages.try_recv() {
-            if let Msg::Ended { job, service } = msg {
-                self.on_ended(job, service);
+            if let Msg::Ended {
+                job,
+                service,
+                attempt,
+            } = msg
+            {
+                self.on_ended(job, service, &attempt);
             }
         }
         for (_, (job, _)) in self.running.drain() {
@@ -745,6 +1029,8 @@ impl Manager {
                 cause: Some("the pool closed before the task ended".to_owned()),
                 stderr: Vec::new(),
                 stdout: Vec::new(),
+                sent: true,
+                beside: None,
             };
             job.finish(
                 TaskState::Crashed,
@@ -787,6 +1073,7 @@ fn forward_event(job: &Arc<PoolJob>, wake: &Sender<Msg>, service: u64, event: &T
             let _ = wake.send(Msg::Ended {
                 job: Arc::clone(job),
                 service,
+                attempt: event.task.clone(),
             });
         }
     }

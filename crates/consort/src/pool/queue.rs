@@ -33,8 +33,12 @@ pub(crate) struct PoolJob {
 pub(crate) struct JobState {
     /// The running attempt.
     pub(crate) attempt: Option<Task>,
-    /// How many attempts were sent.
+    /// How many attempts were sent (a dispatch the worker refused is none).
     pub(crate) n_attempts: u32,
+    /// How many crashes were charged to it: deaths of a worker it was alone on.
+    pub(crate) n_charged: u32,
+    /// Runs alone on its worker from now on: it was on a worker that died.
+    pub(crate) alone: bool,
     pub(crate) dispatched_at: Option<Instant>,
     pub(crate) timed_out: bool,
     /// The caller asked for a cancel: a crash after that is not retried.

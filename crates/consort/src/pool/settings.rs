@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-/// A worker that died within this long of its start without finishing a task "crashed at
-/// start": consecutive ones are restarted with a growing delay.
+/// A worker that died within this long of its start, without a word on stdout, without
+/// reading a request and without finishing a task "died at start": consecutive ones are
+/// restarted with a growing delay, and at most `max_restarts_per_minute` times a minute.
 pub(crate) const QUICK_DEATH: Duration = Duration::from_secs(2);
 
 /// How many workers a pool keeps, how many tasks each takes, and what it does when they
@@ -14,6 +15,8 @@ pub(crate) struct Settings {
     pub(crate) tasks_per_worker: usize,
     pub(crate) queue_limit: usize,
     pub(crate) retries: u32,
+    /// Reruns alone, uncharged, the tasks of a worker that died running several.
+    pub(crate) rerun_suspects: bool,
     pub(crate) deadline: Option<Duration>,
     pub(crate) cancel_grace: Duration,
     pub(crate) max_tasks: Option<u64>,
@@ -34,6 +37,7 @@ impl Settings {
             tasks_per_worker: 4,
             queue_limit: 10_000,
             retries: 0,
+            rerun_suspects: true,
             deadline: None,
             cancel_grace: Duration::from_secs(1),
             max_tasks: None,

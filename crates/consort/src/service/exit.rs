@@ -272,6 +272,8 @@ pub(crate) fn run_monitor(parts: Parts<'_>) {
         cause: lock(&exit.kill_cause).clone(),
         stderr: stderr.lines(),
         stdout: stdout.noise_lines(),
+        sent: true,
+        beside: None,
     });
     let pending = tasks.worker_ended(&report);
     debug.note(|| {

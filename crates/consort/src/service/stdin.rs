@@ -9,6 +9,8 @@
 //!    `close` and the worker's exit even when the worker never reads again.
 //! 3. Nothing is lost by not writing: once the pipe is gone the worker is gone or going,
 //!    and the monitor crashes every registered task.
+//! 4. Whether the worker read any request ([`Stdin::worker_read`]) is fixed while our end
+//!    of the pipe is still open: when the worker exits, or when we let go of the pipe.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -35,6 +37,37 @@ struct StdinState {
     exited: bool,
     /// A write failed (the worker closed its stdin): the writer decides what it means.
     failed: Option<io::Error>,
+    /// Bytes the pipe took.
+    written: u64,
+    /// Whether the worker read any of them, once that is fixed (see `latch_read`).
+    read: Option<bool>,
+}
+
+impl StdinState {
+    /// Whether the worker has read any byte written: fewer bytes wait in the pipe than it
+    /// took. Linux answers `FIONREAD` on the write end too; elsewhere this says `false`.
+    fn measure_read(&self) -> bool {
+        let Some(pipe) = self.pipe.as_ref() else {
+            return false;
+        };
+        if self.written == 0 || !cfg!(target_os = "linux") {
+            return false;
+        }
+        rustix::io::ioctl_fionread(pipe).is_ok_and(|unread| unread < self.written)
+    }
+
+    /// Fixes `read` before the pipe goes (or the worker is gone: nothing more is read).
+    fn latch_read(&mut self) {
+        if self.read.is_none() {
+            self.read = Some(self.measure_read());
+        }
+    }
+
+    /// Lets go of the pipe (the worker sees EOF once nothing else holds it).
+    fn release(&mut self) {
+        self.latch_read();
+        self.pipe = None;
+    }
 }
 
 /// How a non-blocking write went.
@@ -44,11 +77,15 @@ enum Wrote {
     Failed(io::Error),
 }
 
-fn write_nonblocking(pipe: &ChildStdin, bytes: &[u8]) -> Wrote {
+/// Writes what the pipe takes of `bytes`, counting it into `written`.
+fn write_nonblocking(pipe: &ChildStdin, bytes: &[u8], written: &mut u64) -> Wrote {
     let mut done = 0;
     while done < bytes.len() {
         match rustix::io::write(pipe, &bytes[done..]) {
-            Ok(n_written) => done += n_written,
+            Ok(n_written) => {
+                done += n_written;
+                *written += n_written as u64;
+            }
             Err(rustix::io::Errno::INTR) => {}
             Err(rustix::io::Errno::AGAIN) => return Wrote::Part(done),
             Err(errno) => return Wrote::Failed(errno.into()),
@@ -67,6 +104,8 @@ impl Stdin {
                 close: false,
                 exited: false,
                 failed: None,
+                written: 0,
+                read: None,
             }),
             ready: Condvar::new(),
         }
@@ -93,7 +132,7 @@ impl Stdin {
             state.pending.extend_from_slice(line);
             return;
         }
-        match write_nonblocking(pipe, line) {
+        match write_nonblocking(pipe, line, &mut state.written) {
             Wrote::All => return,
             Wrote::Part(n_written) => state.pending.extend_from_slice(&line[n_written..]),
             Wrote::Failed(err) => state.failed = Some(err),
@@ -109,8 +148,18 @@ impl Stdin {
 
     /// The worker has exited: the writer drops what is pending and ends.
     pub(crate) fn worker_exited(&self) {
-        self.lock().exited = true;
+        let mut stdin = self.lock();
+        stdin.latch_read();
+        stdin.exited = true;
+        drop(stdin);
         self.ready.notify_one();
+    }
+
+    /// Whether the worker read any of the requests written to it: a worker that did got
+    /// going, even if it never wrote a line (pools tell a death at start by this).
+    pub(crate) fn worker_read(&self) -> bool {
+        let stdin = self.lock();
+        stdin.read.unwrap_or_else(|| stdin.measure_read())
     }
 
     /// The writer thread: writes what the pipe did not take at once and closes stdin on
@@ -123,19 +172,19 @@ impl Stdin {
         let mut stdin = self.lock();
         loop {
             if stdin.exited {
-                stdin.pipe = None;
+                stdin.release();
                 stdin.pending = Vec::new();
                 return None;
             }
             if let Some(err) = stdin.failed.take() {
-                stdin.pipe = None;
+                stdin.release();
                 stdin.pending = Vec::new();
                 return (!stdin.close).then_some(err);
             }
             let state = &mut *stdin;
             let pipe = state.pipe.as_ref()?;
             if !state.pending.is_empty() {
-                match write_nonblocking(pipe, &state.pending) {
+                match write_nonblocking(pipe, &state.pending, &mut state.written) {
                     Wrote::All => state.pending.clear(),
                     Wrote::Failed(err) => state.failed = Some(err),
                     Wrote::Part(n_written) => {
@@ -166,7 +215,7 @@ impl Stdin {
                 continue;
             }
             if stdin.close {
-                stdin.pipe = None;
+                stdin.release();
                 return None;
             }
             stdin = self

@@ -140,6 +140,8 @@ impl Supervisor {
             cause: Some(cause.to_owned()),
             stderr: self.stderr.lines(),
             stdout: self.stdout.noise_lines(),
+            sent: false,
+            beside: None,
         }
     }
 }
@@ -342,6 +344,11 @@ impl ServiceLink {
         self.0.stdout.heard_anything()
     }
 
+    /// Whether the worker read any request from its stdin (Linux; `false` elsewhere).
+    pub(crate) fn read_a_request(&self) -> bool {
+        self.0.stdin.worker_read()
+    }
+
     /// Sends a task to the worker; a task refused (the worker ended, or the service is
     /// closing) is returned already CRASHED.
     pub(crate) fn submit(
@@ -356,7 +363,10 @@ impl ServiceLink {
         let task = Task::new(Arc::clone(&core), Arc::clone(&self.0) as Arc<dyn Route>);
         let refused = match supervisor.tasks.admit(&core) {
             Ok(()) => None,
-            Err(Refused::Ended(report)) => Some((*report).clone()),
+            Err(Refused::Ended(report)) => Some(CrashReport {
+                sent: false,
+                ..(*report).clone()
+            }),
             Err(Refused::Closing) => Some(supervisor.provisional_report("the service is closing")),
         };
         match refused {

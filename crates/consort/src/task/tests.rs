@@ -204,6 +204,8 @@ fn crash_report_formats_like_appose() {
         cause: None,
         stderr: vec!["one".to_owned(), "three".to_owned()],
         stdout: Vec::new(),
+        sent: true,
+        beside: None,
     };
     assert_eq!(
         report.appose_message(),
@@ -212,5 +214,47 @@ fn crash_report_formats_like_appose() {
     assert_eq!(
         report.to_string(),
         "worker (pid 42) ended with signal SIGKILL; last stderr line: three"
+    );
+}
+
+#[test]
+fn crash_report_says_who_was_beside_the_task_and_whether_it_was_sent() {
+    let alone = CrashReport {
+        pid: 7,
+        status: ExitStatus::Signal(9),
+        cause: None,
+        stderr: Vec::new(),
+        stdout: Vec::new(),
+        sent: true,
+        beside: Some(Vec::new()),
+    };
+    assert_eq!(
+        alone.to_string(),
+        "worker (pid 7) ended with signal SIGKILL; the task was alone on the worker"
+    );
+    let beside = CrashReport {
+        beside: Some(vec![TaskId::new("a"), TaskId::new("b")]),
+        ..alone.clone()
+    };
+    assert_eq!(
+        beside.to_string(),
+        "worker (pid 7) ended with signal SIGKILL; 2 other tasks were running on the worker: \
+         a, b"
+    );
+    let many = CrashReport {
+        beside: Some((0..10).map(|idx| TaskId::new(idx.to_string())).collect()),
+        ..alone.clone()
+    };
+    assert!(many
+        .to_string()
+        .ends_with("10 other tasks were running on the worker: 0, 1, 2, 3, 4, 5, 6, 7, …"));
+    let unsent = CrashReport {
+        sent: false,
+        beside: None,
+        ..alone
+    };
+    assert_eq!(
+        unsent.to_string(),
+        "worker (pid 7) ended with signal SIGKILL; the task was never sent to it"
     );
 }
