@@ -48,6 +48,9 @@ pub(crate) struct Handle {
     /// One per shard: threads of this process queue here, so a shard's futex word
     /// holding our own token while we wait can only be stale.
     pub(crate) local: Box<[Mutex<()>]>,
+    /// Our entry in the fork hook's table (`region::fork`), released on drop.
+    #[cfg(not(loom))]
+    fork_entry: Option<usize>,
 }
 
 impl Handle {
@@ -93,6 +96,8 @@ impl Handle {
         let token = lock_word::token(participant, gen);
         let default_ttl_ns = region.u64(superblock::DEFAULT_TTL_NS).load(Relaxed);
         let local = (0..layout.shards).map(|_| Mutex::new(())).collect();
+        #[cfg(not(loom))]
+        let fork_entry = region::fork::register(std::os::fd::AsRawFd::as_raw_fd(&file));
         Ok(Handle {
             region,
             layout,
@@ -104,6 +109,8 @@ impl Handle {
             token,
             pid,
             local,
+            #[cfg(not(loom))]
+            fork_entry,
         })
     }
 
@@ -156,6 +163,16 @@ impl Handle {
         Shard {
             handle: self,
             index,
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Before the fields drop: the fd leaves the fork hook's table, then it is closed.
+        #[cfg(not(loom))]
+        if let Some(index) = self.fork_entry {
+            region::fork::unregister(index);
         }
     }
 }

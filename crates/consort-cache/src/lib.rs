@@ -85,12 +85,39 @@ use layout::{participant, shard_header, Layout, PARTICIPANTS};
 /// open gives [`Error::TooManyHandles`]).
 pub const MAX_HANDLES: usize = PARTICIPANTS;
 
+/// A cache holding fewer than twice this many entries is one shard (see [`Config::shards`]).
+pub const MIN_SHARD_CAPACITY: usize = 1024;
+
+/// How many times this process is a fork (without exec) of the process that started it.
+///
+/// A forked child must not use its parent's handles for writing: they would share the
+/// parent's liveness lock. When the child starts, every handle it inherited lets go of the
+/// parent's open file description at once and this number grows by one; those handles stay
+/// readable, their writes give [`Error::Forked`], and a library above compares this number
+/// with the one it saw at open to know when to open the cache again (consort's Python
+/// package does so transparently).
+pub fn fork_generation() -> u64 {
+    #[cfg(not(loom))]
+    return region::fork::generation();
+    #[cfg(loom)]
+    0
+}
+
+/// Where caches live when [`Config::dir`] is `None`: `$CONSORT_CACHE_DIR` when set, else
+/// `/dev/shm/consort-cache-<uid>` (the temporary directory where there is no `/dev/shm`).
+pub fn default_dir() -> PathBuf {
+    file::default_dir()
+}
+
 /// How a cache is made (and what an existing one must match).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// How many entries fit in total (rounded up to a multiple of `shards`).
+    /// How many entries fit in total, exactly (see `shards`).
     pub capacity: usize,
-    /// Independent writer locks; keys are spread over them by hash.
+    /// The most independent writer locks to spread keys over (by hash). A cache uses the
+    /// largest number of shards up to this that divides `capacity` and leaves each shard at
+    /// least [`MIN_SHARD_CAPACITY`] entries, so its capacity is exactly the one asked for and
+    /// a small cache is one shard (one SIEVE order over all its entries).
     pub shards: usize,
     /// Longest key in bytes.
     pub max_key: usize,
@@ -267,6 +294,39 @@ impl Cache {
         stats
     }
 
+    /// How many shards the cache has (see [`Config::shards`]).
+    pub fn shards(&self) -> usize {
+        self.handle.layout.shards
+    }
+
+    /// Longest key in bytes.
+    pub fn max_key(&self) -> usize {
+        self.handle.layout.max_key
+    }
+
+    /// Longest value in bytes.
+    pub fn max_value(&self) -> usize {
+        self.handle.layout.max_value
+    }
+
+    /// TTL of entries inserted without one; `None` means they do not expire.
+    pub fn default_ttl(&self) -> Option<Duration> {
+        (self.handle.default_ttl_ns != 0).then(|| Duration::from_nanos(self.handle.default_ttl_ns))
+    }
+
+    /// Zeroes the hit and miss counters of every participant, in every process.
+    ///
+    /// Takes every shard lock (in shard order, running recovery where a dead writer left
+    /// work) and holds them all while it zeroes, so no write of this cache runs meanwhile.
+    /// Reads take no lock: a hit or miss counted during the reset lands before it (and is
+    /// zeroed) or after it (and counts), never half; the counters are atomic adds.
+    ///
+    /// # Errors
+    /// Those of a write ([`Error::Forked`], [`Error::Retired`], [`Error::Corrupt`]).
+    pub fn reset_counters(&self) -> Result<()> {
+        self.intact(write::reset_counters(&self.handle))
+    }
+
     /// The cheap checks, without a lock and changing nothing: the file was not truncated
     /// under this process, and every shard's header words are sane (lock owner, journal
     /// state, length and entries, list heads, hand, fill). They hold at every instant of a
@@ -353,7 +413,22 @@ fn layout_for(config: &Config) -> Result<Layout> {
     if config.capacity == 0 {
         return Err(Error::InvalidConfig("capacity must be at least 1"));
     }
-    let shards = config.shards;
-    let per_shard = config.capacity.div_ceil(shards.max(1));
-    Layout::new(shards, per_shard, config.max_key, config.max_value).map_err(Error::InvalidConfig)
+    let shards = shards_for(config.capacity, config.shards);
+    Layout::new(
+        shards,
+        config.capacity / shards,
+        config.max_key,
+        config.max_value,
+    )
+    .map_err(Error::InvalidConfig)
+}
+
+/// The largest number of shards up to `requested` that divides `capacity` with at least
+/// [`MIN_SHARD_CAPACITY`] entries each; at least 1.
+fn shards_for(capacity: usize, requested: usize) -> usize {
+    let mut shards = requested.min(capacity / MIN_SHARD_CAPACITY).max(1);
+    while capacity % shards != 0 {
+        shards -= 1;
+    }
+    shards
 }

@@ -47,8 +47,22 @@ pub(crate) fn get_with<R>(
     } else if bytes <= 512 {
         get_into(handle, key, &mut [0u8; 512], f)
     } else {
-        get_into(handle, key, &mut vec![0u8; bytes], f)
+        // A large buffer is this thread's, reused: a fresh zeroed one per call would cost an
+        // allocation and a memset of `max_value` bytes on every hit. It is taken out while in
+        // use, so an `f` that reads the cache again gets a buffer of its own.
+        let mut buf = BUFFER.with(std::cell::Cell::take);
+        if buf.len() < bytes {
+            buf.resize(bytes, 0);
+        }
+        let result = get_into(handle, key, &mut buf, f);
+        BUFFER.with(|cell| cell.set(buf));
+        result
     }
+}
+
+thread_local! {
+    /// The reused buffer of reads of values over 512 bytes (see `get_with`).
+    static BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 fn get_into<R>(

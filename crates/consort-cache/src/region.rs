@@ -450,6 +450,91 @@ mod heap {
     }
 }
 
+/// What a forked child needs: its own liveness.
+///
+/// A child forked without exec inherits every fd of its parent, and with them the open file
+/// descriptions that hold the parent's participant lock bytes: while the child lives, a
+/// parent that died holding a shard lock would look alive and its lock could not be stolen.
+/// Every handle registers its fd here; a `pthread_atfork` child hook (installed with the
+/// first registration) points each registered fd at `/dev/null` (`dup3`), so the child lets
+/// go of its parent's descriptions at once, and bumps [`generation`], by which the layers
+/// above (and consort's Python package) see that their handles are a parent's and reopen.
+/// The old handle stays readable (its mapping is the child's own); its writes give
+/// `Error::Forked` before they would touch its fd.
+///
+/// # Caveats
+/// A fork racing a handle's open or drop in another thread can leave the child one fd of
+/// the parent's until the child exits: the fd is registered only after it is opened, and
+/// unregistered before it is closed (so the hook never touches a number that is not ours).
+#[cfg(not(loom))]
+pub(crate) mod fork {
+    use std::os::fd::RawFd;
+
+    use crate::sync::Ordering::{Acquire, Relaxed, Release};
+    use crate::sync::{AtomicU64, AtomicUsize, Once};
+
+    /// How many handles one process may have open at once (as many as it may map).
+    const MAX_FDS: usize = super::guard::MAX_MAPPINGS;
+
+    #[allow(clippy::declare_interior_mutable_const)]
+    const FREE: AtomicUsize = AtomicUsize::new(0);
+    /// `fd + 1` of each registered handle, 0 for a free entry.
+    static FDS: [AtomicUsize; MAX_FDS] = [FREE; MAX_FDS];
+    static GENERATION: AtomicU64 = AtomicU64::new(0);
+    static INSTALL: Once = Once::new();
+
+    /// How many times this process is a fork of the process that started it (0 in the
+    /// original; each fork hands its child one more).
+    #[inline]
+    pub(crate) fn generation() -> u64 {
+        GENERATION.load(Relaxed)
+    }
+
+    /// Registers `fd` for the child hook; `None` when the table is full (then a forked child
+    /// keeps that fd, as before this hook existed).
+    pub(crate) fn register(fd: RawFd) -> Option<usize> {
+        INSTALL.call_once(|| {
+            // SAFETY: `in_child` is an `extern "C" fn()` that stays valid for the life of the
+            // process (a static function); no prepare or parent hook is given.
+            unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+        });
+        let value = usize::try_from(fd).ok()?.checked_add(1)?;
+        FDS.iter()
+            .position(|entry| entry.compare_exchange(0, value, Release, Relaxed).is_ok())
+    }
+
+    /// Forgets entry `index` (before its fd is closed).
+    pub(crate) fn unregister(index: usize) {
+        FDS[index].store(0, Release);
+    }
+
+    /// The child hook: async-signal-safe (atomics, `open`, `dup3`, `close`), as a hook of a
+    /// multithreaded parent's fork must be.
+    extern "C" fn in_child() {
+        GENERATION.fetch_add(1, Relaxed);
+        // SAFETY: a NUL-terminated path and plain flags; the result is -1 or a new fd that
+        // we own and close below.
+        let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if null < 0 {
+            return;
+        }
+        for entry in &FDS {
+            let value = entry.load(Acquire);
+            if value == 0 {
+                continue;
+            }
+            let fd = (value - 1) as RawFd;
+            // SAFETY: `fd` is a registered handle's fd, open in the parent at the fork (it is
+            // unregistered before it is closed), so the child has it too; `dup3` makes it
+            // refer to /dev/null instead, dropping the child's reference to the parent's open
+            // file description, and the handle that owns the number keeps a valid fd.
+            unsafe { libc::dup3(null, fd, libc::O_CLOEXEC) };
+        }
+        // SAFETY: `null` is the fd opened above, owned here and not used after.
+        unsafe { libc::close(null) };
+    }
+}
+
 fn ofd_lock(
     file: &File,
     cmd: libc::c_int,

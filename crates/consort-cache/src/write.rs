@@ -128,6 +128,26 @@ pub(crate) fn clear(handle: &Handle) -> Result<()> {
     Ok(())
 }
 
+/// Zeroes every participant's hit and miss counters while holding every shard lock.
+pub(crate) fn reset_counters(handle: &Handle) -> Result<()> {
+    let writers = (0..handle.layout.shards)
+        .map(|shard| Writer::enter(handle, shard))
+        .collect::<Result<Vec<_>>>()?;
+    for index in 0..crate::layout::PARTICIPANTS {
+        let base = handle.layout.participant(index);
+        handle
+            .region
+            .u64(base + participant::HITS)
+            .store(0, Relaxed);
+        handle
+            .region
+            .u64(base + participant::MISSES)
+            .store(0, Relaxed);
+    }
+    drop(writers);
+    Ok(())
+}
+
 /// Walks `key`'s chain under the lock: `(slot, predecessor)`.
 fn find(
     shard: Shard<'_>,
