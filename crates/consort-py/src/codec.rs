@@ -15,7 +15,12 @@
 //!             UTF-8 cannot encode, so a str has one encoding)
 //! BYTES  0x09 u32 LE length, bytes          TUPLE 0x0A u32 LE count, then the items
 //! KWARGS 0x0B u32 LE count, then (STR name, item) pairs sorted by name: a call's keywords
+//! FROZENSET 0x0C / SET 0x0D  u32 LE count, then the items' encodings sorted bytewise
 //! ```
+//!
+//! Sets are encoded in a canonical order (their items' encodings, sorted), because their
+//! iteration order, and so their pickle, changes with `PYTHONHASHSEED`. A pickled key is
+//! only as stable as pickle's bytes: a set inside a list, say, is not.
 //!
 //! Tuples nest up to [`MAX_DEPTH`]; deeper, or holding anything else, the whole key (or
 //! value) is pickled. Decoding checks every length against the bytes it has: a corrupt
@@ -24,7 +29,7 @@
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PySet, PyString, PyTuple};
 
 const TAG_PICKLE: u8 = 0x00;
 const TAG_NONE: u8 = 0x01;
@@ -38,6 +43,8 @@ const TAG_WTF8: u8 = 0x08;
 const TAG_BYTES: u8 = 0x09;
 const TAG_TUPLE: u8 = 0x0A;
 const TAG_KWARGS: u8 = 0x0B;
+const TAG_FROZENSET: u8 = 0x0C;
+const TAG_SET: u8 = 0x0D;
 
 /// How deep tuples nest before the encoding gives up and pickles.
 pub(crate) const MAX_DEPTH: usize = 32;
@@ -260,6 +267,32 @@ fn tagged(obj: &Bound<'_, PyAny>, out: &mut Buf, depth: usize) -> PyResult<bool>
                 return Ok(false);
             }
         }
+    } else if obj.is_exact_instance_of::<PyFrozenSet>() || obj.is_exact_instance_of::<PySet>() {
+        if depth >= MAX_DEPTH {
+            return Ok(false);
+        }
+        let tag = if obj.is_exact_instance_of::<PySet>() {
+            TAG_SET
+        } else {
+            TAG_FROZENSET
+        };
+        let mut items = Vec::new();
+        for item in obj.try_iter()? {
+            let mut encoded = Buf::new();
+            if !tagged(&item?, &mut encoded, depth + 1)? {
+                return Ok(false);
+            }
+            items.push(encoded.as_slice().to_vec());
+        }
+        items.sort_unstable();
+        let Some(count) = len32(items.len()) else {
+            return Ok(false);
+        };
+        out.byte(tag);
+        out.push(&count);
+        for item in &items {
+            out.push(item);
+        }
     } else {
         return Ok(false);
     }
@@ -406,6 +439,21 @@ fn decode_one<'py>(py: Python<'py>, rest: &mut &[u8], depth: usize) -> PyResult<
                 items.push(decode_one(py, rest, depth + 1)?);
             }
             PyTuple::new(py, items)?.into_any()
+        }
+        TAG_FROZENSET | TAG_SET if depth < MAX_DEPTH => {
+            let count = take_len(rest)?;
+            if count > rest.len() {
+                return Err(not_an_encoding("a set longer than its bytes"));
+            }
+            let mut items = Vec::with_capacity(count);
+            for _ in 0..count {
+                items.push(decode_one(py, rest, depth + 1)?);
+            }
+            if tag == TAG_SET {
+                PySet::new(py, items)?.into_any()
+            } else {
+                PyFrozenSet::new(py, items)?.into_any()
+            }
         }
         TAG_KWARGS => return Err(not_an_encoding("a call's keywords are a key, not a value")),
         _ => return Err(not_an_encoding("an unknown tag")),

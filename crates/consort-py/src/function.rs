@@ -37,8 +37,6 @@ pub(crate) struct SharedCachedFunction {
     ttl: Option<Duration>,
     /// Put before every key (a memo in a `SharedCache` shared with other functions).
     prefix: Box<[u8]>,
-    max_key: usize,
-    max_value: usize,
     /// Entries computed but not stored for their size, by this process.
     oversize: AtomicU64,
 }
@@ -113,11 +111,14 @@ impl SharedCachedFunction {
     ) -> PyResult<Py<PyAny>> {
         let mut key = Buf::new();
         self.key(py, args, kwargs, &mut key)?;
-        if key.len() > self.max_key {
+        // The limits are the cache's own: one that another process recreated with others
+        // is followed, limits included.
+        let cache = self.holder.cache(py)?;
+        if key.len() > cache.max_key() {
             self.oversize.fetch_add(1, Ordering::Relaxed);
             return Ok(self.function.bind(py).call(args, kwargs)?.unbind());
         }
-        if let Some(value) = self.lookup(py, &key)? {
+        if let Some(value) = lookup(py, cache, &key)? {
             return Ok(value);
         }
         let result = self.function.bind(py).call(args, kwargs)?;
@@ -147,10 +148,11 @@ impl SharedCachedFunction {
     ) -> PyResult<(bool, Option<Py<PyAny>>)> {
         let mut key = Buf::new();
         self.key(py, args, kwargs, &mut key)?;
-        if key.len() > self.max_key {
+        let cache = self.holder.cache(py)?;
+        if key.len() > cache.max_key() {
             return Ok((false, None));
         }
-        Ok(match self.lookup(py, &key)? {
+        Ok(match lookup(py, cache, &key)? {
             Some(value) => (true, Some(value)),
             None => (false, None),
         })
@@ -168,7 +170,7 @@ impl SharedCachedFunction {
     ) -> PyResult<()> {
         let mut key = Buf::new();
         self.key(py, args, kwargs, &mut key)?;
-        if key.len() > self.max_key {
+        if key.len() > self.holder.cache(py)?.max_key() {
             self.oversize.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
@@ -220,14 +222,11 @@ impl SharedCachedFunction {
         ttl: Option<Duration>,
         prefix: Box<[u8]>,
     ) -> PyResult<SharedCachedFunction> {
-        let (max_key, max_value) = (holder.config.max_key, holder.config.max_value);
         Ok(SharedCachedFunction {
             function,
             holder,
             ttl,
             prefix,
-            max_key,
-            max_value,
             oversize: AtomicU64::new(0),
         })
     }
@@ -246,22 +245,10 @@ impl SharedCachedFunction {
         codec::encode_call(py, args, kwargs, key)
     }
 
-    #[inline]
-    fn lookup(&self, py: Python<'_>, key: &Buf) -> PyResult<Option<Py<PyAny>>> {
-        let cache = self.holder.cache(py)?;
-        match cache
-            .get_with(key.as_slice(), |bytes| codec::decode(py, bytes))
-            .map_err(to_py)?
-        {
-            Some(value) => Ok(Some(value?.unbind())),
-            None => Ok(None),
-        }
-    }
-
     fn store(&self, py: Python<'_>, key: &Buf, value: &Bound<'_, PyAny>) -> PyResult<()> {
         let mut encoded = Buf::new();
         codec::encode(py, value, &mut encoded)?;
-        if encoded.len() > self.max_value {
+        if encoded.len() > self.holder.cache(py)?.max_value() {
             self.oversize.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
@@ -269,6 +256,18 @@ impl SharedCachedFunction {
         self.holder
             .write(py, |cache| cache.insert(key, value, ttl))?;
         Ok(())
+    }
+}
+
+/// A lock-free read of `key`, decoded.
+#[inline]
+fn lookup(py: Python<'_>, cache: &consort_cache::Cache, key: &Buf) -> PyResult<Option<Py<PyAny>>> {
+    match cache
+        .get_with(key.as_slice(), |bytes| codec::decode(py, bytes))
+        .map_err(to_py)?
+    {
+        Some(value) => Ok(Some(value?.unbind())),
+        None => Ok(None),
     }
 }
 

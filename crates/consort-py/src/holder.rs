@@ -32,9 +32,12 @@ use crate::errors::to_py;
 /// What to do when a cache of the name exists with other parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OnMismatch {
-    /// Raise `CacheMismatchError` (the mapping's default).
+    /// Raise `CacheMismatchError` (the mapping's default); a reopen after another process
+    /// recreated the cache with other parameters raises too.
     Raise,
-    /// Replace it (a memo is disposable: the decorator's rule).
+    /// Replace it (a memo is disposable: the decorator's rule); a reopen follows whatever
+    /// cache is there now, so two processes that disagree do not replace each other's in
+    /// turn.
     Recreate,
 }
 
@@ -145,7 +148,7 @@ impl Holder {
             {
                 return Ok(());
             }
-            let mut cache = Box::new(open_cache(&self.name, &self.config, self.on_mismatch)?);
+            let mut cache = Box::new(reopen_cache(&self.name, &self.config, self.on_mismatch)?);
             self.current.store(&mut *cache, Ordering::Release);
             self.generation.store(generation, Ordering::Release);
             opened.push(cache);
@@ -177,4 +180,19 @@ fn open_cache(
         }
         other => other,
     }
+}
+
+/// The cache to use after a fork or a recreate (see [`OnMismatch`]).
+fn reopen_cache(
+    name: &str,
+    config: &Config,
+    on_mismatch: OnMismatch,
+) -> consort_cache::Result<Cache> {
+    if on_mismatch == OnMismatch::Recreate {
+        match Cache::attach(name, config.dir.as_deref()) {
+            Err(Error::NotFound(_)) => {}
+            other => return other,
+        }
+    }
+    open_cache(name, config, on_mismatch)
 }

@@ -318,13 +318,13 @@ impl SharedCache {
     }
 
     fn __repr__(&self) -> String {
+        let config = &self.holder.config;
+        let ttl = config
+            .default_ttl
+            .map_or_else(|| "None".to_owned(), |ttl| format!("{}", ttl.as_secs_f64()));
         format!(
-            "SharedCache({:?}, capacity={}, max_key={}, max_value={}, ttl={:?})",
-            self.holder.name,
-            self.holder.config.capacity,
-            self.holder.config.max_key,
-            self.holder.config.max_value,
-            self.holder.config.default_ttl.map(|ttl| ttl.as_secs_f64())
+            "SharedCache('{}', capacity={}, max_key={}, max_value={}, ttl={ttl})",
+            self.holder.name, config.capacity, config.max_key, config.max_value
         )
     }
 }
