@@ -97,7 +97,7 @@ impl Handle {
         let default_ttl_ns = region.u64(superblock::DEFAULT_TTL_NS).load(Relaxed);
         let local = (0..layout.shards).map(|_| Mutex::new(())).collect();
         #[cfg(not(loom))]
-        let fork_entry = region::fork::register(std::os::fd::AsRawFd::as_raw_fd(&file));
+        let fork_entry = region::fork::register(std::os::fd::AsRawFd::as_raw_fd(&file), &region);
         Ok(Handle {
             region,
             layout,
@@ -169,7 +169,8 @@ impl Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        // Before the fields drop: the fd leaves the fork hook's table, then it is closed.
+        // Before the fields drop: the handle leaves the fork hook's table, then its mapping
+        // is unmapped and its fd closed.
         #[cfg(not(loom))]
         if let Some(index) = self.fork_entry {
             region::fork::unregister(index);

@@ -50,7 +50,9 @@ pub(crate) struct Holder {
     current: AtomicPtr<Cache>,
     /// The fork generation (`consort_cache::fork_generation`) `current` was opened in.
     generation: AtomicU64,
-    /// Every handle this holder opened, the current one included (invariant 1).
+    /// Every handle this holder opened, the current one included (invariant 1). Boxed so
+    /// that each keeps its address when the vector grows.
+    #[allow(clippy::vec_box)]
     opened: Mutex<Vec<Box<Cache>>>,
     closed: AtomicBool,
 }

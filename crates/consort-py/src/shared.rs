@@ -292,6 +292,28 @@ impl SharedCache {
         Ok(dict)
     }
 
+    /// Pickles as the arguments that open it again (by name, in the same directory), so a
+    /// cache passed to a `multiprocessing` spawn child is reopened there.
+    fn __getnewargs_ex__<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyTuple>, Bound<'py, PyDict>)> {
+        let config = &self.holder.config;
+        let args = (
+            &self.holder.name,
+            config.capacity,
+            config.max_key,
+            config.max_value,
+            config.default_ttl.map(|ttl| ttl.as_secs_f64()),
+            config.dir.clone(),
+        )
+            .into_pyobject(py)?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("raw_bytes", self.raw_bytes)?;
+        kwargs.set_item("shards", config.shards)?;
+        Ok((args, kwargs))
+    }
+
     /// Refuses every later call; the file stays (other processes keep using it).
     fn close(&self) {
         self.holder.close();
