@@ -1,6 +1,6 @@
 //! One open handle on a cache region, as every layer above sees it: the mapping, the
 //! handle's own copy of the layout, the hash seed, and who the handle is (participant slot,
-//! lock token, pid). A [`Shard`] is the view of one shard through it.
+//! lock token, fork generation). A [`Shard`] is the view of one shard through it.
 //!
 //! # Invariants
 //! 1. Offsets come only from the handle's own [`Layout`]; a slot index read from shared
@@ -14,8 +14,6 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::time::Duration;
-
-use rustix::process::Pid;
 
 use crate::error::{Error, Result};
 use crate::layout::{
@@ -43,8 +41,8 @@ pub(crate) struct Handle {
     /// This handle's participant slot and lock token.
     pub(crate) participant: usize,
     pub(crate) token: u32,
-    /// The process that opened the handle (a forked child must open its own).
-    pub(crate) pid: Pid,
+    /// The fork generation the handle was opened in (a forked child must open its own).
+    pub(crate) fork_generation: u64,
     /// One per shard: threads of this process queue here, so a shard's futex word
     /// holding our own token while we wait can only be stale.
     pub(crate) local: Box<[Mutex<()>]>,
@@ -107,7 +105,7 @@ impl Handle {
             default_ttl_ns,
             participant,
             token,
-            pid,
+            fork_generation: region::fork_generation(),
             local,
             #[cfg(not(loom))]
             fork_entry,

@@ -66,6 +66,26 @@ impl<'a> Writer<'a> {
         Ok(Writer { guard })
     }
 
+    /// Like [`Writer::enter`], but only if it need not wait: `Ok(None)` when the lock is
+    /// held or the journal needs recovery (which the caller then runs by `enter`, where it
+    /// may take its time).
+    ///
+    /// # Errors
+    /// Those of [`lock::try_acquire`].
+    pub(crate) fn try_enter(handle: &'a Handle, index: usize) -> Result<Option<Writer<'a>>> {
+        let Some(guard) = lock::try_acquire(handle, index)? else {
+            return Ok(None);
+        };
+        let state = guard
+            .shard()
+            .word(shard_header::JOURNAL_STATE)
+            .load(Acquire);
+        if state != JOURNAL_IDLE {
+            return Ok(None); // the guard drops: released, for `enter` to take and repair
+        }
+        Ok(Some(Writer { guard }))
+    }
+
     #[inline]
     pub(crate) fn shard(&self) -> Shard<'a> {
         self.guard.shard()

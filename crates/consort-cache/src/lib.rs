@@ -96,11 +96,9 @@ pub const MIN_SHARD_CAPACITY: usize = 1024;
 /// readable, their writes give [`Error::Forked`], and a library above compares this number
 /// with the one it saw at open to know when to open the cache again (consort's Python
 /// package does so transparently).
+#[inline]
 pub fn fork_generation() -> u64 {
-    #[cfg(not(loom))]
-    return region::fork::generation();
-    #[cfg(loom)]
-    0
+    region::fork_generation()
 }
 
 /// Where caches live when [`Config::dir`] is `None`: `$CONSORT_CACHE_DIR` when set, else
@@ -342,6 +340,19 @@ impl Cache {
     /// Inserts or replaces `key`. `ttl` overrides the cache's default TTL.
     pub fn insert(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<Insert> {
         self.intact(write::insert(&self.handle, key, value, ttl))
+    }
+
+    /// Like [`Cache::insert`], but only if it need not wait: `Ok(None)`, with nothing done,
+    /// when the key's shard lock is held by another thread or process, or a dead writer's
+    /// operation must be repaired first. A caller that must not block (a Python thread
+    /// holding the GIL) tries this first and calls [`Cache::insert`] where it may wait.
+    pub fn try_insert(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<Option<Insert>> {
+        self.intact(write::try_insert(&self.handle, key, value, ttl))
     }
 
     /// Removes `key`; `true` if it was there.

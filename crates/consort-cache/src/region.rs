@@ -476,6 +476,16 @@ mod heap {
     }
 }
 
+/// The fork generation of this process (see [`fork`]); always 0 under loom, which has no
+/// fork.
+#[inline]
+pub(crate) fn fork_generation() -> u64 {
+    #[cfg(not(loom))]
+    return fork::generation();
+    #[cfg(loom)]
+    0
+}
+
 /// What a forked child needs: its own liveness.
 ///
 /// A child forked without exec inherits its parent's fds and mappings, and both hold a

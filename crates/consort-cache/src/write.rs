@@ -48,30 +48,56 @@ pub(crate) fn insert(
     value: &[u8],
     ttl: Option<Duration>,
 ) -> Result<Insert> {
+    insert_via(handle, key, value, ttl, |handle, shard| {
+        Writer::enter(handle, shard).map(Some)
+    })?
+    .ok_or_else(|| handle.corrupt("a writer that never declines declined"))
+}
+
+/// Like [`insert`], but only if it need not wait: `Ok(None)` when the shard's lock is held
+/// (by another thread or process) or a dead writer's work must be repaired first.
+pub(crate) fn try_insert(
+    handle: &Handle,
+    key: &[u8],
+    value: &[u8],
+    ttl: Option<Duration>,
+) -> Result<Option<Insert>> {
+    insert_via(handle, key, value, ttl, Writer::try_enter)
+}
+
+fn insert_via<'a>(
+    handle: &'a Handle,
+    key: &[u8],
+    value: &[u8],
+    ttl: Option<Duration>,
+    enter: impl FnOnce(&'a Handle, usize) -> Result<Option<Writer<'a>>>,
+) -> Result<Option<Insert>> {
     if key.len() > handle.layout.max_key || value.len() > handle.layout.max_value {
-        return Ok(Insert::Oversize);
+        return Ok(Some(Insert::Oversize));
     }
     let hash = handle.hash(key);
     let (shard, bucket) = handle.place(hash);
-    let writer = Writer::enter(handle, shard)?;
-    let now = now_ns();
+    let Some(writer) = enter(handle, shard)? else {
+        return Ok(None);
+    };
     let ttl_ns = match ttl {
         Some(ttl) => ttl_ns(Some(ttl)),
         None => handle.default_ttl_ns,
     };
+    // The clock is read only when an entry expires (it costs a vDSO call).
     let expires = if ttl_ns == 0 {
         0
     } else {
-        now.saturating_add(ttl_ns)
+        now_ns().saturating_add(ttl_ns)
     };
     let old = find(writer.shard(), bucket, hash, key)?;
     if writer.shard().word(shard_header::FREE_HEAD).load(Relaxed) == NONE {
         // No spare slot although one always exists: the shard is inconsistent, and a
         // cache may always start over.
         writer.clear();
-        return insert_locked(&writer, bucket, hash, key, value, expires, None);
+        return insert_locked(&writer, bucket, hash, key, value, expires, None).map(Some);
     }
-    insert_locked(&writer, bucket, hash, key, value, expires, old)
+    insert_locked(&writer, bucket, hash, key, value, expires, old).map(Some)
 }
 
 /// Removes `key`; `true` if it was there.
@@ -198,7 +224,6 @@ fn insert_locked(
     expires: u64,
     old: Option<(usize, Option<usize>)>,
 ) -> Result<Insert> {
-    let now = now_ns();
     let txn = Txn::begin(writer);
     let shard = writer.shard();
     let handle = shard.handle;
@@ -213,7 +238,7 @@ fn insert_locked(
     let mut evicted = None;
     if old.is_none() && shard.word(shard_header::LEN).load(Relaxed) >= handle.layout.capacity as u64
     {
-        evicted = Some(evict_one(&txn, now)?);
+        evicted = Some(evict_one(&txn, now_ns())?);
     }
     let base = shard.slot_offset(new);
     let ver = region.u64(base + slot::VER).load(Relaxed);

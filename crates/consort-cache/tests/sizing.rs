@@ -100,3 +100,22 @@ fn reset_counters_zeroes_every_participants_hits_and_misses() {
 fn the_original_process_is_fork_generation_zero() {
     assert_eq!(consort_cache::fork_generation(), 0);
 }
+
+#[test]
+fn try_insert_writes_when_the_lock_is_free() {
+    let _dog = Watchdog::new("try_insert", Duration::from_secs(60));
+    let dir = TempDir::new("try");
+    let cache = open(dir.path(), "try", 4, 8);
+    for round in 0..3u8 {
+        for key in 0..10u8 {
+            let done = cache.try_insert(&[key], &[round], None).unwrap();
+            assert!(done.is_some(), "declined round {round} key {key}");
+        }
+    }
+    assert_eq!(cache.stats().len, 4);
+    assert_eq!(
+        cache.try_insert(&[0; 17], b"", None).unwrap(),
+        Some(consort_cache::Insert::Oversize)
+    );
+    cache.check_invariants().unwrap();
+}

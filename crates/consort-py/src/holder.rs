@@ -134,6 +134,23 @@ impl Holder {
         )))
     }
 
+    /// Inserts `key`: first without waiting and with the GIL held (no thread switch when
+    /// the shard lock is free, as it nearly always is), else through [`Holder::write`].
+    pub(crate) fn insert(
+        &self,
+        py: Python<'_>,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<std::time::Duration>,
+    ) -> PyResult<consort_cache::Insert> {
+        match self.cache(py)?.try_insert(key, value, ttl) {
+            Ok(Some(done)) => return Ok(done),
+            Ok(None) | Err(Error::Forked | Error::Retired(_)) => {}
+            Err(err) => return Err(to_py(err)),
+        }
+        self.write(py, |cache| cache.insert(key, value, ttl))
+    }
+
     /// Opens the cache again unless another thread already replaced `stale`.
     #[cold]
     fn reopen(&self, py: Python<'_>, stale: *mut Cache) -> PyResult<&Cache> {

@@ -414,9 +414,7 @@ impl SharedCache {
             )));
         }
         let key_bytes = key_buf.as_slice();
-        let done = self
-            .holder
-            .write(py, |cache| cache.insert(key_bytes, value_bytes, ttl))?;
+        let done = self.holder.insert(py, key_bytes, value_bytes, ttl)?;
         debug_assert_ne!(done, Insert::Oversize, "sizes were checked above");
         Ok(())
     }
