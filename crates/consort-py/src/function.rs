@@ -27,8 +27,28 @@ use crate::shared::{bounded, parse_ttl, qualified_name, MAX_ITEM};
 /// The largest `max_size` of the shared backend (warp_cache's bound too).
 pub(crate) const MAX_SIZE: u64 = 1 << 30;
 
-/// A function whose results are cached in shared memory, for every process that wraps a
-/// function of the same name.
+/// A function whose results are cached in shared memory, for every process.
+///
+/// The shared backend's hot path: the arguments are encoded in Rust (the same encoding as
+/// :class:`SharedCache` keys; keyword arguments sorted by name), a hit is decoded without
+/// pickle for the built-in types, and a miss calls the function and stores its result.
+/// A result whose encoded key or value is over ``max_key_size`` or ``max_value_size`` is
+/// returned and counted in ``oversize_skips``, never stored.
+///
+/// The cache is named ``shm_name``, or after the function's ``module.qualname``
+/// (:func:`derived_name`); one with other parameters (size, key and value limits, TTL) is
+/// replaced, since a memo is disposable.
+///
+/// Args:
+///     fn_obj: the function.
+///     max_size: how many results fit, 1 to 2**30 (``ValueError("max_size must be >= 1
+///         ...")`` / ``"max_size must be <= 1073741824 ..."`` otherwise).
+///     ttl: seconds a result lives; ``None``: until evicted.
+///     max_key_size: the longest encoded key, in bytes.
+///     max_value_size: the longest encoded result, in bytes.
+///     shm_name: the cache's name.
+///     dir: the directory of the cache file (default: :func:`default_dir`).
+///
 #[pyclass(frozen, dict, weakref, module = "consort")]
 pub(crate) struct SharedCachedFunction {
     function: Py<PyAny>,

@@ -24,6 +24,41 @@ use crate::holder::{Holder, OnMismatch};
 pub(crate) const MAX_ITEM: i64 = 1 << 24;
 
 /// A mapping in shared memory, shared by every process that opens the same name.
+///
+/// ``SharedCache(name, capacity)`` opens the cache ``name`` (the file
+/// ``<dir>/<name>.cache``), creating it if it does not exist. Every process that opens the
+/// same name in the same directory sees the same entries. Reads are lock-free and keep the
+/// GIL; writes release it while they may wait for another process.
+///
+/// Keys and values: ``None``, ``bool``, ``int`` (any size), ``float``, ``str`` (lone
+/// surrogates included), ``bytes`` and tuples of them have a fixed binary encoding, so
+/// ``1``, ``1.0`` and ``True`` are three keys and a key means the same in every process
+/// whatever ``PYTHONHASHSEED`` is; anything else is pickled (types are taken exactly: an
+/// ``IntEnum`` member is pickled, and is not the key ``1``). With ``raw_bytes=True``,
+/// values must be ``bytes`` and are stored as they are.
+///
+/// Eviction is SIEVE; ``capacity`` is exactly the number of entries that fit (a cache of
+/// fewer than 2,048 entries is one shard, with one eviction order over all its entries).
+///
+/// Args:
+///     name: 1 to 128 characters of ``[A-Za-z0-9._-]``, not starting with ``.``.
+///     capacity: how many entries fit, 1 to 2**30.
+///     max_key: the longest encoded key, in bytes.
+///     max_value: the longest encoded value, in bytes.
+///     ttl: seconds an entry lives unless ``set`` gives it another TTL; ``None``: forever.
+///     dir: the directory of the cache file (default: :func:`default_dir`); it must be a
+///         0700 directory of this user's, and is created so if it does not exist.
+///     recreate: replace an existing cache of this name that was made with other
+///         parameters (other processes see theirs retired and reopen). Without it, such a
+///         cache raises :class:`CacheMismatchError`.
+///     raw_bytes: store ``bytes`` values as they are, without encoding.
+///     shards: the most independent writer locks to spread keys over.
+///
+/// Raises:
+///     ValueError: a bad name or argument (the message names it and its bound).
+///     CacheMismatchError: the cache exists with other parameters.
+///     PermissionError: the directory or file is not private to this user.
+///
 #[pyclass(frozen, module = "consort", name = "SharedCache")]
 pub(crate) struct SharedCache {
     holder: Arc<Holder>,

@@ -1,6 +1,7 @@
 """Type stubs of consort's native module (kept by hand, as pydantic-core's)."""
 
 import os
+import pathlib
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, final, overload
 
@@ -23,7 +24,7 @@ class CacheCorruptError(CacheError):
 class CacheMismatchError(ValueError):
     """A cache of this name exists with other parameters; pass ``recreate=True`` to replace it."""
 
-def default_dir() -> str:
+def default_dir() -> pathlib.Path:
     """The directory caches live in when none is given.
 
     ``$CONSORT_CACHE_DIR`` when set, else ``/dev/shm/consort-cache-<uid>``; created 0700
@@ -104,7 +105,7 @@ class SharedCache:
     def raw_bytes(self) -> bool:
         """Whether ``bytes`` values are stored as they are."""
     @property
-    def path(self) -> str:
+    def path(self) -> pathlib.Path:
         """The cache file."""
     @property
     def closed(self) -> bool:
@@ -240,5 +241,5 @@ class SharedCachedFunction(Generic[_P, _R]):
     def shm_name(self) -> str:
         """The cache's name (its file is ``<dir>/<name>.cache``)."""
     @property
-    def cache_path(self) -> str:
+    def cache_path(self) -> pathlib.Path:
         """The cache file."""
