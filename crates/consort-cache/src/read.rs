@@ -119,6 +119,27 @@ fn read(handle: &Handle, key: &[u8], buf: &mut [u8]) -> Result<Option<Result<usi
     let hash = handle.hash(key);
     let (shard, bucket) = handle.place(hash);
     let cap = layout.slots as u64;
+    // A key of up to 128 bytes as the words a slot holds (the last zero-padded), made once
+    // rather than per slot visited; a longer key is compared chunk by chunk.
+    let mut inline = [0u64; 16];
+    let packed = (key.len() <= 8 * inline.len()).then(|| {
+        let mut exact = key.chunks_exact(8);
+        let mut n = 0;
+        for chunk in exact.by_ref() {
+            inline[n] = u64::from_ne_bytes([
+                chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
+            ]);
+            n += 1;
+        }
+        let rest = exact.remainder();
+        if !rest.is_empty() {
+            let mut bytes = [0u8; 8];
+            bytes[..rest.len()].copy_from_slice(rest);
+            inline[n] = u64::from_ne_bytes(bytes);
+            n += 1;
+        }
+        &inline[..n]
+    });
     let bucket_word = handle.region.u64(layout.bucket(shard, bucket));
     'retry: for _ in 0..READ_RETRIES {
         let mut raw = bucket_word.load(Acquire);
@@ -149,11 +170,14 @@ fn read(handle: &Handle, key: &[u8], buf: &mut [u8]) -> Result<Option<Result<usi
             let matched = sane
                 && live == 1
                 && klen == key.len()
-                && key.chunks(8).zip(data).all(|(chunk, word)| {
-                    let mut bytes = [0u8; 8];
-                    bytes[..chunk.len()].copy_from_slice(chunk);
-                    word.load(Relaxed) == u64::from_ne_bytes(bytes)
-                });
+                && match packed {
+                    Some(words) => words.iter().zip(data).all(|(k, w)| w.load(Relaxed) == *k),
+                    None => key.chunks(8).zip(data).all(|(chunk, word)| {
+                        let mut bytes = [0u8; 8];
+                        bytes[..chunk.len()].copy_from_slice(chunk);
+                        word.load(Relaxed) == u64::from_ne_bytes(bytes)
+                    }),
+                };
             let fits = vlen.div_ceil(8) * 8 <= buf.len();
             if matched && fits {
                 let value = &data[layout.key_words..];

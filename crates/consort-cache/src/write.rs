@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::fault::point;
-use crate::handle::{now_ns, ttl_ns, Handle, Shard};
+use crate::handle::{coarse_now_ns, now_ns, ttl_ns, Handle, Shard};
 use crate::journal::{next_even, Txn, Writer};
 use crate::layout::{participant, shard_header, slot, NONE};
 use crate::sync::fence;
@@ -238,7 +238,9 @@ fn insert_locked(
     let mut evicted = None;
     if old.is_none() && shard.word(shard_header::LEN).load(Relaxed) >= handle.layout.capacity as u64
     {
-        evicted = Some(evict_one(&txn, now_ns())?);
+        // The coarse clock (a memory read, no `rdtsc`): eviction only prefers expired
+        // entries, and the coarse clock lags, never leads, so nothing counts as expired early.
+        evicted = Some(evict_one(&txn, coarse_now_ns())?);
     }
     let base = shard.slot_offset(new);
     let ver = region.u64(base + slot::VER).load(Relaxed);
@@ -258,7 +260,10 @@ fn insert_locked(
     put(slot::PREV, NONE);
     put(slot::NEXT, head);
     put(slot::VISITED, 0);
-    write_bytes(shard, base + slot::HEADER, key, handle.layout.key_words);
+    // Only the key's own words: readers and `find` compare `key.len()` bytes (the last
+    // word zero-padded), so the rest of the key area is never read; writing all of it cost
+    // `max_key / 8` stores per insert (64 for a 512-byte maximum).
+    write_bytes(shard, base + slot::HEADER, key, key.len().div_ceil(8));
     point();
     write_bytes(
         shard,

@@ -273,8 +273,7 @@ impl SharedCachedFunction {
             return Ok(());
         }
         let (key, value, ttl) = (key.as_slice(), encoded.as_slice(), self.ttl);
-        self.holder
-            .write(py, |cache| cache.insert(key, value, ttl))?;
+        self.holder.insert(py, key, value, ttl)?;
         Ok(())
     }
 }
