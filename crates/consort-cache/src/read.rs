@@ -27,7 +27,7 @@
 
 use crate::error::Result;
 use crate::handle::{now_ns, Handle};
-use crate::layout::{participant, slot, NONE};
+use crate::layout::{pack_word, participant, slot, NONE};
 use crate::sync::fence;
 use crate::sync::Ordering::{Acquire, Relaxed};
 
@@ -123,19 +123,9 @@ fn read(handle: &Handle, key: &[u8], buf: &mut [u8]) -> Result<Option<Result<usi
     // rather than per slot visited; a longer key is compared chunk by chunk.
     let mut inline = [0u64; 16];
     let packed = (key.len() <= 8 * inline.len()).then(|| {
-        let mut exact = key.chunks_exact(8);
         let mut n = 0;
-        for chunk in exact.by_ref() {
-            inline[n] = u64::from_ne_bytes([
-                chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
-            ]);
-            n += 1;
-        }
-        let rest = exact.remainder();
-        if !rest.is_empty() {
-            let mut bytes = [0u8; 8];
-            bytes[..rest.len()].copy_from_slice(rest);
-            inline[n] = u64::from_ne_bytes(bytes);
+        for chunk in key.chunks(8) {
+            inline[n] = pack_word(chunk);
             n += 1;
         }
         &inline[..n]
@@ -172,11 +162,10 @@ fn read(handle: &Handle, key: &[u8], buf: &mut [u8]) -> Result<Option<Result<usi
                 && klen == key.len()
                 && match packed {
                     Some(words) => words.iter().zip(data).all(|(k, w)| w.load(Relaxed) == *k),
-                    None => key.chunks(8).zip(data).all(|(chunk, word)| {
-                        let mut bytes = [0u8; 8];
-                        bytes[..chunk.len()].copy_from_slice(chunk);
-                        word.load(Relaxed) == u64::from_ne_bytes(bytes)
-                    }),
+                    None => key
+                        .chunks(8)
+                        .zip(data)
+                        .all(|(chunk, word)| word.load(Relaxed) == pack_word(chunk)),
                 };
             let fits = vlen.div_ceil(8) * 8 <= buf.len();
             if matched && fits {

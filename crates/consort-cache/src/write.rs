@@ -26,7 +26,7 @@ use crate::error::Result;
 use crate::fault::point;
 use crate::handle::{coarse_now_ns, now_ns, ttl_ns, Handle, Shard};
 use crate::journal::{next_even, Txn, Writer};
-use crate::layout::{participant, shard_header, slot, NONE};
+use crate::layout::{pack_word, participant, shard_header, slot, NONE};
 use crate::sync::fence;
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
 
@@ -205,11 +205,9 @@ fn key_matches(shard: Shard<'_>, index: usize, key: &[u8]) -> bool {
         return false;
     }
     let data = shard.slot_offset(index) + slot::HEADER;
-    key.chunks(8).enumerate().all(|(i, chunk)| {
-        let mut bytes = [0u8; 8];
-        bytes[..chunk.len()].copy_from_slice(chunk);
-        shard.handle.region.u64(data + i * 8).load(Relaxed) == u64::from_ne_bytes(bytes)
-    })
+    key.chunks(8)
+        .enumerate()
+        .all(|(i, chunk)| shard.handle.region.u64(data + i * 8).load(Relaxed) == pack_word(chunk))
 }
 
 /// The insert transaction: take the spare FREE slot, evict if full, write the
@@ -312,15 +310,8 @@ fn insert_locked(
 fn write_bytes(shard: Shard<'_>, off: usize, bytes: &[u8], words: usize) {
     let mut chunks = bytes.chunks(8);
     for i in 0..words {
-        let mut word = [0u8; 8];
-        if let Some(chunk) = chunks.next() {
-            word[..chunk.len()].copy_from_slice(chunk);
-        }
-        shard
-            .handle
-            .region
-            .u64(off + i * 8)
-            .store(u64::from_ne_bytes(word), Relaxed);
+        let word = chunks.next().map_or(0, pack_word);
+        shard.handle.region.u64(off + i * 8).store(word, Relaxed);
     }
 }
 
