@@ -85,9 +85,6 @@ use layout::{participant, shard_header, Layout, PARTICIPANTS};
 /// open gives [`Error::TooManyHandles`]).
 pub const MAX_HANDLES: usize = PARTICIPANTS;
 
-/// A cache holding fewer than twice this many entries is one shard (see [`Config::shards`]).
-pub const MIN_SHARD_CAPACITY: usize = 1024;
-
 /// How many times this process is a fork (without exec) of the process that started it.
 ///
 /// A forked child must not use its parent's handles for writing: they would share the
@@ -113,9 +110,10 @@ pub struct Config {
     /// How many entries fit in total, exactly (see `shards`).
     pub capacity: usize,
     /// The most independent writer locks to spread keys over (by hash). A cache uses the
-    /// largest number of shards up to this that divides `capacity` and leaves each shard at
-    /// least [`MIN_SHARD_CAPACITY`] entries, so its capacity is exactly the one asked for and
-    /// a small cache is one shard (one SIEVE order over all its entries).
+    /// largest number of shards up to this that divides `capacity`, so its capacity is
+    /// exactly the one asked for (a prime capacity is one shard). Each shard evicts in its
+    /// own SIEVE order: one shard gives one order over all entries (consort's Python
+    /// package uses one for caches under 2,048 entries).
     pub shards: usize,
     /// Longest key in bytes.
     pub max_key: usize,
@@ -434,10 +432,9 @@ fn layout_for(config: &Config) -> Result<Layout> {
     .map_err(Error::InvalidConfig)
 }
 
-/// The largest number of shards up to `requested` that divides `capacity` with at least
-/// [`MIN_SHARD_CAPACITY`] entries each; at least 1.
+/// The largest number of shards up to `requested` that divides `capacity`; at least 1.
 fn shards_for(capacity: usize, requested: usize) -> usize {
-    let mut shards = requested.min(capacity / MIN_SHARD_CAPACITY).max(1);
+    let mut shards = requested.min(capacity).max(1);
     while capacity % shards != 0 {
         shards -= 1;
     }

@@ -22,7 +22,7 @@ use pyo3::types::{PyDict, PyTuple};
 use crate::codec::{self, Buf};
 use crate::errors::to_py;
 use crate::holder::{Holder, OnMismatch};
-use crate::shared::{bounded, parse_ttl, qualified_name, MAX_ITEM};
+use crate::shared::{bounded, parse_ttl, qualified_name, shards_for, MAX_ITEM};
 
 /// The largest `max_size` of the shared backend (warp_cache's bound too).
 pub(crate) const MAX_SIZE: u64 = 1 << 30;
@@ -115,7 +115,7 @@ impl SharedCachedFunction {
             max_value,
             default_ttl,
             dir: Some(dir.unwrap_or_else(consort_cache::default_dir)),
-            ..Config::default()
+            shards: shards_for(capacity, Config::default().shards),
         };
         // A memo is disposable: other parameters than the existing file's replace it.
         let holder = Holder::open(py, name, config, OnMismatch::Recreate)?;

@@ -20,6 +20,20 @@ use crate::errors::to_py;
 use crate::function::SharedCachedFunction;
 use crate::holder::{Holder, OnMismatch};
 
+/// Caches under this many entries are one shard: one SIEVE order over all their entries
+/// (warp_cache's `max_size` semantics), where a few writer locks would buy little.
+pub(crate) const ONE_SHARD_BELOW: usize = 2048;
+
+/// The shards asked of consort-cache for a cache of `capacity` (which then uses the largest
+/// number up to it that divides the capacity, so the capacity is exact).
+pub(crate) fn shards_for(capacity: usize, requested: usize) -> usize {
+    if capacity < ONE_SHARD_BELOW {
+        1
+    } else {
+        requested
+    }
+}
+
 /// Longest key or value the package accepts, in bytes (consort-cache's limit).
 pub(crate) const MAX_ITEM: i64 = 1 << 24;
 
@@ -52,7 +66,9 @@ pub(crate) const MAX_ITEM: i64 = 1 << 24;
 ///         parameters (other processes see theirs retired and reopen). Without it, such a
 ///         cache raises :class:`CacheMismatchError`.
 ///     raw_bytes: store ``bytes`` values as they are, without encoding.
-///     shards: the most independent writer locks to spread keys over.
+///     shards: the most independent writer locks to spread keys over (a cache under
+///         2,048 entries is one shard; a larger one uses the largest number up to this
+///         that divides ``capacity``).
 ///
 /// Raises:
 ///     ValueError: a bad name or argument (the message names it and its bound).
@@ -127,9 +143,10 @@ impl SharedCache {
         let name: String = name.extract().map_err(|_| {
             PyTypeError::new_err(format!("name must be a str, not {}", type_name(name)))
         })?;
+        let capacity = bounded("capacity", capacity, 1, 1 << 30)?;
         let config = Config {
-            capacity: bounded("capacity", capacity, 1, 1 << 30)?,
-            shards: bounded("shards", shards, 1, 4096)?,
+            capacity,
+            shards: shards_for(capacity, bounded("shards", shards, 1, 4096)?),
             max_key: bounded("max_key", max_key, 1, MAX_ITEM)?,
             max_value: bounded("max_value", max_value, 1, MAX_ITEM)?,
             default_ttl: parse_ttl("ttl", ttl)?,

@@ -65,7 +65,9 @@ class SharedCache:
             parameters (other processes see theirs retired and reopen). Without it, such a
             cache raises :class:`CacheMismatchError`.
         raw_bytes: store ``bytes`` values as they are, without encoding.
-        shards: the most independent writer locks to spread keys over.
+        shards: the most independent writer locks to spread keys over (a cache under
+            2,048 entries is one shard; a larger one uses the largest number up to this
+            that divides ``capacity``).
 
     Raises:
         ValueError: a bad name or argument (the message names it and its bound).
