@@ -119,7 +119,7 @@ impl SharedCachedFunction {
         };
         // A memo is disposable: other parameters than the existing file's replace it.
         let holder = Holder::open(py, name, config, OnMismatch::Recreate)?;
-        SharedCachedFunction::over(py, fn_obj.unbind(), Arc::new(holder), None, Box::new([]))
+        SharedCachedFunction::over(fn_obj.unbind(), Arc::new(holder), None, Box::new([]))
     }
 
     #[pyo3(signature = (*args, **kwargs))]
@@ -236,7 +236,6 @@ impl SharedCachedFunction {
 impl SharedCachedFunction {
     /// Wraps `function` over an open cache.
     pub(crate) fn over(
-        _py: Python<'_>,
         function: Py<PyAny>,
         holder: Arc<Holder>,
         ttl: Option<Duration>,

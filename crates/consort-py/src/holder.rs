@@ -18,6 +18,12 @@
 //! 3. A reopen waits (it may open a file, attach, recover) with the GIL released, and it
 //!    takes the `opened` mutex only after releasing the GIL, so no thread ever waits for the
 //!    mutex while holding the GIL.
+//!
+//! # Caveats
+//! A fork while another thread of the parent is inside a reopen (holding `opened`) leaves
+//! the child that mutex locked, and the child's first use of this cache waits forever, as
+//! with any lock held across `fork()`. A reopen is rare (once per fork or recreate) and
+//! short (one open).
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};

@@ -506,7 +506,6 @@ impl Memoize {
             &mut buf,
         )?;
         SharedCachedFunction::over(
-            py,
             function.unbind(),
             self.holder.clone(),
             self.ttl,
