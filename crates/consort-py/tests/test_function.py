@@ -168,7 +168,8 @@ def test_ttl(name):
     from conftest import wait_until
 
     calls = []
-    f = make(lambda x: calls.append(x) or x, ttl=0.05, shm_name=name)
+    # A second is the margin for the second call on a loaded machine; expiry is polled.
+    f = make(lambda x: calls.append(x) or x, ttl=1.0, shm_name=name)
     f(1)
     f(1)
     assert calls == [1]
