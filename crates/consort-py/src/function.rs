@@ -210,7 +210,8 @@ impl SharedCachedFunction {
         })
     }
 
-    /// Removes every entry and zeroes the hit and miss counts, for every process.
+    /// Removes every entry and zeroes the hit and miss counts, for every process (for a
+    /// function of `SharedCache.memoize`: the whole cache's, other functions' included).
     fn cache_clear(&self, py: Python<'_>) -> PyResult<()> {
         self.holder.write(py, |cache| {
             cache.clear()?;

@@ -238,7 +238,11 @@ class SharedCachedFunction(Generic[_P, _R]):
     def cache_info(self) -> SharedCacheInfo:
         """Hits and misses of every process, capacity, fill, this process's oversize skips."""
     def cache_clear(self) -> None:
-        """Removes every entry and zeroes the hit and miss counts for every process."""
+        """Removes every entry and zeroes the hit and miss counts for every process.
+
+        For a function made by :meth:`SharedCache.memoize`, that is the whole cache's
+        entries and counts, other functions' included.
+        """
     @property
     def shm_name(self) -> str:
         """The cache's name (its file is ``<dir>/<name>.cache``)."""
