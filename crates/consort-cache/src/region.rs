@@ -102,13 +102,13 @@ mod mapped {
         /// # Panics
         /// If `off` is unaligned or out of bounds: offsets come only from the handle's own
         /// checked [`crate::layout::Layout`], never from shared memory, so this is a bug.
-        #[inline]
+        // Always inlined: every shared word goes through here, and the panic's formatting
+        // (moved out to `layout_bug`) had made it too big to inline, a call per access.
+        #[inline(always)]
         pub(crate) fn u64(&self, off: usize) -> &AtomicU64 {
-            assert!(
-                off % 8 == 0 && off.checked_add(8).is_some_and(|end| end <= self.len),
-                "cache layout bug: word offset {off} outside the {} byte region",
-                self.len
-            );
+            if !(off % 8 == 0 && off.checked_add(8).is_some_and(|end| end <= self.len)) {
+                layout_bug(1, off, self.len);
+            }
             // SAFETY: the range [off, off+8) is inside the live mapping (checked above),
             // 8-byte aligned (the mapping is page aligned and off % 8 == 0), and the mapping
             // outlives `&self`. Shared memory may change under us at any time, which is
@@ -119,17 +119,16 @@ mod mapped {
 
         /// `count` consecutive 8-byte words starting at byte offset `off` (one bounds check
         /// for a whole slot on the read path).
-        #[inline]
+        #[inline(always)]
         pub(crate) fn words(&self, off: usize, count: usize) -> &[AtomicU64] {
-            assert!(
-                off % 8 == 0
-                    && count
-                        .checked_mul(8)
-                        .and_then(|len| len.checked_add(off))
-                        .is_some_and(|end| end <= self.len),
-                "cache layout bug: {count} words at {off} outside the {} byte region",
-                self.len
-            );
+            let fits = off % 8 == 0
+                && count
+                    .checked_mul(8)
+                    .and_then(|len| len.checked_add(off))
+                    .is_some_and(|end| end <= self.len);
+            if !fits {
+                layout_bug(count, off, self.len);
+            }
             // SAFETY: as in `u64`, for every word of the range: in bounds (checked above),
             // 8-byte aligned, alive as long as `&self`, only ever accessed atomically.
             // `AtomicU64` has the size and alignment of `u64`, so the words form a valid
@@ -161,6 +160,14 @@ mod mapped {
             // Before the fields drop: the mapping is unregistered, then unmapped.
             guard::unregister(self.guard);
         }
+    }
+
+    /// The panic of an offset outside the region: offsets come only from the handle's own
+    /// checked layout, never from shared memory, so reaching this is a bug.
+    #[cold]
+    #[inline(never)]
+    fn layout_bug(count: usize, off: usize, len: usize) -> ! {
+        panic!("cache layout bug: {count} words at {off} outside the {len} byte region")
     }
 }
 
