@@ -105,7 +105,7 @@ impl Buf {
     }
 
     /// Like `push`, for a fixed-size piece: the copy is a few moves, not a `memcpy` call.
-    #[inline]
+    #[inline(always)]
     fn push_array<const N: usize>(&mut self, bytes: [u8; N]) {
         if self.heap.is_empty() && self.len + N <= INLINE {
             self.inline[self.len..self.len + N].copy_from_slice(&bytes);
@@ -115,7 +115,7 @@ impl Buf {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn byte(&mut self, byte: u8) {
         self.push_array([byte]);
     }
