@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against the real Appose worker: makes the venv if
 # needed (scripts/venv.sh), runs the doctests, then nextest (each test in its own process,
-# with time bounds from .config/nextest.toml). Extra arguments go to the test runner.
+# with time bounds from .config/nextest.toml), then builds the Python package
+# (crates/consort-py) into the venv with pip and runs its pytest suite, each test bounded
+# by --timeout. Extra arguments go to the Rust test runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONSORT_TEST_PYTHON="$(scripts/venv.sh)"
@@ -12,3 +14,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace "$@"
 fi
+# The Python package, installed exactly as its README says (pip install ./crates/consort-py).
+"$CONSORT_TEST_PYTHON" -m pip install --quiet --disable-pip-version-check --force-reinstall \
+  --no-deps ./crates/consort-py
+"$CONSORT_TEST_PYTHON" -m pytest crates/consort-py/tests --timeout=300 -q -p no:cacheprovider

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes (once) the Python environment consort's tests and examples use: a venv in .venv
 # with the real Appose worker (appose==0.12.0), numpy, and uv (the env tests build
-# environments with it). Prints its python's path.
+# environments with it), and what the Python package's tests need (a pip new enough for
+# maturin's build backend, pytest, pytest-timeout, maturin). Prints its python's path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! .venv/bin/python -c "import appose, numpy" >/dev/null 2>&1 || ! .venv/bin/uv --version >/dev/null 2>&1; then
@@ -11,5 +12,11 @@ fi
 # loky: `consort bench pool` compares consort's pool against it.
 if ! .venv/bin/python -c "import loky" >/dev/null 2>&1; then
   .venv/bin/pip install --quiet --disable-pip-version-check loky >&2
+fi
+# The Python package (crates/consort-py): scripts/test.sh builds it with pip (maturin is its
+# build backend) and runs its pytest suite, every test under a timeout.
+if ! .venv/bin/python -c "import pytest, pytest_timeout, maturin" >/dev/null 2>&1; then
+  .venv/bin/pip install --quiet --disable-pip-version-check --upgrade pip >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check pytest pytest-timeout "maturin>=1.9.4,<2" >&2
 fi
 echo "$PWD/.venv/bin/python"

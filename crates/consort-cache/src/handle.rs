@@ -1,6 +1,6 @@
 //! One open handle on a cache region, as every layer above sees it: the mapping, the
 //! handle's own copy of the layout, the hash seed, and who the handle is (participant slot,
-//! lock token, pid). A [`Shard`] is the view of one shard through it.
+//! lock token, fork generation). A [`Shard`] is the view of one shard through it.
 //!
 //! # Invariants
 //! 1. Offsets come only from the handle's own [`Layout`]; a slot index read from shared
@@ -14,8 +14,6 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::time::Duration;
-
-use rustix::process::Pid;
 
 use crate::error::{Error, Result};
 use crate::layout::{
@@ -43,11 +41,14 @@ pub(crate) struct Handle {
     /// This handle's participant slot and lock token.
     pub(crate) participant: usize,
     pub(crate) token: u32,
-    /// The process that opened the handle (a forked child must open its own).
-    pub(crate) pid: Pid,
+    /// The fork generation the handle was opened in (a forked child must open its own).
+    pub(crate) fork_generation: u64,
     /// One per shard: threads of this process queue here, so a shard's futex word
     /// holding our own token while we wait can only be stale.
     pub(crate) local: Box<[Mutex<()>]>,
+    /// Our entry in the fork hook's table (`region::fork`), released on drop.
+    #[cfg(not(loom))]
+    fork_entry: Option<usize>,
 }
 
 impl Handle {
@@ -93,6 +94,8 @@ impl Handle {
         let token = lock_word::token(participant, gen);
         let default_ttl_ns = region.u64(superblock::DEFAULT_TTL_NS).load(Relaxed);
         let local = (0..layout.shards).map(|_| Mutex::new(())).collect();
+        #[cfg(not(loom))]
+        let fork_entry = region::fork::register(std::os::fd::AsRawFd::as_raw_fd(&file), &region);
         Ok(Handle {
             region,
             layout,
@@ -102,8 +105,10 @@ impl Handle {
             default_ttl_ns,
             participant,
             token,
-            pid,
+            fork_generation: region::fork_generation(),
             local,
+            #[cfg(not(loom))]
+            fork_entry,
         })
     }
 
@@ -156,6 +161,17 @@ impl Handle {
         Shard {
             handle: self,
             index,
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Before the fields drop: the handle leaves the fork hook's table, then its mapping
+        // is unmapped and its fd closed.
+        #[cfg(not(loom))]
+        if let Some(index) = self.fork_entry {
+            region::fork::unregister(index);
         }
     }
 }
@@ -223,6 +239,15 @@ impl<'a> Shard<'a> {
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of every expiry word.
 pub(crate) fn now_ns() -> u64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the same clock at tick resolution, never ahead
+/// of [`now_ns`], and cheaper to read.
+pub(crate) fn coarse_now_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     (ts.tv_sec as u64)
         .wrapping_mul(1_000_000_000)
         .wrapping_add(ts.tv_nsec as u64)

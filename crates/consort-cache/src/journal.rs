@@ -30,6 +30,8 @@
 //!    and a state that is neither ACTIVE nor CLEARING, clear the shard instead; so does a
 //!    rolled-back shard whose head, tail, hand, free head or length is out of range.
 
+use std::cell::Cell;
+
 use crate::error::Result;
 use crate::fault::point;
 use crate::handle::{Handle, Shard};
@@ -39,8 +41,8 @@ use crate::layout::{
 };
 use crate::lock::{self, Guard};
 use crate::region::Region;
-use crate::sync::compiler_fence;
 use crate::sync::Ordering::{self, Acquire, Relaxed, Release};
+use crate::sync::{compiler_fence, AtomicU64};
 
 /// Journal offsets with this bit are slot versions: rolled back *forward* (invariant 2).
 const ENTRY_IS_VERSION: u64 = 1 << 63;
@@ -66,6 +68,26 @@ impl<'a> Writer<'a> {
         Ok(Writer { guard })
     }
 
+    /// Like [`Writer::enter`], but only if it need not wait: `Ok(None)` when the lock is
+    /// held or the journal needs recovery (which the caller then runs by `enter`, where it
+    /// may take its time).
+    ///
+    /// # Errors
+    /// Those of [`lock::try_acquire`].
+    pub(crate) fn try_enter(handle: &'a Handle, index: usize) -> Result<Option<Writer<'a>>> {
+        let Some(guard) = lock::try_acquire(handle, index)? else {
+            return Ok(None);
+        };
+        let state = guard
+            .shard()
+            .word(shard_header::JOURNAL_STATE)
+            .load(Acquire);
+        if state != JOURNAL_IDLE {
+            return Ok(None); // the guard drops: released, for `enter` to take and repair
+        }
+        Ok(Some(Writer { guard }))
+    }
+
     #[inline]
     pub(crate) fn shard(&self) -> Shard<'a> {
         self.guard.shard()
@@ -81,18 +103,36 @@ impl<'a> Writer<'a> {
 /// An open transaction on one shard; it cannot outlive its [`Writer`].
 pub(crate) struct Txn<'w> {
     shard: Shard<'w>,
+    /// The journal's length word and its entries (two words each), bounds-checked once at
+    /// `begin` rather than on every store.
+    len_word: &'w AtomicU64,
+    entries: &'w [AtomicU64],
+    /// The journal's length as this writer last stored it: it is the only writer of the
+    /// shard, so it need not load the word back (recovery reads the stored word).
+    len: Cell<usize>,
 }
 
 impl<'w> Txn<'w> {
     pub(crate) fn begin(writer: &'w Writer<'_>) -> Txn<'w> {
         let shard = writer.shard();
-        shard.word(shard_header::JOURNAL_LEN).store(0, Release);
+        let region = &shard.handle.region;
+        let len_word = shard.word(shard_header::JOURNAL_LEN);
+        let entries = region.words(
+            shard.base() + shard_header::JOURNAL_ENTRIES,
+            JOURNAL_CAPACITY * JOURNAL_ENTRY / 8,
+        );
+        len_word.store(0, Release);
         point();
         shard
             .word(shard_header::JOURNAL_STATE)
             .store(JOURNAL_ACTIVE, Release);
         point();
-        Txn { shard }
+        Txn {
+            shard,
+            len_word,
+            entries,
+            len: Cell::new(0),
+        }
     }
 
     #[inline]
@@ -114,20 +154,17 @@ impl<'w> Txn<'w> {
 
     #[inline]
     fn log(&self, off: usize, new: u64, kind: u64) -> Result<()> {
-        let region = &self.shard.handle.region;
-        let base = self.shard.base();
-        let len_word = region.u64(base + shard_header::JOURNAL_LEN);
-        let n = len_word.load(Relaxed) as usize;
-        if n >= JOURNAL_CAPACITY {
+        let n = self.len.get();
+        let Some(entry) = self.entries.get(2 * n..2 * n + 2) else {
             return Err(self.shard.handle.corrupt("journal overflow"));
-        }
-        let word = region.u64(off);
-        let entry = base + shard_header::JOURNAL_ENTRIES + n * JOURNAL_ENTRY;
-        region.u64(entry).store(off as u64 | kind, Release);
+        };
+        let word = self.shard.handle.region.u64(off);
+        entry[0].store(off as u64 | kind, Release);
         point();
-        region.u64(entry + 8).store(word.load(Relaxed), Release);
+        entry[1].store(word.load(Relaxed), Release);
         point();
-        len_word.store(n as u64 + 1, Release);
+        self.len_word.store(n as u64 + 1, Release);
+        self.len.set(n + 1);
         point();
         // The entry must be in memory before the store it protects (process death keeps
         // our stores in program order; this keeps the compiler from reordering them).

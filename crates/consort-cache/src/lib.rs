@@ -85,12 +85,35 @@ use layout::{participant, shard_header, Layout, PARTICIPANTS};
 /// open gives [`Error::TooManyHandles`]).
 pub const MAX_HANDLES: usize = PARTICIPANTS;
 
+/// How many times this process is a fork (without exec) of the process that started it.
+///
+/// A forked child must not use its parent's handles for writing: they would share the
+/// parent's liveness lock. When the child starts, every handle it inherited lets go of the
+/// parent's open file description at once and this number grows by one; those handles stay
+/// readable, their writes give [`Error::Forked`], and a library above compares this number
+/// with the one it saw at open to know when to open the cache again (consort's Python
+/// package does so transparently).
+#[inline]
+pub fn fork_generation() -> u64 {
+    region::fork_generation()
+}
+
+/// Where caches live when [`Config::dir`] is `None`: `$CONSORT_CACHE_DIR` when set, else
+/// `/dev/shm/consort-cache-<uid>` (the temporary directory where there is no `/dev/shm`).
+pub fn default_dir() -> PathBuf {
+    file::default_dir()
+}
+
 /// How a cache is made (and what an existing one must match).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// How many entries fit in total (rounded up to a multiple of `shards`).
+    /// How many entries fit in total, exactly (see `shards`).
     pub capacity: usize,
-    /// Independent writer locks; keys are spread over them by hash.
+    /// The most independent writer locks to spread keys over (by hash). A cache uses the
+    /// largest number of shards up to this that divides `capacity`, so its capacity is
+    /// exactly the one asked for (a prime capacity is one shard). Each shard evicts in its
+    /// own SIEVE order: one shard gives one order over all entries (consort's Python
+    /// package uses one for caches under 2,048 entries).
     pub shards: usize,
     /// Longest key in bytes.
     pub max_key: usize,
@@ -267,6 +290,39 @@ impl Cache {
         stats
     }
 
+    /// How many shards the cache has (see [`Config::shards`]).
+    pub fn shards(&self) -> usize {
+        self.handle.layout.shards
+    }
+
+    /// Longest key in bytes.
+    pub fn max_key(&self) -> usize {
+        self.handle.layout.max_key
+    }
+
+    /// Longest value in bytes.
+    pub fn max_value(&self) -> usize {
+        self.handle.layout.max_value
+    }
+
+    /// TTL of entries inserted without one; `None` means they do not expire.
+    pub fn default_ttl(&self) -> Option<Duration> {
+        (self.handle.default_ttl_ns != 0).then(|| Duration::from_nanos(self.handle.default_ttl_ns))
+    }
+
+    /// Zeroes the hit and miss counters of every participant, in every process.
+    ///
+    /// Takes every shard lock (in shard order, running recovery where a dead writer left
+    /// work) and holds them all while it zeroes, so no write of this cache runs meanwhile.
+    /// Reads take no lock: a hit or miss counted during the reset lands before it (and is
+    /// zeroed) or after it (and counts), never half; the counters are atomic adds.
+    ///
+    /// # Errors
+    /// Those of a write ([`Error::Forked`], [`Error::Retired`], [`Error::Corrupt`]).
+    pub fn reset_counters(&self) -> Result<()> {
+        self.intact(write::reset_counters(&self.handle))
+    }
+
     /// The cheap checks, without a lock and changing nothing: the file was not truncated
     /// under this process, and every shard's header words are sane (lock owner, journal
     /// state, length and entries, list heads, hand, fill). They hold at every instant of a
@@ -282,6 +338,19 @@ impl Cache {
     /// Inserts or replaces `key`. `ttl` overrides the cache's default TTL.
     pub fn insert(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<Insert> {
         self.intact(write::insert(&self.handle, key, value, ttl))
+    }
+
+    /// Like [`Cache::insert`], but only if it need not wait: `Ok(None)`, with nothing done,
+    /// when the key's shard lock is held by another thread or process, or a dead writer's
+    /// operation must be repaired first. A caller that must not block (a Python thread
+    /// holding the GIL) tries this first and calls [`Cache::insert`] where it may wait.
+    pub fn try_insert(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<Option<Insert>> {
+        self.intact(write::try_insert(&self.handle, key, value, ttl))
     }
 
     /// Removes `key`; `true` if it was there.
@@ -353,7 +422,21 @@ fn layout_for(config: &Config) -> Result<Layout> {
     if config.capacity == 0 {
         return Err(Error::InvalidConfig("capacity must be at least 1"));
     }
-    let shards = config.shards;
-    let per_shard = config.capacity.div_ceil(shards.max(1));
-    Layout::new(shards, per_shard, config.max_key, config.max_value).map_err(Error::InvalidConfig)
+    let shards = shards_for(config.capacity, config.shards);
+    Layout::new(
+        shards,
+        config.capacity / shards,
+        config.max_key,
+        config.max_value,
+    )
+    .map_err(Error::InvalidConfig)
+}
+
+/// The largest number of shards up to `requested` that divides `capacity`; at least 1.
+fn shards_for(capacity: usize, requested: usize) -> usize {
+    let mut shards = requested.min(capacity).max(1);
+    while capacity % shards != 0 {
+        shards -= 1;
+    }
+    shards
 }

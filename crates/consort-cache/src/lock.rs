@@ -24,7 +24,7 @@ use crate::handle::{Handle, Shard};
 use crate::layout::{lock_word, participant, PARTICIPANTS};
 use crate::region;
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
-use crate::sync::{futex_wait, futex_wake_one, AtomicU32, MutexGuard};
+use crate::sync::{futex_wait, futex_wake_one, AtomicU32, MutexGuard, TryLockError};
 
 /// How often a contender spins on the word before it sleeps on the futex.
 const SPINS: usize = 100;
@@ -63,13 +63,7 @@ impl Drop for Guard<'_> {
 /// [`Error::Corrupt`] once the file was truncated under us;
 /// [`Error::Retired`] once another process has recreated the cache.
 pub(crate) fn acquire(handle: &Handle, index: usize) -> Result<Guard<'_>> {
-    if rustix::process::getpid() != handle.pid {
-        return Err(Error::Forked);
-    }
-    handle.intact()?;
-    if handle.is_retired() {
-        return Err(Error::Retired(handle.path.clone()));
-    }
+    usable(handle)?;
     let local = handle.local[index]
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -84,6 +78,49 @@ pub(crate) fn acquire(handle: &Handle, index: usize) -> Result<Guard<'_>> {
         shard,
         _local: local,
     })
+}
+
+/// Takes the writer lock of shard `index` only if it is free now: `Ok(None)` when another
+/// thread of this process or another process holds it (or a dead owner's token is still
+/// in the word: [`acquire`] steals it). Never waits.
+///
+/// # Errors
+/// Those of [`acquire`].
+pub(crate) fn try_acquire(handle: &Handle, index: usize) -> Result<Option<Guard<'_>>> {
+    usable(handle)?;
+    let local = match handle.local[index].try_lock() {
+        Ok(local) => local,
+        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(TryLockError::WouldBlock) => return Ok(None),
+    };
+    let shard = handle.shard(index);
+    if shard
+        .lock_word()
+        .compare_exchange(0, handle.token, Acquire, Relaxed)
+        .is_err()
+    {
+        return Ok(None);
+    }
+    point();
+    Ok(Some(Guard {
+        shard,
+        _local: local,
+    }))
+}
+
+/// Whether `handle` may write at all: not a parent's handle in a forked child (the fork
+/// hook's generation, a load where `getpid` would be a system call on every write), not on
+/// a truncated file, not on a retired cache.
+#[inline]
+fn usable(handle: &Handle) -> Result<()> {
+    if handle.fork_generation != crate::region::fork_generation() {
+        return Err(Error::Forked);
+    }
+    handle.intact()?;
+    if handle.is_retired() {
+        return Err(Error::Retired(handle.path.clone()));
+    }
+    Ok(())
 }
 
 /// Spins a little, then loops: take a free word, steal from a dead owner, or sleep on the

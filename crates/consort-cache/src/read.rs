@@ -27,7 +27,7 @@
 
 use crate::error::Result;
 use crate::handle::{now_ns, Handle};
-use crate::layout::{participant, slot, NONE};
+use crate::layout::{pack_word, participant, slot, NONE};
 use crate::sync::fence;
 use crate::sync::Ordering::{Acquire, Relaxed};
 
@@ -42,15 +42,48 @@ pub(crate) fn get_with<R>(
 ) -> Result<Option<R>> {
     // A stack buffer no larger than needed (it is zeroed on every call).
     let bytes = handle.layout.value_words * 8;
-    if bytes <= 64 {
-        get_into(handle, key, &mut [0u8; 64], f)
-    } else if bytes <= 512 {
-        get_into(handle, key, &mut [0u8; 512], f)
-    } else {
-        get_into(handle, key, &mut vec![0u8; bytes], f)
+    if bytes <= SMALL {
+        return get_into(handle, key, &mut [0u8; SMALL], f);
+    }
+    // Most values are short even where the maximum is long: a stack buffer first, and only
+    // a value that does not fit is read again into the thread's large buffer.
+    let mut small = [0u8; MEDIUM];
+    let found = read(handle, key, &mut small);
+    handle.intact()?;
+    match found? {
+        Some(Ok(len)) => {
+            handle.count(participant::HITS, 1);
+            Ok(Some(f(&small[..len])))
+        }
+        None => {
+            handle.count(participant::MISSES, 1);
+            Ok(None)
+        }
+        Some(Err(_longer)) => {
+            // A large buffer is this thread's, reused: a fresh zeroed one per call would
+            // cost an allocation and a memset of `max_value` bytes. It is taken out while in
+            // use, so an `f` that reads the cache again gets a buffer of its own.
+            let mut buf = BUFFER.with(std::cell::Cell::take);
+            if buf.len() < bytes {
+                buf.resize(bytes, 0);
+            }
+            let result = get_into(handle, key, &mut buf, f);
+            BUFFER.with(|cell| cell.set(buf));
+            result
+        }
     }
 }
 
+/// Value buffers on the stack: whole when the maximum fits, a first try when it does not.
+const SMALL: usize = 64;
+const MEDIUM: usize = 256;
+
+thread_local! {
+    /// The reused buffer of reads of values longer than `MEDIUM` (see `get_with`).
+    static BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Reads into `buf`, which holds the cache's longest value, and calls `f`.
 fn get_into<R>(
     handle: &Handle,
     key: &[u8],
@@ -62,11 +95,13 @@ fn get_into<R>(
     // SIGBUS guard put in place of a truncated file is never handed to `f`.
     handle.intact()?;
     match found? {
-        Some(len) => {
+        Some(Ok(len)) => {
             handle.count(participant::HITS, 1);
             Ok(Some(f(&buf[..len])))
         }
-        None => {
+        // `buf` holds any value the cache allows, so a value "too long" for it is one whose
+        // length changed under the read: a miss, as a read that keeps restarting is.
+        Some(Err(_)) | None => {
             handle.count(participant::MISSES, 1);
             Ok(None)
         }
@@ -74,8 +109,9 @@ fn get_into<R>(
 }
 
 /// The lock-free read: follow the chain, validating each slot by its version. Copies the
-/// value into `buf` and returns its length.
-fn read(handle: &Handle, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>> {
+/// value into `buf` and returns `Ok(length)`, or `Err(length)` without copying when the
+/// value is longer than `buf`.
+fn read(handle: &Handle, key: &[u8], buf: &mut [u8]) -> Result<Option<Result<usize, usize>>> {
     let layout = &handle.layout;
     if key.len() > layout.max_key {
         return Ok(None);
@@ -83,6 +119,17 @@ fn read(handle: &Handle, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>> {
     let hash = handle.hash(key);
     let (shard, bucket) = handle.place(hash);
     let cap = layout.slots as u64;
+    // A key of up to 128 bytes as the words a slot holds (the last zero-padded), made once
+    // rather than per slot visited; a longer key is compared chunk by chunk.
+    let mut inline = [0u64; 16];
+    let packed = (key.len() <= 8 * inline.len()).then(|| {
+        let mut n = 0;
+        for chunk in key.chunks(8) {
+            inline[n] = pack_word(chunk);
+            n += 1;
+        }
+        &inline[..n]
+    });
     let bucket_word = handle.region.u64(layout.bucket(shard, bucket));
     'retry: for _ in 0..READ_RETRIES {
         let mut raw = bucket_word.load(Acquire);
@@ -113,12 +160,15 @@ fn read(handle: &Handle, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>> {
             let matched = sane
                 && live == 1
                 && klen == key.len()
-                && key.chunks(8).zip(data).all(|(chunk, word)| {
-                    let mut bytes = [0u8; 8];
-                    bytes[..chunk.len()].copy_from_slice(chunk);
-                    word.load(Relaxed) == u64::from_ne_bytes(bytes)
-                });
-            if matched {
+                && match packed {
+                    Some(words) => words.iter().zip(data).all(|(k, w)| w.load(Relaxed) == *k),
+                    None => key
+                        .chunks(8)
+                        .zip(data)
+                        .all(|(chunk, word)| word.load(Relaxed) == pack_word(chunk)),
+                };
+            let fits = vlen.div_ceil(8) * 8 <= buf.len();
+            if matched && fits {
                 let value = &data[layout.key_words..];
                 for (out, word) in buf[..vlen.div_ceil(8) * 8].chunks_exact_mut(8).zip(value) {
                     out.copy_from_slice(&word.load(Relaxed).to_ne_bytes());
@@ -143,7 +193,7 @@ fn read(handle: &Handle, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>> {
                 if visited.load(Relaxed) == 0 {
                     visited.store(1, Relaxed);
                 }
-                return Ok(Some(vlen));
+                return Ok(Some(if fits { Ok(vlen) } else { Err(vlen) }));
             }
             raw = chain;
         }

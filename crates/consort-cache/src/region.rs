@@ -67,6 +67,21 @@ mod mapped {
             Ok(Region { map, len, guard })
         }
 
+        /// The mapping's first byte, for the fork hook.
+        pub(crate) fn start(&self) -> usize {
+            self.map.as_ptr() as usize
+        }
+
+        /// The mapping's length.
+        pub(crate) fn len(&self) -> usize {
+            self.len
+        }
+
+        /// The address of this mapping's entry in the SIGBUS guard's registry.
+        pub(crate) fn guard_entry(&self) -> usize {
+            std::ptr::from_ref(self.guard) as usize
+        }
+
         /// Whether someone truncated the file under this mapping: a fault inside it has been
         /// caught, and zero pages now stand where the file's pages were.
         ///
@@ -87,13 +102,13 @@ mod mapped {
         /// # Panics
         /// If `off` is unaligned or out of bounds: offsets come only from the handle's own
         /// checked [`crate::layout::Layout`], never from shared memory, so this is a bug.
-        #[inline]
+        // Always inlined: every shared word goes through here, and the panic's formatting
+        // (moved out to `layout_bug`) had made it too big to inline, a call per access.
+        #[inline(always)]
         pub(crate) fn u64(&self, off: usize) -> &AtomicU64 {
-            assert!(
-                off % 8 == 0 && off.checked_add(8).is_some_and(|end| end <= self.len),
-                "cache layout bug: word offset {off} outside the {} byte region",
-                self.len
-            );
+            if !(off % 8 == 0 && off.checked_add(8).is_some_and(|end| end <= self.len)) {
+                layout_bug(1, off, self.len);
+            }
             // SAFETY: the range [off, off+8) is inside the live mapping (checked above),
             // 8-byte aligned (the mapping is page aligned and off % 8 == 0), and the mapping
             // outlives `&self`. Shared memory may change under us at any time, which is
@@ -104,17 +119,16 @@ mod mapped {
 
         /// `count` consecutive 8-byte words starting at byte offset `off` (one bounds check
         /// for a whole slot on the read path).
-        #[inline]
+        #[inline(always)]
         pub(crate) fn words(&self, off: usize, count: usize) -> &[AtomicU64] {
-            assert!(
-                off % 8 == 0
-                    && count
-                        .checked_mul(8)
-                        .and_then(|len| len.checked_add(off))
-                        .is_some_and(|end| end <= self.len),
-                "cache layout bug: {count} words at {off} outside the {} byte region",
-                self.len
-            );
+            let fits = off % 8 == 0
+                && count
+                    .checked_mul(8)
+                    .and_then(|len| len.checked_add(off))
+                    .is_some_and(|end| end <= self.len);
+            if !fits {
+                layout_bug(count, off, self.len);
+            }
             // SAFETY: as in `u64`, for every word of the range: in bounds (checked above),
             // 8-byte aligned, alive as long as `&self`, only ever accessed atomically.
             // `AtomicU64` has the size and alignment of `u64`, so the words form a valid
@@ -146,6 +160,14 @@ mod mapped {
             // Before the fields drop: the mapping is unregistered, then unmapped.
             guard::unregister(self.guard);
         }
+    }
+
+    /// The panic of an offset outside the region: offsets come only from the handle's own
+    /// checked layout, never from shared memory, so reaching this is a bug.
+    #[cold]
+    #[inline(never)]
+    fn layout_bug(count: usize, off: usize, len: usize) -> ! {
+        panic!("cache layout bug: {count} words at {off} outside the {len} byte region")
     }
 }
 
@@ -234,6 +256,17 @@ mod guard {
         Err(io::Error::other(format!(
             "this process already has {MAX_MAPPINGS} cache mappings"
         )))
+    }
+
+    /// Marks the registry entry at address `entry` (a `Guarded` of `REGISTRY`, from
+    /// `Region::guard_entry`) truncated; any other address is ignored. Async-signal-safe.
+    pub(crate) fn mark_truncated(entry: usize) {
+        if let Some(guarded) = REGISTRY
+            .iter()
+            .find(|guarded| std::ptr::from_ref(*guarded) as usize == entry)
+        {
+            guarded.truncated.store(true, SeqCst);
+        }
     }
 
     /// Forgets a mapping that is about to be unmapped.
@@ -447,6 +480,208 @@ mod heap {
             );
             &self.lock_words[off / PAGE]
         }
+    }
+}
+
+/// The fork generation of this process (see [`fork`]); always 0 under loom, which has no
+/// fork.
+#[inline]
+pub(crate) fn fork_generation() -> u64 {
+    #[cfg(not(loom))]
+    return fork::generation();
+    #[cfg(loom)]
+    0
+}
+
+/// What a forked child needs: its own liveness.
+///
+/// A child forked without exec inherits its parent's fds and mappings, and both hold a
+/// reference to the open file description that carries the parent's participant lock byte
+/// (an OFD lock lives until the last reference to its description goes, and a `MAP_SHARED`
+/// mapping is one). While the child lived, a parent that died holding a shard lock looked
+/// alive and its lock could not be stolen: every process sharing the cache wedged.
+///
+/// Every handle registers its fd and mapping here. A `pthread_atfork` child hook (installed
+/// with the first registration) gives each one, in the child, a description of its own:
+/// it opens the file again through `/proc/self/fd/<fd>` (the same inode, even renamed or
+/// unlinked), maps that over the old mapping in place (`MAP_FIXED`: same address, same
+/// pages, so every reference into it stays valid), and moves the new fd onto the old
+/// number (`dup3`). The child then holds no reference to the parent's description, and no
+/// lock byte. It bumps [`generation`], by which the layers above (and consort's Python
+/// package) know that their handles are a parent's and open the cache again; the old
+/// handle stays readable, and its writes give `Error::Forked` before they touch its fd.
+///
+/// # Caveats
+/// - Without `/proc` the hook cannot reopen the file: it maps zero pages over the mapping
+///   instead and marks it truncated, so the child's old handle reports `Error::Corrupt`
+///   rather than keep the parent's lock (a child that opens the cache again is unaffected).
+/// - A fork racing a handle's open or drop in another thread can leave the child one
+///   reference to the parent's description: a handle is registered only once its fd and
+///   mapping exist, and unregistered before either goes, so the hook never touches
+///   anything that is not a live handle's.
+#[cfg(not(loom))]
+pub(crate) mod fork {
+    use std::os::fd::RawFd;
+
+    use crate::sync::Ordering::{Acquire, Relaxed, Release};
+    use crate::sync::{AtomicU64, AtomicUsize, Once};
+
+    /// How many handles one process may have open at once (as many as it may map).
+    const MAX_HANDLES: usize = super::guard::MAX_MAPPINGS;
+
+    /// One registered handle: `fd + 1` (0: free; `TAKING`: being registered), mapping.
+    struct Entry {
+        fd: AtomicUsize,
+        start: AtomicUsize,
+        len: AtomicUsize,
+    }
+
+    const TAKING: usize = usize::MAX;
+
+    #[allow(clippy::declare_interior_mutable_const)]
+    const FREE: Entry = Entry {
+        fd: AtomicUsize::new(0),
+        start: AtomicUsize::new(0),
+        len: AtomicUsize::new(0),
+    };
+    static TABLE: [Entry; MAX_HANDLES] = [FREE; MAX_HANDLES];
+    static GENERATION: AtomicU64 = AtomicU64::new(0);
+    static INSTALL: Once = Once::new();
+    /// The guard's registry entry of each handle's mapping, to mark it truncated.
+    static GUARDS: [AtomicUsize; MAX_HANDLES] = [const { AtomicUsize::new(0) }; MAX_HANDLES];
+
+    /// How many times this process is a fork of the process that started it (0 in the
+    /// original; each fork hands its child one more).
+    #[inline]
+    pub(crate) fn generation() -> u64 {
+        GENERATION.load(Relaxed)
+    }
+
+    /// Registers a handle's `fd` and `region` for the child hook; `None` when the table is
+    /// full (then a forked child keeps that handle's description, as before this hook).
+    pub(crate) fn register(fd: RawFd, region: &super::Region) -> Option<usize> {
+        INSTALL.call_once(|| {
+            // SAFETY: `in_child` is an `extern "C" fn()` valid for the life of the process
+            // (a static function); no prepare or parent hook is given.
+            unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+        });
+        let value = usize::try_from(fd).ok()?.checked_add(1)?;
+        let index = TABLE.iter().position(|entry| {
+            entry
+                .fd
+                .compare_exchange(0, TAKING, Acquire, Relaxed)
+                .is_ok()
+        })?;
+        let entry = &TABLE[index];
+        entry.start.store(region.start(), Relaxed);
+        entry.len.store(region.len(), Relaxed);
+        GUARDS[index].store(region.guard_entry(), Relaxed);
+        // The fd is what makes the entry live for the hook: stored last.
+        entry.fd.store(value, Release);
+        Some(index)
+    }
+
+    /// Forgets entry `index` (before its mapping and fd go).
+    pub(crate) fn unregister(index: usize) {
+        TABLE[index].fd.store(0, Release);
+    }
+
+    /// The child hook: async-signal-safe (atomics, `open`, `mmap`, `dup3`, `close`; no
+    /// allocation, no lock), as a hook of a multithreaded parent's fork must be.
+    extern "C" fn in_child() {
+        GENERATION.fetch_add(1, Relaxed);
+        for (index, entry) in TABLE.iter().enumerate() {
+            let value = entry.fd.load(Acquire);
+            if value == 0 || value == TAKING {
+                continue;
+            }
+            let fd = (value - 1) as RawFd;
+            let (start, len) = (entry.start.load(Relaxed), entry.len.load(Relaxed));
+            if !reopen(fd, start, len) {
+                super::guard::mark_truncated(GUARDS[index].load(Relaxed));
+                // SAFETY: `[start, start + len)` is a live handle's mapping (registered
+                // handles are unregistered before they unmap); zero pages are valid atomics.
+                unsafe {
+                    libc::mmap(
+                        start as *mut libc::c_void,
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                        -1,
+                        0,
+                    )
+                };
+                let flags = libc::O_RDWR | libc::O_CLOEXEC;
+                // SAFETY: a NUL-terminated path; the result is -1 or a new fd that we own.
+                let null = unsafe { libc::open(c"/dev/null".as_ptr(), flags) };
+                if null >= 0 {
+                    // SAFETY: `null` is ours, `fd` a live handle's; see `reopen`.
+                    unsafe { libc::dup3(null, fd, libc::O_CLOEXEC) };
+                    // SAFETY: `null` was opened above and is not used after.
+                    unsafe { libc::close(null) };
+                }
+            }
+        }
+    }
+
+    /// Opens the file of `fd` again (a new description), maps it over `[start, start+len)`
+    /// and moves it onto `fd`. `false` if it could not, with nothing changed.
+    fn reopen(fd: RawFd, start: usize, len: usize) -> bool {
+        // "/proc/self/fd/" and the decimal fd, NUL-terminated, without allocating.
+        let mut path = [0u8; 32];
+        let prefix = b"/proc/self/fd/";
+        path[..prefix.len()].copy_from_slice(prefix);
+        let mut digits = [0u8; 12];
+        let mut n = fd as u32;
+        let mut count = 0;
+        loop {
+            digits[count] = b'0' + (n % 10) as u8;
+            count += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for i in 0..count {
+            path[prefix.len() + i] = digits[count - 1 - i];
+        }
+        // SAFETY: `path` is NUL-terminated (zeroed beyond the digits); the result is -1 or
+        // a new fd that we own.
+        let new = unsafe {
+            libc::open(
+                path.as_ptr().cast::<libc::c_char>(),
+                libc::O_RDWR | libc::O_CLOEXEC,
+            )
+        };
+        if new < 0 {
+            return false;
+        }
+        // SAFETY: `[start, start + len)` is a live handle's mapping of this very file
+        // (registered handles are unregistered before they unmap); MAP_FIXED replaces it
+        // with a mapping of the same pages of the same file, at the same address, so every
+        // reference into it stays valid and sees the same bytes.
+        let mapped = unsafe {
+            libc::mmap(
+                start as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                new,
+                0,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            // SAFETY: `new` was opened above and is not used after.
+            unsafe { libc::close(new) };
+            return false;
+        }
+        // SAFETY: `fd` is a live handle's fd, open in the parent at the fork, so the child
+        // has it too; `dup3` makes it refer to the new description instead, dropping the
+        // child's reference to the parent's, and the handle keeps a valid fd of its file.
+        unsafe { libc::dup3(new, fd, libc::O_CLOEXEC) };
+        // SAFETY: `new` was opened above; its description lives on as `fd`.
+        unsafe { libc::close(new) };
+        true
     }
 }
 

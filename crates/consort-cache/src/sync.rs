@@ -31,7 +31,7 @@ pub(crate) use std::sync::{
     Once,
 };
 #[cfg(not(loom))]
-pub(crate) use std::sync::{Mutex, MutexGuard};
+pub(crate) use std::sync::{Mutex, MutexGuard, TryLockError};
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::fence;
@@ -39,6 +39,8 @@ pub(crate) use loom::sync::atomic::fence;
 pub(crate) use loom::sync::{Mutex, MutexGuard};
 #[cfg(loom)]
 pub(crate) use model::{AtomicU32, AtomicU64};
+#[cfg(loom)]
+pub(crate) use std::sync::TryLockError;
 
 /// Sleeps on `word` while it holds `expected`, for at most `timeout` (spurious wake-ups and
 /// errors just return: every caller re-reads the word).

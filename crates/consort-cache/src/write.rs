@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::fault::point;
-use crate::handle::{now_ns, ttl_ns, Handle, Shard};
+use crate::handle::{coarse_now_ns, now_ns, ttl_ns, Handle, Shard};
 use crate::journal::{next_even, Txn, Writer};
-use crate::layout::{participant, shard_header, slot, NONE};
+use crate::layout::{pack_word, participant, shard_header, slot, NONE};
 use crate::sync::fence;
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
 
@@ -48,30 +48,56 @@ pub(crate) fn insert(
     value: &[u8],
     ttl: Option<Duration>,
 ) -> Result<Insert> {
+    insert_via(handle, key, value, ttl, |handle, shard| {
+        Writer::enter(handle, shard).map(Some)
+    })?
+    .ok_or_else(|| handle.corrupt("a writer that never declines declined"))
+}
+
+/// Like [`insert`], but only if it need not wait: `Ok(None)` when the shard's lock is held
+/// (by another thread or process) or a dead writer's work must be repaired first.
+pub(crate) fn try_insert(
+    handle: &Handle,
+    key: &[u8],
+    value: &[u8],
+    ttl: Option<Duration>,
+) -> Result<Option<Insert>> {
+    insert_via(handle, key, value, ttl, Writer::try_enter)
+}
+
+fn insert_via<'a>(
+    handle: &'a Handle,
+    key: &[u8],
+    value: &[u8],
+    ttl: Option<Duration>,
+    enter: impl FnOnce(&'a Handle, usize) -> Result<Option<Writer<'a>>>,
+) -> Result<Option<Insert>> {
     if key.len() > handle.layout.max_key || value.len() > handle.layout.max_value {
-        return Ok(Insert::Oversize);
+        return Ok(Some(Insert::Oversize));
     }
     let hash = handle.hash(key);
     let (shard, bucket) = handle.place(hash);
-    let writer = Writer::enter(handle, shard)?;
-    let now = now_ns();
+    let Some(writer) = enter(handle, shard)? else {
+        return Ok(None);
+    };
     let ttl_ns = match ttl {
         Some(ttl) => ttl_ns(Some(ttl)),
         None => handle.default_ttl_ns,
     };
+    // The clock is read only when an entry expires (it costs a vDSO call).
     let expires = if ttl_ns == 0 {
         0
     } else {
-        now.saturating_add(ttl_ns)
+        now_ns().saturating_add(ttl_ns)
     };
     let old = find(writer.shard(), bucket, hash, key)?;
     if writer.shard().word(shard_header::FREE_HEAD).load(Relaxed) == NONE {
         // No spare slot although one always exists: the shard is inconsistent, and a
         // cache may always start over.
         writer.clear();
-        return insert_locked(&writer, bucket, hash, key, value, expires, None);
+        return insert_locked(&writer, bucket, hash, key, value, expires, None).map(Some);
     }
-    insert_locked(&writer, bucket, hash, key, value, expires, old)
+    insert_locked(&writer, bucket, hash, key, value, expires, old).map(Some)
 }
 
 /// Removes `key`; `true` if it was there.
@@ -128,6 +154,26 @@ pub(crate) fn clear(handle: &Handle) -> Result<()> {
     Ok(())
 }
 
+/// Zeroes every participant's hit and miss counters while holding every shard lock.
+pub(crate) fn reset_counters(handle: &Handle) -> Result<()> {
+    let writers = (0..handle.layout.shards)
+        .map(|shard| Writer::enter(handle, shard))
+        .collect::<Result<Vec<_>>>()?;
+    for index in 0..crate::layout::PARTICIPANTS {
+        let base = handle.layout.participant(index);
+        handle
+            .region
+            .u64(base + participant::HITS)
+            .store(0, Relaxed);
+        handle
+            .region
+            .u64(base + participant::MISSES)
+            .store(0, Relaxed);
+    }
+    drop(writers);
+    Ok(())
+}
+
 /// Walks `key`'s chain under the lock: `(slot, predecessor)`.
 fn find(
     shard: Shard<'_>,
@@ -159,11 +205,9 @@ fn key_matches(shard: Shard<'_>, index: usize, key: &[u8]) -> bool {
         return false;
     }
     let data = shard.slot_offset(index) + slot::HEADER;
-    key.chunks(8).enumerate().all(|(i, chunk)| {
-        let mut bytes = [0u8; 8];
-        bytes[..chunk.len()].copy_from_slice(chunk);
-        shard.handle.region.u64(data + i * 8).load(Relaxed) == u64::from_ne_bytes(bytes)
-    })
+    key.chunks(8)
+        .enumerate()
+        .all(|(i, chunk)| shard.handle.region.u64(data + i * 8).load(Relaxed) == pack_word(chunk))
 }
 
 /// The insert transaction: take the spare FREE slot, evict if full, write the
@@ -178,7 +222,6 @@ fn insert_locked(
     expires: u64,
     old: Option<(usize, Option<usize>)>,
 ) -> Result<Insert> {
-    let now = now_ns();
     let txn = Txn::begin(writer);
     let shard = writer.shard();
     let handle = shard.handle;
@@ -193,7 +236,9 @@ fn insert_locked(
     let mut evicted = None;
     if old.is_none() && shard.word(shard_header::LEN).load(Relaxed) >= handle.layout.capacity as u64
     {
-        evicted = Some(evict_one(&txn, now)?);
+        // The coarse clock (a memory read, no `rdtsc`): eviction only prefers expired
+        // entries, and the coarse clock lags, never leads, so nothing counts as expired early.
+        evicted = Some(evict_one(&txn, coarse_now_ns())?);
     }
     let base = shard.slot_offset(new);
     let ver = region.u64(base + slot::VER).load(Relaxed);
@@ -213,7 +258,10 @@ fn insert_locked(
     put(slot::PREV, NONE);
     put(slot::NEXT, head);
     put(slot::VISITED, 0);
-    write_bytes(shard, base + slot::HEADER, key, handle.layout.key_words);
+    // Only the key's own words: readers and `find` compare `key.len()` bytes (the last
+    // word zero-padded), so the rest of the key area is never read; writing all of it cost
+    // `max_key / 8` stores per insert (64 for a 512-byte maximum).
+    write_bytes(shard, base + slot::HEADER, key, key.len().div_ceil(8));
     point();
     write_bytes(
         shard,
@@ -262,15 +310,8 @@ fn insert_locked(
 fn write_bytes(shard: Shard<'_>, off: usize, bytes: &[u8], words: usize) {
     let mut chunks = bytes.chunks(8);
     for i in 0..words {
-        let mut word = [0u8; 8];
-        if let Some(chunk) = chunks.next() {
-            word[..chunk.len()].copy_from_slice(chunk);
-        }
-        shard
-            .handle
-            .region
-            .u64(off + i * 8)
-            .store(u64::from_ne_bytes(word), Relaxed);
+        let word = chunks.next().map_or(0, pack_word);
+        shard.handle.region.u64(off + i * 8).store(word, Relaxed);
     }
 }
 

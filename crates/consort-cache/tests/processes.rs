@@ -149,6 +149,51 @@ fn a_stopped_live_holder_keeps_its_lock() {
     cache.check_invariants().unwrap();
 }
 
+/// `try_insert` never waits: it declines a shard whose lock a live process holds, and one a
+/// dead writer left locked with its journal open (that is `insert`'s to steal and repair),
+/// and writes again once `insert` has done so.
+#[test]
+fn try_insert_declines_a_held_lock_and_a_dead_writers_work() {
+    let _dog = Watchdog::new("try_insert", Duration::from_secs(60));
+    let dir = TempDir::new("try");
+    let cache = open(dir.path(), "try", 8, 1);
+    let mut holder = helper()
+        .arg(dir.path())
+        .args(["try", "8/1", "insert", "held", "--stop", "12"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reaper = KillOnDrop(holder.id());
+    assert!(
+        wait_until(Duration::from_secs(10), || proc_state(holder.id())
+            == Some('T')),
+        "the holder never stopped"
+    );
+    // The promise is "never waits": a generous bound, far from a wait on a stopped holder.
+    let watch = Instant::now();
+    assert_eq!(cache.try_insert(b"k", b"v", None).unwrap(), None);
+    assert!(watch.elapsed() < Duration::from_secs(1));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    reaper.0 = 0;
+    assert_eq!(
+        cache.try_insert(b"k", b"v", None).unwrap(),
+        None,
+        "a dead owner's lock is insert's to steal"
+    );
+    assert_eq!(cache.insert(b"k", b"v", None).unwrap(), Insert::Stored);
+    assert_eq!(cache.stats().recoveries, 1);
+    assert_eq!(
+        cache.try_insert(b"k2", b"v", None).unwrap(),
+        Some(Insert::Stored)
+    );
+    assert!(
+        cache.get(b"held").unwrap().is_none(),
+        "the dead insert was rolled back"
+    );
+    cache.check_invariants().unwrap();
+}
+
 /// The holder runs in its own PID namespace (where it is pid 1 and its pid means nothing
 /// to us): it must keep its lock exactly as well. Needs `unshare --pid --fork` from
 /// util-linux (Debian's `util-linux` package) and the right to use it (root, or user

@@ -109,3 +109,17 @@ fn version_2_geometry_is_pinned() {
         assert_eq!(last % 64, 0, "a slot's reader words start on a cache line");
     }
 }
+
+#[test]
+fn pack_word_is_the_zero_padded_native_word() {
+    for len in 0..=8 {
+        let bytes: Vec<u8> = (1..=len as u8).collect();
+        let mut padded = [0u8; 8];
+        padded[..len].copy_from_slice(&bytes);
+        assert_eq!(
+            super::pack_word(&bytes),
+            u64::from_ne_bytes(padded),
+            "{len} bytes"
+        );
+    }
+}

@@ -1,0 +1,38 @@
+"""consort for Python: a shared-memory cache that no killed process can wedge or corrupt.
+
+Many processes open the same cache by name and share it: reads are lock-free and never
+return a torn or wrong value, and a process SIGKILLed at any instruction inside a cache
+call leaves every other process able to read and write within milliseconds (its half-done
+write is rolled back by the next writer).
+
+- :class:`SharedCache`: a mapping in shared memory (``c[k] = v``, ``c.get(k)``, per-entry
+  TTL, ``memoize``).
+- :class:`SharedCachedFunction`: a function whose results are cached in shared memory (the
+  hot path of the shared backend of ``consort.cache``).
+- :mod:`consort.errors`: the exceptions.
+
+Files live in ``$CONSORT_CACHE_DIR`` when it is set (created 0700 if it does not exist),
+else in ``/dev/shm/consort-cache-<uid>``; each cache is one ``<name>.cache`` file, 0600.
+"""
+
+from consort._core import (
+    MAX_HANDLES,
+    MAX_SIZE,
+    SharedCache,
+    SharedCachedFunction,
+    SharedCacheInfo,
+    default_dir,
+)
+from consort.errors import CacheCorruptError, CacheError, CacheMismatchError
+
+__all__ = [
+    "MAX_HANDLES",
+    "MAX_SIZE",
+    "CacheCorruptError",
+    "CacheError",
+    "CacheMismatchError",
+    "SharedCache",
+    "SharedCacheInfo",
+    "SharedCachedFunction",
+    "default_dir",
+]
