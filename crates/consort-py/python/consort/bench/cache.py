@@ -241,11 +241,17 @@ class _SharedGet:
             )
             for _ in range(2)
         ]
-        for p in procs:
-            p.start()
-        reports = [results.get(timeout=120) for _ in procs]
-        for p in procs:
-            p.join(60)
+        try:
+            for p in procs:
+                p.start()
+            reports = [results.get(timeout=120) for _ in procs]
+        finally:
+            for p in procs:
+                if p.pid is not None:
+                    p.join(60)
+                    if p.is_alive():
+                        p.kill()
+                        p.join(10)
         for status, detail, _ in reports:
             if status != "ok":
                 raise RuntimeError(f"a reader failed: {detail}")
