@@ -574,6 +574,28 @@ def test_async_leader_failure_hands_over(impl, backend):
     assert len(calls) == 2
 
 
+def test_async_shared_unhashable_arguments(impl):
+    """Row 13: warp_cache's in-flight table needs hashable arguments, even on the shared backend."""
+    calls = []
+
+    async def total(items):
+        calls.append(items)
+        await asyncio.sleep(0.01)
+        return sum(items)
+
+    fn = impl.cache(max_size=8, backend="shared")(total)
+
+    async def main():
+        return await asyncio.gather(*(fn([1, 2, 3]) for _ in range(3)))
+
+    if impl.is_warp:
+        with pytest.raises(TypeError, match="unhashable"):
+            asyncio.run(main())
+        return
+    assert asyncio.run(main()) == [6, 6, 6]
+    assert len(calls) == 1
+
+
 def test_async_leader_cancelled(impl):
     calls = []
 
@@ -987,6 +1009,16 @@ def test_redecoration_other_size_recreates(impl, request):
     assert len(counter.calls) == 2
     assert old.cache_info().max_size == 8
     assert new.get(1) == 1
+
+
+@pytest.mark.parametrize("limit", ["max_key_size", "max_value_size"])
+def test_redecoration_other_limits_recreates(impl, request, limit):
+    name = shm_name(request, limit)
+    first = impl.SharedCachedFunction(lambda x: x, 8, shm_name=name)
+    first(1)
+    second = impl.SharedCachedFunction(lambda x: x, 8, shm_name=name, **{limit: 1024})
+    assert second.cache_info().current_size == 0
+    assert second.get(1) is None
 
 
 def test_redecoration_with_the_decorator(impl):
