@@ -597,20 +597,25 @@ def test_async_shared_unhashable_arguments(impl):
 
 
 def test_async_leader_cancelled(impl):
+    """A cancelled leader hands over to a waiter (ordered by events, not by sleeps)."""
     calls = []
+    events = {}
 
     async def slow(x):
         calls.append(x)
-        await asyncio.sleep(0.1)
+        if len(calls) == 1:
+            events["started"].set()
+            await asyncio.sleep(3600)  # the first leader only ever ends by cancellation
         return x * 10
 
     fn = impl.cache(max_size=16)(slow)
 
     async def main():
+        events["started"] = asyncio.Event()  # made inside the loop that waits on it
         leader = asyncio.ensure_future(fn(1))
-        await asyncio.sleep(0.01)
+        await events["started"].wait()
         waiters = [asyncio.ensure_future(fn(1)) for _ in range(3)]
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # every waiter runs up to its wait on the leader's flight
         leader.cancel()
         return await asyncio.gather(*waiters)
 
