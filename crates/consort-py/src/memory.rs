@@ -1,0 +1,797 @@
+//! The memory backend of `consort.cache`: an in-process SIEVE cache of Python objects.
+//!
+//! `CachedFunction(fn, max_size, ttl=None)` keeps the very objects it is given (no
+//! serialization: a hit returns the object stored), keyed as `functools.lru_cache` keys
+//! (Python `hash` and `==`: `1`, `1.0` and `True` are one key), with exactly `max_size`
+//! entries and SIEVE eviction, as warp_cache 0.7's memory backend does apart from its
+//! sharding (which makes its capacity approximate from 16 up).
+//!
+//! # Invariants
+//! 1. No Python code runs while the store is borrowed: a key's `__eq__`, a `__hash__`, a
+//!    finalizer run by a decref, a garbage collection started by an allocation. The store
+//!    hashes before it borrows, compares inside the borrow only keys made of exact
+//!    built-in scalars (`int`, `float`, `str`, `bytes`, `bool`, `None`, flat tuples of
+//!    them, whose `==` runs no Python code), and hands every object it lets go of back to
+//!    the caller, who drops it after the borrow ends.
+//! 2. Any other comparison happens with the borrow released, on a new reference to the
+//!    stored key; the store's `generation`, bumped by every change of its structure, says
+//!    afterwards whether the probe may resume where it stopped or must start again. So a
+//!    raising `__eq__` propagates as itself with nothing changed, and an `__eq__` that
+//!    calls the same cached function (re-entry) works: no deadlock, no panic.
+//! 3. The borrow is a flag, taken with a compare-and-swap; under the GIL it can never be
+//!    found taken (invariant 1: nothing in a borrow lets another thread or a re-entry in),
+//!    and if it were, the call raises `RuntimeError` rather than alias the store.
+//! 4. `table` is an open-addressing index (linear probing, backward-shift deletion) of the
+//!    live slots, at most half full; `slots` holds at most `capacity` live entries, linked
+//!    newest to oldest for SIEVE; `len` counts them.
+#![allow(unsafe_code)]
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyString, PyTuple, PyType};
+
+use crate::shared::{parse_ttl, type_name};
+
+/// The largest `max_size` (the shared backend's bound too).
+pub(crate) const MAX_SIZE: u64 = 1 << 30;
+
+/// "No slot": an empty table position, the end of the SIEVE list, a hand at the start.
+const NIL: u32 = u32::MAX;
+
+/// How often a lookup starts its probe again because the cache changed while a key's
+/// `__eq__` ran, before it gives up (a lookup: a miss; a store: nothing stored).
+const RESTARTS: usize = 16;
+
+/// Fibonacci hashing spreads Python's hashes (small ints hash to themselves).
+const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// An in-process cache of a function's results (the memory backend of
+/// :func:`consort.cache`).
+///
+/// Results are kept as the very objects the function returned (no serialization: a hit
+/// returns the object stored), keyed by the positional arguments, plus the keyword
+/// arguments sorted by name, compared as ``functools.lru_cache`` compares them (``hash``
+/// and ``==``: ``1``, ``1.0`` and ``True`` are one key; unhashable arguments raise
+/// ``TypeError``). Exactly ``max_size`` entries fit; eviction is SIEVE. Thread-safe: a
+/// key whose ``__eq__`` raises propagates its exception and changes nothing, and one that
+/// calls the cached function again works.
+///
+/// Args:
+///     fn_obj: the function.
+///     max_size: how many results fit, 1 to 2**30.
+///     ttl: seconds a result lives (positive and finite); ``None``: until evicted.
+#[pyclass(frozen, dict, weakref, module = "consort")]
+pub(crate) struct CachedFunction {
+    function: Py<PyAny>,
+    capacity: usize,
+    ttl: Option<Duration>,
+    /// The zero of the entries' expiry times.
+    epoch: Instant,
+    store: Borrowed<Store>,
+}
+
+/// What `cache_info()` of the memory backend returns (warp_cache 0.7's `CacheInfo`).
+#[pyclass(frozen, eq, hash, get_all, module = "consort")]
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct CacheInfo {
+    /// Calls (and `get`s) answered from the cache.
+    hits: u64,
+    /// Calls (and `get`s) that found nothing.
+    misses: u64,
+    /// The capacity, exactly as asked.
+    max_size: usize,
+    /// Entries stored now (an expired one not yet replaced included).
+    current_size: usize,
+}
+
+#[pymethods]
+impl CacheInfo {
+    fn __repr__(&self) -> String {
+        format!(
+            "CacheInfo(hits={}, misses={}, max_size={}, current_size={})",
+            self.hits, self.misses, self.max_size, self.current_size
+        )
+    }
+}
+
+#[pymethods]
+impl CachedFunction {
+    #[new]
+    #[pyo3(signature = (fn_obj, max_size, ttl=None))]
+    fn new(
+        fn_obj: Bound<'_, PyAny>,
+        max_size: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<CachedFunction> {
+        if !fn_obj.is_callable() {
+            return Err(PyTypeError::new_err(format!(
+                "CachedFunction wraps a callable, not a {}",
+                type_name(&fn_obj)
+            )));
+        }
+        let capacity = max_size_arg(max_size)?;
+        let ttl = parse_ttl("ttl", ttl)?;
+        Ok(CachedFunction {
+            function: fn_obj.unbind(),
+            capacity,
+            ttl,
+            epoch: Instant::now(),
+            store: Borrowed::new(Store::new(capacity)),
+        })
+    }
+
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let key = Key::of(py, args, kwargs)?;
+        if let Some(value) = self.lookup(py, &key, true)? {
+            return Ok(value);
+        }
+        let result = self.function.bind(py).call(args, kwargs)?;
+        self.put(py, &key, &result, false)?;
+        Ok(result.unbind())
+    }
+
+    /// The cached result for these arguments, or None (the function is not called). Counts
+    /// a hit or a miss.
+    #[pyo3(signature = (*args, **kwargs))]
+    fn get(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        let key = Key::of(py, args, kwargs)?;
+        self.lookup(py, &key, true)
+    }
+
+    /// `(True, value)` for a cached result, `(False, None)` otherwise: tells a cached None
+    /// from a miss. Counts a hit or a miss.
+    #[pyo3(signature = (*args, **kwargs))]
+    fn _probe(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<(bool, Option<Py<PyAny>>)> {
+        let key = Key::of(py, args, kwargs)?;
+        Ok(match self.lookup(py, &key, true)? {
+            Some(value) => (true, Some(value)),
+            None => (false, None),
+        })
+    }
+
+    /// Adds one hit (`True`) or one miss (`False`) to the counts: the async wrapper counts
+    /// a call that waited for another's result as one hit.
+    fn _record(&self, hit: bool) -> PyResult<()> {
+        let mut store = self.store.borrow()?;
+        if hit {
+            store.hits += 1;
+        } else {
+            store.misses += 1;
+        }
+        Ok(())
+    }
+
+    /// Stores `value` as the result for these arguments (replacing any). Counts nothing.
+    #[pyo3(signature = (value, *args, **kwargs))]
+    fn set(
+        &self,
+        py: Python<'_>,
+        value: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let key = Key::of(py, args, kwargs)?;
+        self.put(py, &key, value, true)
+    }
+
+    /// Hits, misses, the capacity and the number of entries.
+    fn cache_info(&self) -> PyResult<CacheInfo> {
+        let store = self.store.borrow()?;
+        Ok(CacheInfo {
+            hits: store.hits,
+            misses: store.misses,
+            max_size: self.capacity,
+            current_size: store.len,
+        })
+    }
+
+    /// Removes every entry and zeroes the hit and miss counts.
+    fn cache_clear(&self) -> PyResult<()> {
+        let old = {
+            let mut store = self.store.borrow()?;
+            let mut fresh = Store::new(self.capacity);
+            // A comparison in flight must see that everything changed.
+            fresh.generation = store.generation.wrapping_add(1);
+            std::mem::replace(&mut *store, fresh)
+        };
+        // Invariant 1: the entries' finalizers run with the store free.
+        drop(old);
+        Ok(())
+    }
+
+    /// A method when looked up through an instance (as ``functools.lru_cache`` wrappers
+    /// are): ``obj.f(x)`` calls ``f(obj, x)``, ``obj`` being part of the key.
+    fn __get__(
+        slf: Bound<'_, Self>,
+        instance: Option<Bound<'_, PyAny>>,
+        owner: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let _ = owner;
+        bind_method(slf.into_any(), instance)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> String {
+        let name = slf
+            .getattr("__qualname__")
+            .or_else(|_| slf.get().function.bind(slf.py()).getattr("__qualname__"))
+            .and_then(|name| name.extract::<String>())
+            .unwrap_or_else(|_| "?".to_owned());
+        let module = slf
+            .getattr("__module__")
+            .and_then(|name| name.extract::<String>())
+            .unwrap_or_else(|_| "?".to_owned());
+        format!("<consort.CachedFunction {module}.{name}>")
+    }
+}
+
+/// `instance is None`: the wrapper itself; else `types.MethodType(wrapper, instance)`.
+pub(crate) fn bind_method(
+    wrapper: Bound<'_, PyAny>,
+    instance: Option<Bound<'_, PyAny>>,
+) -> PyResult<Py<PyAny>> {
+    let py = wrapper.py();
+    match instance {
+        Some(instance) if !instance.is_none() => {
+            static METHOD_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+            let method = METHOD_TYPE.import(py, "types", "MethodType")?;
+            Ok(method.call1((wrapper, instance))?.unbind())
+        }
+        _ => Ok(wrapper.unbind()),
+    }
+}
+
+impl CachedFunction {
+    /// The value stored for `key`, if any and alive; counts a hit or a miss when `count`.
+    fn lookup(&self, py: Python<'_>, key: &Key<'_>, count: bool) -> PyResult<Option<Py<PyAny>>> {
+        let (mut store, found) = match self.locate(py, key) {
+            Ok(located) => located,
+            Err(Located::Failed(err)) => return Err(err),
+            // The cache kept changing under the key's `__eq__`: a miss.
+            Err(Located::Unsettled) => {
+                let mut store = self.store.borrow()?;
+                if count {
+                    store.misses += 1;
+                }
+                return Ok(None);
+            }
+        };
+        let now = self.ttl.map(|_| self.now());
+        let hit = found.and_then(|at| {
+            let slot = &mut store.slots[at as usize];
+            if now.is_some_and(|now| now >= slot.expires) {
+                return None;
+            }
+            slot.visited = true;
+            slot.value.as_ref().map(|value| value.clone_ref(py))
+        });
+        if count {
+            if hit.is_some() {
+                store.hits += 1;
+            } else {
+                store.misses += 1;
+            }
+        }
+        Ok(hit)
+    }
+
+    /// Stores `value` for `key`: a new entry (evicting one when full), or, for a key
+    /// already there, a new value when `replace` or the old one expired.
+    fn put(
+        &self,
+        py: Python<'_>,
+        key: &Key<'_>,
+        value: &Bound<'_, PyAny>,
+        replace: bool,
+    ) -> PyResult<()> {
+        let expires = match self.ttl {
+            Some(ttl) => self.now().saturating_add(ttl.as_nanos() as u64),
+            None => u64::MAX,
+        };
+        let released = {
+            let (mut store, found) = match self.locate(py, key) {
+                Ok(located) => located,
+                // The cache kept changing under the key's `__eq__`: store nothing.
+                Err(Located::Unsettled) => return Ok(()),
+                Err(Located::Failed(err)) => return Err(err),
+            };
+            match found {
+                Some(at) => {
+                    let now = self.ttl.map(|_| self.now());
+                    let slot = &mut store.slots[at as usize];
+                    if replace || now.is_some_and(|now| now >= slot.expires) {
+                        slot.expires = expires;
+                        slot.visited = false;
+                        [slot.value.replace(value.clone().unbind()), None]
+                    } else {
+                        [None, None]
+                    }
+                }
+                None => {
+                    let evicted = if store.len >= self.capacity {
+                        store.evict()
+                    } else {
+                        [None, None]
+                    };
+                    store.insert(
+                        key.hash,
+                        key.object.clone().unbind(),
+                        key.plain,
+                        value.clone().unbind(),
+                        expires,
+                    );
+                    evicted
+                }
+            }
+        };
+        // Invariant 1: whatever was let go of is dropped with the store free.
+        drop(released);
+        Ok(())
+    }
+
+    /// Finds `key`, comparing outside the borrow what must be (invariant 2). Returns the
+    /// borrowed store and the key's slot, if any.
+    fn locate<'a>(
+        &'a self,
+        py: Python<'_>,
+        key: &Key<'_>,
+    ) -> Result<(Guard<'a, Store>, Option<u32>), Located> {
+        let mut store = self.store.borrow().map_err(Located::Failed)?;
+        let mut from = store.home(key.hash);
+        let mut restarts = 0;
+        loop {
+            match store.probe(py, key, from) {
+                Probe::Found(at) => return Ok((store, Some(at))),
+                Probe::Absent => return Ok((store, None)),
+                Probe::Failed(err) => return Err(Located::Failed(err)),
+                Probe::Compare {
+                    slot,
+                    position,
+                    stored,
+                } => {
+                    let generation = store.generation;
+                    drop(store);
+                    // The key's own `==`, with the store free: it may raise, or call this
+                    // function again.
+                    let equal = key.object.eq(stored.bind(py));
+                    drop(stored);
+                    let equal = equal.map_err(Located::Failed)?;
+                    store = self.store.borrow().map_err(Located::Failed)?;
+                    if store.generation != generation {
+                        restarts += 1;
+                        if restarts > RESTARTS {
+                            return Err(Located::Unsettled);
+                        }
+                        from = store.home(key.hash);
+                        continue;
+                    }
+                    if equal {
+                        return Ok((store, Some(slot)));
+                    }
+                    from = (position + 1) & (store.table.len() - 1);
+                }
+            }
+        }
+    }
+
+    /// Nanoseconds since the cache was made.
+    #[inline]
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+/// Why `locate` found no answer.
+enum Located {
+    /// The key's `__eq__` (or its hash, or the borrow) raised.
+    Failed(PyErr),
+    /// The cache changed under every comparison, `RESTARTS` times.
+    Unsettled,
+}
+
+/// A key as the cache uses it: the object compared, its hash, and whether it is made of
+/// exact built-in scalars only (compared inside the borrow: invariant 1).
+struct Key<'py> {
+    object: Bound<'py, PyAny>,
+    hash: isize,
+    plain: bool,
+}
+
+impl<'py> Key<'py> {
+    /// `args`, or `(args, tuple(sorted(kwargs.items())))` when there are keyword arguments
+    /// (warp_cache's and `functools.lru_cache`'s key, without `kwd_mark`).
+    #[inline]
+    fn of(
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Key<'py>> {
+        let (object, plain) = match kwargs.filter(|kwargs| !kwargs.is_empty()) {
+            None => (
+                args.clone().into_any(),
+                args.iter().all(|item| is_plain(&item)),
+            ),
+            Some(kwargs) => {
+                let items = kwargs.items();
+                items.sort()?;
+                let object =
+                    PyTuple::new(py, [args.clone().into_any(), items.to_tuple().into_any()])?;
+                (object.into_any(), false)
+            }
+        };
+        let hash = object.hash()?;
+        Ok(Key {
+            object,
+            hash,
+            plain,
+        })
+    }
+}
+
+/// An exact `int`, `float`, `str`, `bytes`, `bool` or `None`: its `==` against any other
+/// such object runs no Python code.
+#[inline]
+fn is_plain(item: &Bound<'_, PyAny>) -> bool {
+    item.is_exact_instance_of::<PyInt>()
+        || item.is_exact_instance_of::<PyString>()
+        || item.is_none()
+        || item.is_exact_instance_of::<PyFloat>()
+        || item.is_exact_instance_of::<PyBool>()
+        || item.is_exact_instance_of::<PyBytes>()
+}
+
+/// `max_size` as warp_cache master checks it, with its messages.
+fn max_size_arg(max_size: &Bound<'_, PyAny>) -> PyResult<usize> {
+    if max_size.is_instance_of::<PyBool>() || !max_size.is_instance_of::<PyInt>() {
+        return Err(PyTypeError::new_err(format!(
+            "max_size must be an int, got {}",
+            type_name(max_size)
+        )));
+    }
+    let value: i128 = max_size.extract().unwrap_or(i128::MAX);
+    if value < 1 {
+        return Err(PyValueError::new_err(
+            "max_size must be >= 1 for the memory backend",
+        ));
+    }
+    if value > i128::from(MAX_SIZE) {
+        return Err(PyValueError::new_err(format!(
+            "max_size must be <= {MAX_SIZE} for the memory backend (got {max_size})"
+        )));
+    }
+    Ok(value as usize)
+}
+
+/// One entry, or a free slot (`key` None).
+struct Slot {
+    hash: isize,
+    key: Option<Py<PyAny>>,
+    value: Option<Py<PyAny>>,
+    /// The key is made of exact built-in scalars (see `is_plain`).
+    plain: bool,
+    visited: bool,
+    /// Nanoseconds after the cache's epoch; `u64::MAX`: never.
+    expires: u64,
+    /// Toward the newest entry (`NIL` at the newest).
+    newer: u32,
+    /// Toward the oldest entry (`NIL` at the oldest).
+    older: u32,
+}
+
+/// The entries, their index and their SIEVE order (invariant 4).
+struct Store {
+    slots: Vec<Slot>,
+    /// Free slots, reused before `slots` grows.
+    free: Vec<u32>,
+    /// Slot numbers, `NIL` where empty; a power of two long.
+    table: Vec<u32>,
+    /// `64 - log2(table.len())`.
+    shift: u32,
+    len: usize,
+    newest: u32,
+    oldest: u32,
+    /// Where the next eviction starts (`NIL`: at the oldest).
+    hand: u32,
+    /// Bumped by every insert and removal (invariant 2).
+    generation: u64,
+    hits: u64,
+    misses: u64,
+}
+
+/// What one probe of the table found.
+enum Probe {
+    Found(u32),
+    Absent,
+    /// A candidate of the same hash whose comparison may run Python code: compare it
+    /// outside the borrow, then resume at `position + 1` if nothing changed.
+    Compare {
+        slot: u32,
+        position: usize,
+        stored: Py<PyAny>,
+    },
+    Failed(PyErr),
+}
+
+impl Store {
+    fn new(capacity: usize) -> Store {
+        let table_len = 16usize;
+        Store {
+            slots: Vec::with_capacity(capacity.min(64)),
+            free: Vec::new(),
+            table: vec![NIL; table_len],
+            shift: 64 - table_len.trailing_zeros(),
+            len: 0,
+            newest: NIL,
+            oldest: NIL,
+            hand: NIL,
+            generation: 0,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// The table position a hash starts its probe at.
+    #[inline]
+    fn home(&self, hash: isize) -> usize {
+        ((hash as u64).wrapping_mul(SPREAD) >> self.shift) as usize
+    }
+
+    /// Walks the table from `from` for `key` (invariant 1: compares only plain keys).
+    #[inline]
+    fn probe(&self, py: Python<'_>, key: &Key<'_>, from: usize) -> Probe {
+        let mask = self.table.len() - 1;
+        let mut position = from;
+        loop {
+            let at = self.table[position];
+            if at == NIL {
+                return Probe::Absent;
+            }
+            let slot = &self.slots[at as usize];
+            if slot.hash == key.hash {
+                if let Some(stored) = slot.key.as_ref() {
+                    if stored.as_ptr() == key.object.as_ptr() {
+                        return Probe::Found(at);
+                    }
+                    if !(key.plain && slot.plain) {
+                        return Probe::Compare {
+                            slot: at,
+                            position,
+                            stored: stored.clone_ref(py),
+                        };
+                    }
+                    match key.object.eq(stored.bind(py)) {
+                        Ok(true) => return Probe::Found(at),
+                        Ok(false) => {}
+                        Err(err) => return Probe::Failed(err),
+                    }
+                }
+            }
+            position = (position + 1) & mask;
+        }
+    }
+
+    /// Adds a new entry as the newest (the caller made room and checked it is absent).
+    fn insert(&mut self, hash: isize, key: Py<PyAny>, plain: bool, value: Py<PyAny>, expires: u64) {
+        if (self.len + 1) * 2 > self.table.len() {
+            self.grow();
+        }
+        let slot = Slot {
+            hash,
+            key: Some(key),
+            value: Some(value),
+            plain,
+            visited: false,
+            expires,
+            newer: NIL,
+            older: self.newest,
+        };
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.slots[at as usize] = slot;
+                at
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        if self.newest != NIL {
+            self.slots[self.newest as usize].newer = at;
+        } else {
+            self.oldest = at;
+        }
+        self.newest = at;
+        let mask = self.table.len() - 1;
+        let mut position = self.home(hash);
+        while self.table[position] != NIL {
+            position = (position + 1) & mask;
+        }
+        self.table[position] = at;
+        self.len += 1;
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// SIEVE: from the hand toward the newest (wrapping to the oldest), clears visited
+    /// entries and evicts the first unvisited one. Returns its key and value, to be
+    /// dropped by the caller after the borrow.
+    fn evict(&mut self) -> [Option<Py<PyAny>>; 2] {
+        if self.len == 0 {
+            return [None, None];
+        }
+        let mut at = if self.hand == NIL {
+            self.oldest
+        } else {
+            self.hand
+        };
+        loop {
+            let slot = &mut self.slots[at as usize];
+            if !slot.visited {
+                break;
+            }
+            slot.visited = false;
+            at = if slot.newer == NIL {
+                self.oldest
+            } else {
+                slot.newer
+            };
+        }
+        self.hand = self.slots[at as usize].newer;
+        self.remove(at)
+    }
+
+    /// Unlinks slot `at` from the list and the table and frees it.
+    fn remove(&mut self, at: u32) -> [Option<Py<PyAny>>; 2] {
+        let (newer, older, hash) = {
+            let slot = &self.slots[at as usize];
+            (slot.newer, slot.older, slot.hash)
+        };
+        match newer {
+            NIL => self.newest = older,
+            newer => self.slots[newer as usize].older = older,
+        }
+        match older {
+            NIL => self.oldest = newer,
+            older => self.slots[older as usize].newer = newer,
+        }
+        if self.hand == at {
+            self.hand = newer;
+        }
+        // Backward-shift deletion: the entries after it in its run move up.
+        let mask = self.table.len() - 1;
+        let mut hole = self.home(hash);
+        while self.table[hole] != at {
+            hole = (hole + 1) & mask;
+        }
+        let mut next = hole;
+        loop {
+            next = (next + 1) & mask;
+            let moving = self.table[next];
+            if moving == NIL {
+                break;
+            }
+            let home = self.home(self.slots[moving as usize].hash);
+            // `moving` stays if its home lies cyclically in (hole, next].
+            let stays = if hole <= next {
+                hole < home && home <= next
+            } else {
+                hole < home || home <= next
+            };
+            if !stays {
+                self.table[hole] = moving;
+                hole = next;
+            }
+        }
+        self.table[hole] = NIL;
+        self.len -= 1;
+        self.free.push(at);
+        self.generation = self.generation.wrapping_add(1);
+        let slot = &mut self.slots[at as usize];
+        [slot.key.take(), slot.value.take()]
+    }
+
+    /// Doubles the table and places every live slot again (no Python code: hashes are
+    /// stored).
+    fn grow(&mut self) {
+        let table_len = self.table.len() * 2;
+        self.table = vec![NIL; table_len];
+        self.shift = 64 - table_len.trailing_zeros();
+        let mask = table_len - 1;
+        for (at, slot) in self.slots.iter().enumerate() {
+            if slot.key.is_none() {
+                continue;
+            }
+            let mut position = ((slot.hash as u64).wrapping_mul(SPREAD) >> self.shift) as usize;
+            while self.table[position] != NIL {
+                position = (position + 1) & mask;
+            }
+            self.table[position] = at as u32;
+        }
+        self.generation = self.generation.wrapping_add(1);
+    }
+}
+
+/// A value borrowed by one caller at a time (invariant 3).
+struct Borrowed<T> {
+    busy: AtomicBool,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: `value` is reached only through a `Guard`, and at most one `Guard` exists at a
+// time (`busy` is taken by a compare-and-swap and released by the guard's drop), so a `T`
+// that may move between threads may be shared through a `Borrowed`.
+unsafe impl<T: Send> Sync for Borrowed<T> {}
+
+impl<T> Borrowed<T> {
+    fn new(value: T) -> Borrowed<T> {
+        Borrowed {
+            busy: AtomicBool::new(false),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    #[inline]
+    fn borrow(&self) -> PyResult<Guard<'_, T>> {
+        if self
+            .busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return Err(busy());
+        }
+        Ok(Guard { owner: self })
+    }
+}
+
+#[cold]
+fn busy() -> PyErr {
+    PyRuntimeError::new_err("the memory cache was re-entered from inside one of its own operations")
+}
+
+/// The one borrow of a `Borrowed`.
+struct Guard<'a, T> {
+    owner: &'a Borrowed<T>,
+}
+
+impl<T> std::ops::Deref for Guard<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: this guard holds `busy`, so no other reference to the value exists.
+        unsafe { &*self.owner.value.get() }
+    }
+}
+
+impl<T> std::ops::DerefMut for Guard<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference through it.
+        unsafe { &mut *self.owner.value.get() }
+    }
+}
+
+impl<T> Drop for Guard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.owner.busy.store(false, Ordering::Release);
+    }
+}
