@@ -5,6 +5,9 @@ return a torn or wrong value, and a process SIGKILLed at any instruction inside 
 call leaves every other process able to read and write within milliseconds (its half-done
 write is rolled back by the next writer).
 
+- :func:`cache`: a memoizing decorator, compatible with warp_cache 0.7's (in this process,
+  or ``backend="shared"``: in shared memory, for every process); :mod:`consort.compat.warp_cache`
+  has warp_cache's names.
 - :class:`SharedCache`: a mapping in shared memory (``c[k] = v``, ``c.get(k)``, per-entry
   TTL, ``memoize``).
 - :class:`SharedCachedFunction`: a function whose results are cached in shared memory (the
@@ -23,16 +26,23 @@ from consort._core import (
     SharedCacheInfo,
     default_dir,
 )
+from consort._cache import Backend, BaseCacheInfo, CacheInfo, CachedFunction, cache, cache_name
 from consort.errors import CacheCorruptError, CacheError, CacheMismatchError
 
 __all__ = [
     "MAX_HANDLES",
     "MAX_SIZE",
+    "Backend",
+    "BaseCacheInfo",
+    "CacheInfo",
+    "CachedFunction",
     "CacheCorruptError",
     "CacheError",
     "CacheMismatchError",
     "SharedCache",
     "SharedCacheInfo",
     "SharedCachedFunction",
+    "cache",
+    "cache_name",
     "default_dir",
 ]
