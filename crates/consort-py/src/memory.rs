@@ -373,7 +373,7 @@ impl CachedFunction {
                     drop(store);
                     // The key's own `==`, with the store free: it may raise, or call this
                     // function again.
-                    let equal = key.object.eq(stored.bind(py));
+                    let equal = equal(&key.object, stored.bind(py));
                     drop(stored);
                     let equal = equal.map_err(Located::Failed)?;
                     store = self.store.borrow().map_err(Located::Failed)?;
@@ -445,6 +445,19 @@ impl<'py> Key<'py> {
             hash,
             plain,
         })
+    }
+}
+
+/// `a == b` as containers compare their items (`PyObject_RichCompareBool`: identity
+/// first, then `__eq__`, its result taken as a bool).
+#[inline]
+fn equal(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<bool> {
+    // SAFETY: both pointers are live objects (borrowed for the call), the GIL is held
+    // (`Bound`), and the function returns -1 only with an exception set, fetched here.
+    match unsafe { pyo3::ffi::PyObject_RichCompareBool(a.as_ptr(), b.as_ptr(), pyo3::ffi::Py_EQ) } {
+        1 => Ok(true),
+        0 => Ok(false),
+        _ => Err(PyErr::fetch(a.py())),
     }
 }
 
@@ -579,7 +592,7 @@ impl Store {
                             stored: stored.clone_ref(py),
                         };
                     }
-                    match key.object.eq(stored.bind(py)) {
+                    match equal(&key.object, stored.bind(py)) {
                         Ok(true) => return Probe::Found(at),
                         Ok(false) => {}
                         Err(err) => return Probe::Failed(err),
@@ -737,8 +750,9 @@ struct Borrowed<T> {
 }
 
 // SAFETY: `value` is reached only through a `Guard`, and at most one `Guard` exists at a
-// time (`busy` is taken by a compare-and-swap and released by the guard's drop), so a `T`
-// that may move between threads may be shared through a `Borrowed`.
+// time: `busy` is taken under the GIL or by a compare-and-swap (invariant 3) and released by
+// the guard's drop; so a `T` that may move between threads may be shared through a
+// `Borrowed`.
 unsafe impl<T: Send> Sync for Borrowed<T> {}
 
 impl<T> Borrowed<T> {
@@ -749,14 +763,35 @@ impl<T> Borrowed<T> {
         }
     }
 
+    /// Takes the borrow, or raises if it is taken. With the GIL, a plain load and store, no
+    /// locked instruction: the flag only ever changes with the GIL held, which orders it.
+    #[cfg(not(Py_GIL_DISABLED))]
     #[inline]
     fn borrow(&self) -> PyResult<Guard<'_, T>> {
-        if self
+        if self.busy.load(Ordering::Relaxed) {
+            return Err(busy());
+        }
+        self.busy.store(true, Ordering::Relaxed);
+        Ok(Guard { owner: self })
+    }
+
+    /// Takes the borrow, waiting for another thread's (a free-threaded interpreter: no
+    /// borrow runs Python code or waits, invariant 1, so it is short).
+    #[cfg(Py_GIL_DISABLED)]
+    #[inline]
+    fn borrow(&self) -> PyResult<Guard<'_, T>> {
+        let mut spins = 0u32;
+        while self
             .busy
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            return Err(busy());
+            spins += 1;
+            if spins % 64 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
         Ok(Guard { owner: self })
     }
