@@ -263,7 +263,12 @@ pub(crate) fn bind_method(
 
 impl CachedFunction {
     /// The value stored for `key`, if any and alive; counts a hit or a miss when `count`.
-    fn lookup(&self, py: Python<'_>, key: &Key<'_>, count: bool) -> PyResult<Option<Py<PyAny>>> {
+    fn lookup(
+        &self,
+        py: Python<'_>,
+        key: &Key<'_, '_>,
+        count: bool,
+    ) -> PyResult<Option<Py<PyAny>>> {
         let (mut store, found) = match self.locate(py, key) {
             Ok(located) => located,
             Err(Located::Failed(err)) => return Err(err),
@@ -300,7 +305,7 @@ impl CachedFunction {
     fn put(
         &self,
         py: Python<'_>,
-        key: &Key<'_>,
+        key: &Key<'_, '_>,
         value: &Bound<'_, PyAny>,
         replace: bool,
     ) -> PyResult<()> {
@@ -335,7 +340,7 @@ impl CachedFunction {
                     };
                     store.insert(
                         key.hash,
-                        key.object.clone().unbind(),
+                        key.object().clone().unbind(),
                         key.plain,
                         value.clone().unbind(),
                         expires,
@@ -354,7 +359,7 @@ impl CachedFunction {
     fn locate<'a>(
         &'a self,
         py: Python<'_>,
-        key: &Key<'_>,
+        key: &Key<'_, '_>,
     ) -> Result<(Guard<'a, Store>, Option<u32>), Located> {
         let mut store = self.store.borrow().map_err(Located::Failed)?;
         let mut from = store.home(key.hash);
@@ -373,7 +378,7 @@ impl CachedFunction {
                     drop(store);
                     // The key's own `==`, with the store free: it may raise, or call this
                     // function again.
-                    let equal = equal(&key.object, stored.bind(py));
+                    let equal = equal(key.object(), stored.bind(py));
                     drop(stored);
                     let equal = equal.map_err(Located::Failed)?;
                     store = self.store.borrow().map_err(Located::Failed)?;
@@ -411,40 +416,58 @@ enum Located {
 
 /// A key as the cache uses it: the object compared, its hash, and whether it is made of
 /// exact built-in scalars only (compared inside the borrow: invariant 1).
-struct Key<'py> {
-    object: Bound<'py, PyAny>,
+struct Key<'a, 'py> {
+    object: KeyObject<'a, 'py>,
     hash: isize,
     plain: bool,
 }
 
-impl<'py> Key<'py> {
+/// The positional arguments as they came (borrowed: no reference count to touch on a
+/// hit), or the tuple made with the keyword arguments.
+enum KeyObject<'a, 'py> {
+    Args(&'a Bound<'py, PyAny>),
+    Composite(Bound<'py, PyAny>),
+}
+
+impl<'a, 'py> Key<'a, 'py> {
     /// `args`, or `(args, tuple(sorted(kwargs.items())))` when there are keyword arguments
     /// (warp_cache's and `functools.lru_cache`'s key, without `kwd_mark`).
     #[inline]
     fn of(
         py: Python<'py>,
-        args: &Bound<'py, PyTuple>,
+        args: &'a Bound<'py, PyTuple>,
         kwargs: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Key<'py>> {
+    ) -> PyResult<Key<'a, 'py>> {
         let (object, plain) = match kwargs.filter(|kwargs| !kwargs.is_empty()) {
             None => (
-                args.clone().into_any(),
-                args.iter().all(|item| is_plain(&item)),
+                KeyObject::Args(args.as_any()),
+                args.iter_borrowed().all(|item| is_plain(&item)),
             ),
             Some(kwargs) => {
                 let items = kwargs.items();
                 items.sort()?;
                 let object =
                     PyTuple::new(py, [args.clone().into_any(), items.to_tuple().into_any()])?;
-                (object.into_any(), false)
+                (KeyObject::Composite(object.into_any()), false)
             }
         };
-        let hash = object.hash()?;
+        let hash = match &object {
+            KeyObject::Args(args) => args.hash()?,
+            KeyObject::Composite(object) => object.hash()?,
+        };
         Ok(Key {
             object,
             hash,
             plain,
         })
+    }
+
+    #[inline]
+    fn object(&self) -> &Bound<'py, PyAny> {
+        match &self.object {
+            KeyObject::Args(args) => args,
+            KeyObject::Composite(object) => object,
+        }
     }
 }
 
@@ -571,7 +594,7 @@ impl Store {
 
     /// Walks the table from `from` for `key` (invariant 1: compares only plain keys).
     #[inline]
-    fn probe(&self, py: Python<'_>, key: &Key<'_>, from: usize) -> Probe {
+    fn probe(&self, py: Python<'_>, key: &Key<'_, '_>, from: usize) -> Probe {
         let mask = self.table.len() - 1;
         let mut position = from;
         loop {
@@ -582,7 +605,7 @@ impl Store {
             let slot = &self.slots[at as usize];
             if slot.hash == key.hash {
                 if let Some(stored) = slot.key.as_ref() {
-                    if stored.as_ptr() == key.object.as_ptr() {
+                    if stored.as_ptr() == key.object().as_ptr() {
                         return Probe::Found(at);
                     }
                     if !(key.plain && slot.plain) {
@@ -592,7 +615,7 @@ impl Store {
                             stored: stored.clone_ref(py),
                         };
                     }
-                    match equal(&key.object, stored.bind(py)) {
+                    match equal(key.object(), stored.bind(py)) {
                         Ok(true) => return Probe::Found(at),
                         Ok(false) => {}
                         Err(err) => return Probe::Failed(err),
