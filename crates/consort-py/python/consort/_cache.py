@@ -40,6 +40,7 @@ from consort._core import CacheInfo, CachedFunction, SharedCacheInfo
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_R_co = TypeVar("_R_co", covariant=True)
 
 MAX_SIZE = 1 << 30
 """The largest ``max_size`` of either backend."""
@@ -87,10 +88,10 @@ class BaseCacheInfo(Protocol):
     def current_size(self) -> int: ...
 
 
-class CachedCallable(Protocol[_P, _R]):
+class CachedCallable(Protocol[_P, _R_co]):
     """A cached function, for type checkers: the wrapped signature and the cache's methods."""
 
-    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R: ...
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R_co: ...
     def cache_info(self) -> BaseCacheInfo: ...
     def cache_clear(self) -> None: ...
 
@@ -198,7 +199,7 @@ def _reduce_by_name(wrapper: Any) -> str:
     """Pickles a cached function as a reference to its module-level name (as functions
     pickle), so ``multiprocessing`` can hand it to a ``spawn`` child."""
     try:
-        return wrapper.__qualname__
+        return str(wrapper.__qualname__)
     except AttributeError:
         raise pickle.PicklingError(f"cannot pickle {wrapper!r}: it has no __qualname__") from None
 
@@ -227,7 +228,7 @@ class SharedCachedFunction(metaclass=_NativeFactoryMeta):
     warp_cache): use :func:`cache`.
     """
 
-    def __new__(  # type: ignore[misc]
+    def __new__(
         cls,
         fn_obj: Callable[..., Any],
         max_size: int,

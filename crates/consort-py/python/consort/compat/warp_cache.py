@@ -10,7 +10,7 @@
 
 ``cache`` is :func:`consort.cache` (same parameters and defaults: the memory backend);
 ``Backend``, ``BaseCacheInfo``, ``CachedCallable``, ``CacheInfo`` and ``SharedCacheInfo``
-are warp_cache's, with the same fields and ``repr``\\ s; ``SharedCachedFunction(fn_obj,
+are warp_cache's, with the same fields and reprs; ``SharedCachedFunction(fn_obj,
 max_size, ttl=None, max_key_size=512, max_value_size=4096, shm_name=None)`` is its low-level
 shared wrapper (in warp_cache it lives in ``warp_cache._warp_cache_rs``), and
 ``CachedFunction(fn_obj, max_size, ttl=None)`` the memory one.
