@@ -31,6 +31,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<function::SharedCachedFunction>()?;
     m.add_class::<function::SharedCacheInfo>()?;
     m.add_class::<memory::CachedFunction>()?;
+    m.add("CachedFunction", memory::call_type(py)?)?;
     m.add_class::<memory::CacheInfo>()?;
     m.add("CacheError", py.get_type::<errors::CacheError>())?;
     m.add(

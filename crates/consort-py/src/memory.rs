@@ -65,7 +65,14 @@ const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
 ///     fn_obj: the function.
 ///     max_size: how many results fit, 1 to 2**30.
 ///     ttl: seconds a result lives (positive and finite); ``None``: until evicted.
-#[pyclass(frozen, dict, weakref, module = "consort")]
+#[pyclass(
+    frozen,
+    dict,
+    weakref,
+    subclass,
+    module = "consort",
+    name = "_CachedFunctionBase"
+)]
 pub(crate) struct CachedFunction {
     function: Py<PyAny>,
     capacity: usize,
@@ -132,13 +139,7 @@ impl CachedFunction {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let key = Key::of(py, args, kwargs)?;
-        if let Some(value) = self.lookup(py, &key, true)? {
-            return Ok(value);
-        }
-        let result = self.function.bind(py).call(args, kwargs)?;
-        self.put(py, &key, &result, false)?;
-        Ok(result.unbind())
+        self.call(py, args, kwargs)
     }
 
     /// The cached result for these arguments, or None (the function is not called). Counts
@@ -262,6 +263,23 @@ pub(crate) fn bind_method(
 }
 
 impl CachedFunction {
+    /// A call: the cached result, or the function's, then stored.
+    #[inline]
+    fn call(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let key = Key::of(py, args, kwargs)?;
+        if let Some(value) = self.lookup(py, &key, true)? {
+            return Ok(value);
+        }
+        let result = self.function.bind(py).call(args, kwargs)?;
+        self.put(py, &key, &result, false)?;
+        Ok(result.unbind())
+    }
+
     /// The value stored for `key`, if any and alive; counts a hit or a miss when `count`.
     fn lookup(
         &self,
@@ -798,6 +816,27 @@ impl<T> Borrowed<T> {
         Ok(Guard { owner: self })
     }
 
+    /// Takes the borrow if it is free.
+    #[cfg(not(Py_GIL_DISABLED))]
+    #[inline]
+    fn try_borrow(&self) -> Option<Guard<'_, T>> {
+        if self.busy.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.busy.store(true, Ordering::Relaxed);
+        Some(Guard { owner: self })
+    }
+
+    /// Takes the borrow if it is free.
+    #[cfg(Py_GIL_DISABLED)]
+    #[inline]
+    fn try_borrow(&self) -> Option<Guard<'_, T>> {
+        self.busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| Guard { owner: self })
+    }
+
     /// Takes the borrow, waiting for another thread's (a free-threaded interpreter: no
     /// borrow runs Python code or waits, invariant 1, so it is short).
     #[cfg(Py_GIL_DISABLED)]
@@ -851,5 +890,184 @@ impl<T> Drop for Guard<'_, T> {
     #[inline]
     fn drop(&mut self) {
         self.owner.busy.store(false, Ordering::Release);
+    }
+}
+
+/// The type exported as `consort.CachedFunction`: a subclass of `_CachedFunctionBase` whose
+/// only change is its `tp_call`, `call_slot`, which runs [`CachedFunction::call`] without
+/// PyO3's argument extraction (the positional arguments arrive as the tuple the key is made
+/// of; the keyword arguments as a dict or NULL). Everything else (construction, `__get__`,
+/// the methods, the instance dict, deallocation) is inherited. Made once, at module import.
+pub(crate) fn call_type(py: Python<'_>) -> PyResult<Bound<'_, PyType>> {
+    let base = py.get_type::<CachedFunction>();
+    let mut slots = [
+        pyo3::ffi::PyType_Slot {
+            slot: pyo3::ffi::Py_tp_call,
+            pfunc: call_slot as *mut std::ffi::c_void,
+        },
+        pyo3::ffi::PyType_Slot {
+            slot: pyo3::ffi::Py_tp_doc,
+            pfunc: CALL_TYPE_DOC.as_ptr() as *mut std::ffi::c_void,
+        },
+        pyo3::ffi::PyType_Slot::default(),
+    ];
+    let mut spec = pyo3::ffi::PyType_Spec {
+        // CPython keeps this pointer as the type's `tp_name`: a static string.
+        name: c"consort.CachedFunction".as_ptr(),
+        basicsize: 0,
+        itemsize: 0,
+        flags: pyo3::ffi::Py_TPFLAGS_DEFAULT as std::ffi::c_uint,
+        slots: slots.as_mut_ptr(),
+    };
+    let bases = PyTuple::new(py, [base])?;
+    // SAFETY: `spec` and `slots` are valid for the call (CPython copies the slots and the
+    // doc; the name is static), the slot array ends with the zeroed sentinel, `call_slot`
+    // has the `ternaryfunc` signature, and `bases` is a tuple of one type object. The result
+    // is a new reference or NULL with an exception set, which `from_owned_ptr_or_err` takes.
+    let made = unsafe {
+        let ty = pyo3::ffi::PyType_FromSpecWithBases(&mut spec, bases.as_ptr());
+        Bound::from_owned_ptr_or_err(py, ty)?
+    };
+    Ok(made.cast_into::<PyType>()?)
+}
+
+/// The subclass's own docstring (the base's says the rest; `help()` shows both).
+const CALL_TYPE_DOC: &std::ffi::CStr = c"CachedFunction(fn_obj, max_size, ttl=None)\n--\n\nAn in-process cache of a function's results (the memory backend of consort.cache): the very objects returned, keyed by hash and ==, exactly max_size entries, SIEVE eviction, thread-safe.";
+
+/// `tp_call` of `consort.CachedFunction`: a hit on a plain positional key is answered
+/// without attaching (`CachedFunction::fast_hit`); anything else attaches to the interpreter
+/// (so reference counts drop at once) and runs the full call. An error becomes a raised
+/// exception and a panic a `RuntimeError`, never an abort.
+unsafe extern "C" fn call_slot(
+    slf: *mut pyo3::ffi::PyObject,
+    args: *mut pyo3::ffi::PyObject,
+    kwargs: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: CPython calls `tp_call` with the GIL held (this thread is attached), `slf` an
+    // instance of the subclass (so of `CachedFunction`'s layout), `args` a tuple and
+    // `kwargs` NULL or a dict, all borrowed for the duration of the call.
+    let (py, no_keywords) = unsafe {
+        (
+            Python::assume_attached(),
+            kwargs.is_null() || pyo3::ffi::PyDict_Size(kwargs) == 0,
+        )
+    };
+    if no_keywords {
+        let fast = std::panic::catch_unwind(|| {
+            // SAFETY: as above.
+            let (function, args) = unsafe {
+                (
+                    pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<CachedFunction>(),
+                    pyo3::Borrowed::from_ptr(py, args).cast_unchecked::<PyTuple>(),
+                )
+            };
+            function.get().fast_hit(py, &args)
+        });
+        if let Ok(Some(value)) = fast {
+            return value;
+        }
+    }
+    Python::attach(|py| {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: as above.
+            let (function, args, kwargs) = unsafe {
+                let function = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<CachedFunction>();
+                let args = pyo3::Borrowed::from_ptr(py, args).cast_unchecked::<PyTuple>();
+                let kwargs = (!kwargs.is_null())
+                    .then(|| pyo3::Borrowed::from_ptr(py, kwargs).cast_unchecked::<PyDict>());
+                (function, args, kwargs)
+            };
+            function.get().call(py, &args, kwargs.as_deref())
+        }));
+        let result = outcome.unwrap_or_else(|payload| {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            Err(PyRuntimeError::new_err(format!(
+                "consort's memory cache failed (a bug): {what}"
+            )))
+        });
+        match result {
+            Ok(value) => value.into_ptr(),
+            Err(err) => {
+                err.restore(py);
+                std::ptr::null_mut()
+            }
+        }
+    })
+}
+
+impl CachedFunction {
+    /// A hit for positional arguments made of exact built-in scalars, as a new reference;
+    /// `None` for anything else (the full path then looks again, counts, and raises what
+    /// there is to raise). It runs without attaching to PyO3 (no thread-local), so it must
+    /// drop no `Py` (PyO3 would defer the decref to its pool) and make no `PyErr`: it
+    /// borrows, increments one reference count, and clears any error it provokes.
+    #[inline]
+    fn fast_hit(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+    ) -> Option<*mut pyo3::ffi::PyObject> {
+        if !args.iter_borrowed().all(|item| is_plain(&item)) {
+            return None;
+        }
+        // SAFETY: `args` is a live tuple and the GIL is held; -1 means an error is set, which
+        // is cleared (the full path hashes again and raises it).
+        let hash = unsafe { pyo3::ffi::PyObject_Hash(args.as_ptr()) };
+        if hash == -1 {
+            // SAFETY: the GIL is held.
+            unsafe { pyo3::ffi::PyErr_Clear() };
+            return None;
+        }
+        let mut store = self.store.try_borrow()?;
+        let mask = store.table.len() - 1;
+        let mut position = store.home(hash);
+        let at = loop {
+            let at = store.table[position];
+            if at == NIL {
+                return None;
+            }
+            let slot = &store.slots[at as usize];
+            if slot.hash == hash {
+                let stored = slot.key.as_ref()?;
+                if stored.as_ptr() == args.as_ptr() {
+                    break at;
+                }
+                if !slot.plain {
+                    return None;
+                }
+                // SAFETY: both are live objects, the GIL is held; both keys are plain, so
+                // the comparison runs no Python code (invariant 1); -1 sets an error, cleared.
+                match unsafe {
+                    pyo3::ffi::PyObject_RichCompareBool(
+                        args.as_ptr(),
+                        stored.as_ptr(),
+                        pyo3::ffi::Py_EQ,
+                    )
+                } {
+                    1 => break at,
+                    0 => {}
+                    _ => {
+                        // SAFETY: the GIL is held.
+                        unsafe { pyo3::ffi::PyErr_Clear() };
+                        return None;
+                    }
+                }
+            }
+            position = (position + 1) & mask;
+        };
+        if self.ttl.is_some() {
+            let now = self.now();
+            if now >= store.slots[at as usize].expires {
+                return None;
+            }
+        }
+        store.hits += 1;
+        let slot = &mut store.slots[at as usize];
+        slot.visited = true;
+        Some(slot.value.as_ref()?.clone_ref(py).into_ptr())
     }
 }
