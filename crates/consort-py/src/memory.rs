@@ -18,12 +18,20 @@
 //!    afterwards whether the probe may resume where it stopped or must start again. So a
 //!    raising `__eq__` propagates as itself with nothing changed, and an `__eq__` that
 //!    calls the same cached function (re-entry) works: no deadlock, no panic.
-//! 3. The borrow is a flag, taken with a compare-and-swap; under the GIL it can never be
-//!    found taken (invariant 1: nothing in a borrow lets another thread or a re-entry in),
-//!    and if it were, the call raises `RuntimeError` rather than alias the store.
+//! 3. The borrow is a flag. With the GIL it is taken and released with the GIL held and
+//!    can never be found taken (invariant 1: nothing in a borrow lets another thread or a
+//!    re-entry in); if it were, the call raises `RuntimeError` rather than alias the store.
+//!    On a free-threaded interpreter it is a spin lock (compare-and-swap, release store).
 //! 4. `table` is an open-addressing index (linear probing, backward-shift deletion) of the
 //!    live slots, at most half full; `slots` holds at most `capacity` live entries, linked
 //!    newest to oldest for SIEVE; `len` counts them.
+//! 5. `consort.CachedFunction` is a subclass of `_CachedFunctionBase` (made with
+//!    `PyType_FromSpecWithBases`) whose `tp_call` answers plain positional keys, hit or
+//!    miss, without PyO3's trampoline: no argument extraction, no attach count. Code on that
+//!    path drops no `Py` (PyO3 would defer the decref to its pool, drained only by an
+//!    attached call) and makes no `PyErr`: it releases objects with `Py_DecRef`, returns
+//!    the function's exception as the NULL it got, and clears any error it provokes and
+//!    takes the full path instead: the base's `tp_call` (PyO3's trampoline, then `call`).
 #![allow(unsafe_code)]
 
 use std::cell::UnsafeCell;
@@ -900,6 +908,18 @@ impl<T> Drop for Guard<'_, T> {
 /// the methods, the instance dict, deallocation) is inherited. Made once, at module import.
 pub(crate) fn call_type(py: Python<'_>) -> PyResult<Bound<'_, PyType>> {
     let base = py.get_type::<CachedFunction>();
+    // SAFETY: `base` is a live type object; `Py_tp_call` is a valid slot id, whose value is
+    // NULL or a `ternaryfunc`.
+    let base_call = unsafe {
+        let slot = pyo3::ffi::PyType_GetSlot(base.as_type_ptr(), pyo3::ffi::Py_tp_call);
+        std::mem::transmute::<*mut std::ffi::c_void, Option<pyo3::ffi::ternaryfunc>>(slot)
+    };
+    if base_call.is_none() {
+        return Err(PyRuntimeError::new_err(
+            "_CachedFunctionBase has no __call__",
+        ));
+    }
+    let _ = BASE_CALL.set(base_call);
     let mut slots = [
         pyo3::ffi::PyType_Slot {
             slot: pyo3::ffi::Py_tp_call,
@@ -935,9 +955,9 @@ pub(crate) fn call_type(py: Python<'_>) -> PyResult<Bound<'_, PyType>> {
 const CALL_TYPE_DOC: &std::ffi::CStr = c"CachedFunction(fn_obj, max_size, ttl=None)\n--\n\nAn in-process cache of a function's results (the memory backend of consort.cache): the very objects returned, keyed by hash and ==, exactly max_size entries, SIEVE eviction, thread-safe.";
 
 /// `tp_call` of `consort.CachedFunction`: a hit on a plain positional key is answered
-/// without attaching (`CachedFunction::fast_hit`); anything else attaches to the interpreter
-/// (so reference counts drop at once) and runs the full call. An error becomes a raised
-/// exception and a panic a `RuntimeError`, never an abort.
+/// without PyO3's trampoline (`CachedFunction::fast_hit`); anything else goes through the
+/// base class's `tp_call` (PyO3's trampoline, so reference counts drop at once, errors
+/// are raised and a panic is an exception, never an abort).
 unsafe extern "C" fn call_slot(
     slf: *mut pyo3::ffi::PyObject,
     args: *mut pyo3::ffi::PyObject,
@@ -953,94 +973,103 @@ unsafe extern "C" fn call_slot(
         )
     };
     if no_keywords {
-        let fast = std::panic::catch_unwind(|| {
-            // SAFETY: as above.
-            let (function, args) = unsafe {
-                (
-                    pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<CachedFunction>(),
-                    pyo3::Borrowed::from_ptr(py, args).cast_unchecked::<PyTuple>(),
-                )
-            };
-            function.get().fast_hit(py, &args)
-        });
-        if let Ok(Some(value)) = fast {
-            return value;
+        // SAFETY: as above.
+        let (function, args_tuple) = unsafe {
+            (
+                pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<CachedFunction>(),
+                pyo3::Borrowed::from_ptr(py, args).cast_unchecked::<PyTuple>(),
+            )
+        };
+        let function = function.get();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            function.fast(py, &args_tuple)
+        })) {
+            Ok(Fast::Hit(value)) => return value,
+            Ok(Fast::Absent(hash)) => {
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    function.fast_miss(py, &args_tuple, hash)
+                }));
+                return outcome.unwrap_or_else(|_| {
+                    // SAFETY: the GIL is held; the message is a valid C string.
+                    unsafe {
+                        pyo3::ffi::PyErr_SetString(
+                            pyo3::ffi::PyExc_RuntimeError,
+                            c"consort's memory cache failed (a bug: a panic)".as_ptr(),
+                        );
+                    }
+                    std::ptr::null_mut()
+                });
+            }
+            Ok(Fast::Other) | Err(_) => {}
         }
     }
-    Python::attach(|py| {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            // SAFETY: as above.
-            let (function, args, kwargs) = unsafe {
-                let function = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<CachedFunction>();
-                let args = pyo3::Borrowed::from_ptr(py, args).cast_unchecked::<PyTuple>();
-                let kwargs = (!kwargs.is_null())
-                    .then(|| pyo3::Borrowed::from_ptr(py, kwargs).cast_unchecked::<PyDict>());
-                (function, args, kwargs)
-            };
-            function.get().call(py, &args, kwargs.as_deref())
-        }));
-        let result = outcome.unwrap_or_else(|payload| {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".to_owned());
-            Err(PyRuntimeError::new_err(format!(
-                "consort's memory cache failed (a bug): {what}"
-            )))
-        });
-        match result {
-            Ok(value) => value.into_ptr(),
-            Err(err) => {
-                err.restore(py);
-                std::ptr::null_mut()
+    // The full path is the base class's `tp_call`: PyO3's trampoline (attach count,
+    // argument extraction, panics and errors turned into exceptions), then `call`.
+    let base_call = BASE_CALL.get().copied().flatten();
+    match base_call {
+        // SAFETY: the base's `tp_call` slot, called with the arguments CPython gave us.
+        Some(base_call) => unsafe { base_call(slf, args, kwargs) },
+        None => {
+            // Not reachable: `call_type` sets it before the type exists.
+            // SAFETY: the GIL is held; the message is a valid C string.
+            unsafe {
+                pyo3::ffi::PyErr_SetString(
+                    pyo3::ffi::PyExc_RuntimeError,
+                    c"consort.CachedFunction has no base call".as_ptr(),
+                );
             }
+            std::ptr::null_mut()
         }
-    })
+    }
 }
 
-impl CachedFunction {
-    /// A hit for positional arguments made of exact built-in scalars, as a new reference;
-    /// `None` for anything else (the full path then looks again, counts, and raises what
-    /// there is to raise). It runs without attaching to PyO3 (no thread-local), so it must
-    /// drop no `Py` (PyO3 would defer the decref to its pool) and make no `PyErr`: it
-    /// borrows, increments one reference count, and clears any error it provokes.
+/// `_CachedFunctionBase`'s `tp_call` (PyO3's), read once by `call_type`.
+static BASE_CALL: std::sync::OnceLock<Option<pyo3::ffi::ternaryfunc>> = std::sync::OnceLock::new();
+
+/// What the fast path found for a plain positional key.
+enum Fast {
+    /// A live entry: a new reference to its value.
+    Hit(*mut pyo3::ffi::PyObject),
+    /// No entry (every candidate compared inside the borrow): the key's hash.
+    Absent(isize),
+    /// Anything else: the full path decides.
+    Other,
+}
+
+/// What a plain probe of the table found.
+enum PlainProbe {
+    Found(u32),
+    Absent,
+    /// A candidate that needs the full path (a key that is not plain, an error).
+    Other,
+}
+
+impl Store {
+    /// Walks the table for a plain positional key (invariant 1: compares plain keys only).
+    /// No `Py` is dropped and no `PyErr` made (see `CachedFunction::fast`).
     #[inline]
-    fn fast_hit(
-        &self,
-        py: Python<'_>,
-        args: &Bound<'_, PyTuple>,
-    ) -> Option<*mut pyo3::ffi::PyObject> {
-        if !args.iter_borrowed().all(|item| is_plain(&item)) {
-            return None;
-        }
-        // SAFETY: `args` is a live tuple and the GIL is held; -1 means an error is set, which
-        // is cleared (the full path hashes again and raises it).
-        let hash = unsafe { pyo3::ffi::PyObject_Hash(args.as_ptr()) };
-        if hash == -1 {
-            // SAFETY: the GIL is held.
-            unsafe { pyo3::ffi::PyErr_Clear() };
-            return None;
-        }
-        let mut store = self.store.try_borrow()?;
-        let mask = store.table.len() - 1;
-        let mut position = store.home(hash);
-        let at = loop {
-            let at = store.table[position];
+    fn plain_probe(&self, args: &Bound<'_, PyAny>, hash: isize) -> PlainProbe {
+        let mask = self.table.len() - 1;
+        let mut position = self.home(hash);
+        loop {
+            let at = self.table[position];
             if at == NIL {
-                return None;
+                return PlainProbe::Absent;
             }
-            let slot = &store.slots[at as usize];
+            let slot = &self.slots[at as usize];
             if slot.hash == hash {
-                let stored = slot.key.as_ref()?;
+                let Some(stored) = slot.key.as_ref() else {
+                    return PlainProbe::Other;
+                };
                 if stored.as_ptr() == args.as_ptr() {
-                    break at;
+                    return PlainProbe::Found(at);
                 }
                 if !slot.plain {
-                    return None;
+                    return PlainProbe::Other;
                 }
                 // SAFETY: both are live objects, the GIL is held; both keys are plain, so
-                // the comparison runs no Python code (invariant 1); -1 sets an error, cleared.
+                // the comparison runs no Python code (invariant 1); -1 sets an error, cleared
+                // here (the full path compares again and raises it).
                 match unsafe {
                     pyo3::ffi::PyObject_RichCompareBool(
                         args.as_ptr(),
@@ -1048,26 +1077,114 @@ impl CachedFunction {
                         pyo3::ffi::Py_EQ,
                     )
                 } {
-                    1 => break at,
+                    1 => return PlainProbe::Found(at),
                     0 => {}
                     _ => {
                         // SAFETY: the GIL is held.
                         unsafe { pyo3::ffi::PyErr_Clear() };
-                        return None;
+                        return PlainProbe::Other;
                     }
                 }
             }
             position = (position + 1) & mask;
+        }
+    }
+}
+
+impl CachedFunction {
+    /// The lookup for positional arguments made of exact built-in scalars, without PyO3's
+    /// trampoline: it must drop no `Py` (PyO3 would defer the decref to its pool, which only
+    /// an attached call drains) and make no `PyErr`: it borrows, increments one reference
+    /// count on a hit, and clears any error it provokes (the full path then raises it).
+    #[inline]
+    fn fast(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> Fast {
+        if !args.iter_borrowed().all(|item| is_plain(&item)) {
+            return Fast::Other;
+        }
+        // SAFETY: `args` is a live tuple and the GIL is held; -1 means an error is set, which
+        // is cleared (the full path hashes again and raises it).
+        let hash = unsafe { pyo3::ffi::PyObject_Hash(args.as_ptr()) };
+        if hash == -1 {
+            // SAFETY: the GIL is held.
+            unsafe { pyo3::ffi::PyErr_Clear() };
+            return Fast::Other;
+        }
+        let Some(mut store) = self.store.try_borrow() else {
+            return Fast::Other;
         };
-        if self.ttl.is_some() {
-            let now = self.now();
-            if now >= store.slots[at as usize].expires {
-                return None;
-            }
+        let at = match store.plain_probe(args.as_any(), hash) {
+            PlainProbe::Found(at) => at,
+            PlainProbe::Absent => return Fast::Absent(hash),
+            PlainProbe::Other => return Fast::Other,
+        };
+        if self.ttl.is_some() && self.now() >= store.slots[at as usize].expires {
+            return Fast::Other;
         }
         store.hits += 1;
         let slot = &mut store.slots[at as usize];
         slot.visited = true;
-        Some(slot.value.as_ref()?.clone_ref(py).into_ptr())
+        match slot.value.as_ref() {
+            Some(value) => Fast::Hit(value.clone_ref(py).into_ptr()),
+            None => Fast::Other,
+        }
+    }
+
+    /// The miss after `fast` found the key absent: counts it, calls the function, stores the
+    /// result (unless someone stored the key meanwhile), and returns it as a new reference,
+    /// or NULL with the function's exception set. The same rules as `fast`: whatever the
+    /// store lets go of is released with `Py_DecRef` after the borrow.
+    fn fast_miss(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        hash: isize,
+    ) -> *mut pyo3::ffi::PyObject {
+        if let Some(mut store) = self.store.try_borrow() {
+            store.misses += 1;
+        }
+        // SAFETY: the function and `args` are live, the GIL is held; the result is a new
+        // reference or NULL with the function's exception set, returned as it is.
+        let result = unsafe {
+            pyo3::ffi::PyObject_Call(self.function.as_ptr(), args.as_ptr(), std::ptr::null_mut())
+        };
+        if result.is_null() {
+            return result;
+        }
+        let expires = match self.ttl {
+            Some(ttl) => self.now().saturating_add(ttl.as_nanos() as u64),
+            None => u64::MAX,
+        };
+        let mut released: [Option<Py<PyAny>>; 2] = [None, None];
+        if let Some(mut store) = self.store.try_borrow() {
+            match store.plain_probe(args.as_any(), hash) {
+                PlainProbe::Absent => {
+                    if store.len >= self.capacity {
+                        released = store.evict();
+                    }
+                    // SAFETY: `result` is a live object (we hold a reference); this takes
+                    // another, for the store.
+                    let value = unsafe { Bound::from_borrowed_ptr(py, result) }.unbind();
+                    store.insert(hash, args.clone().into_any().unbind(), true, value, expires);
+                }
+                PlainProbe::Found(at) => {
+                    let slot = &mut store.slots[at as usize];
+                    if self.ttl.is_some() && self.now() >= slot.expires {
+                        // SAFETY: as above.
+                        let value = unsafe { Bound::from_borrowed_ptr(py, result) }.unbind();
+                        slot.expires = expires;
+                        slot.visited = false;
+                        released[0] = slot.value.replace(value);
+                    }
+                }
+                // Stored by nobody: a rare candidate that needs the full path's comparison.
+                PlainProbe::Other => {}
+            }
+        }
+        for object in released.into_iter().flatten() {
+            // SAFETY: an owned reference the store let go of, released with the GIL held and
+            // the store free (invariant 1); `into_ptr` keeps PyO3's drop (and its pool) out.
+            unsafe { pyo3::ffi::Py_DecRef(object.into_ptr()) };
+        }
+        result
     }
 }

@@ -307,3 +307,36 @@ def test_help_is_useful():
     for words in ("max_size", "backend", "shared", "cache_info", "SIEVE", "ttl"):
         assert words in doc
     assert "SIEVE" in consort.CachedFunction.__doc__
+
+
+def test_plain_key_meets_an_equal_object_of_its_hash():
+    """A plain key (answered without PyO3's trampoline) whose stored twin is a user object
+    of the same hash takes the full path, and finds it, as `lru_cache` would."""
+
+    class Five:
+        def __hash__(self):
+            return hash(5)
+
+        def __eq__(self, other):
+            return other == 5
+
+    fn = consort.cache(max_size=4)(lambda k: ("computed", type(k).__name__))
+    assert fn(Five()) == ("computed", "Five")
+    assert fn(5) == ("computed", "Five")  # one key, as 5 and 5.0 are
+    assert fn(5.0) == ("computed", "Five")
+    info = fn.cache_info()
+    assert (info.hits, info.misses, info.current_size) == (2, 1, 1)
+    assert fn.get(5) == ("computed", "Five")
+
+
+def test_fast_and_full_paths_agree_on_counts():
+    fn = consort.cache(max_size=3)(lambda *a, **k: (a, sorted(k.items())))
+    calls = [(1,), (1,), ("a", 2.5), ("a", 2.5), (None, b"x"), (1,), ((1, 2),), ((1, 2),)]
+    for args in calls:
+        fn(*args)
+    fn(1, z=2)
+    fn(1, z=2)
+    info = fn.cache_info()
+    assert info.hits + info.misses == len(calls) + 2
+    assert (info.hits, info.misses) == (5, 5)
+    assert info.current_size == 3
