@@ -11,7 +11,8 @@ write is rolled back by the next writer).
 - :class:`SharedCache`: a mapping in shared memory (``c[k] = v``, ``c.get(k)``, per-entry
   TTL, ``memoize``).
 - :class:`SharedCachedFunction`: a function whose results are cached in shared memory (the
-  hot path of the shared backend of ``consort.cache``).
+  shared backend of ``consort.cache``; named by :func:`cache_name` as the decorator names
+  it, so both reach one cache).
 - :mod:`consort.errors`: the exceptions.
 
 Files live in ``$CONSORT_CACHE_DIR`` when it is set (created 0700 if it does not exist),
@@ -22,11 +23,18 @@ from consort._core import (
     MAX_HANDLES,
     MAX_SIZE,
     SharedCache,
-    SharedCachedFunction,
     SharedCacheInfo,
     default_dir,
 )
-from consort._cache import Backend, BaseCacheInfo, CacheInfo, CachedFunction, cache, cache_name
+from consort._cache import (
+    Backend,
+    BaseCacheInfo,
+    CacheInfo,
+    CachedFunction,
+    SharedCachedFunction,
+    cache,
+    cache_name,
+)
 from consort.errors import CacheCorruptError, CacheError, CacheMismatchError
 
 __all__ = [
