@@ -240,17 +240,19 @@ impl CachedFunction {
         bind_method(slf.into_any(), instance)
     }
 
-    fn __repr__(slf: &Bound<'_, Self>) -> String {
-        let name = slf
-            .getattr("__qualname__")
-            .or_else(|_| slf.get().function.bind(slf.py()).getattr("__qualname__"))
-            .and_then(|name| name.extract::<String>())
-            .unwrap_or_else(|_| "?".to_owned());
-        let module = slf
-            .getattr("__module__")
-            .and_then(|name| name.extract::<String>())
-            .unwrap_or_else(|_| "?".to_owned());
-        format!("<consort.CachedFunction {module}.{name}>")
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let function = self.function.bind(py);
+        let part = |attr: &str| {
+            function
+                .getattr(attr)
+                .and_then(|name| name.extract::<String>())
+                .unwrap_or_else(|_| "?".to_owned())
+        };
+        format!(
+            "<consort.CachedFunction {}.{}>",
+            part("__module__"),
+            part("__qualname__")
+        )
     }
 }
 
