@@ -168,10 +168,8 @@ impl SharedCachedFunction {
     ) -> PyResult<(bool, Option<Py<PyAny>>)> {
         let mut key = Buf::new();
         self.key(py, args, kwargs, &mut key)?;
+        // An oversize key is looked up too: consort-cache counts it a miss (as warp_cache).
         let cache = self.holder.cache(py)?;
-        if key.len() > cache.max_key() {
-            return Ok((false, None));
-        }
         Ok(match lookup(py, cache, &key)? {
             Some(value) => (true, Some(value)),
             None => (false, None),
@@ -219,6 +217,17 @@ impl SharedCachedFunction {
         })?;
         self.oversize.store(0, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A method when looked up through an instance (as `functools.lru_cache` wrappers
+    /// are): `obj.f(x)` calls `f(obj, x)`.
+    fn __get__(
+        slf: Bound<'_, Self>,
+        instance: Option<Bound<'_, PyAny>>,
+        owner: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let _ = owner;
+        crate::memory::bind_method(slf.into_any(), instance)
     }
 
     /// The name of the shared cache (its file is `<name>.cache`).

@@ -98,7 +98,12 @@ impl Holder {
         if self.generation.load(Ordering::Acquire) == consort_cache::fork_generation()
             && !self.closed.load(Ordering::Relaxed)
         {
-            return Ok(self.current());
+            let current = self.current();
+            // A file another process recreated must not go on serving hits the live cache
+            // no longer has: reopen the name (one load of the superblock's state).
+            if !current.is_retired() {
+                return Ok(current);
+            }
         }
         if self.closed.load(Ordering::Relaxed) {
             return Err(PyValueError::new_err(format!(

@@ -8,6 +8,7 @@
 //! - `holder`: an open cache that reopens itself after a fork or a recreate.
 //! - `shared`: `SharedCache`, the mapping.
 //! - `function`: `SharedCachedFunction`, the decorator's hot path.
+//! - `memory`: `CachedFunction`, the memory backend (an in-process SIEVE of Python objects).
 
 mod errors;
 
@@ -16,6 +17,7 @@ mod codec;
 mod holder;
 
 mod function;
+mod memory;
 mod shared;
 
 use pyo3::prelude::*;
@@ -28,6 +30,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<shared::Memoize>()?;
     m.add_class::<function::SharedCachedFunction>()?;
     m.add_class::<function::SharedCacheInfo>()?;
+    m.add_class::<memory::CachedFunction>()?;
+    m.add("CachedFunction", memory::call_type(py)?)?;
+    m.add_class::<memory::CacheInfo>()?;
     m.add("CacheError", py.get_type::<errors::CacheError>())?;
     m.add(
         "CacheCorruptError",

@@ -5,10 +5,14 @@ return a torn or wrong value, and a process SIGKILLed at any instruction inside 
 call leaves every other process able to read and write within milliseconds (its half-done
 write is rolled back by the next writer).
 
+- :func:`cache`: a memoizing decorator, compatible with warp_cache 0.7's (in this process,
+  or ``backend="shared"``: in shared memory, for every process); :mod:`consort.compat.warp_cache`
+  has warp_cache's names.
 - :class:`SharedCache`: a mapping in shared memory (``c[k] = v``, ``c.get(k)``, per-entry
   TTL, ``memoize``).
 - :class:`SharedCachedFunction`: a function whose results are cached in shared memory (the
-  hot path of the shared backend of ``consort.cache``).
+  shared backend of ``consort.cache``; named by :func:`cache_name` as the decorator names
+  it, so both reach one cache).
 - :mod:`consort.errors`: the exceptions.
 
 Files live in ``$CONSORT_CACHE_DIR`` when it is set (created 0700 if it does not exist),
@@ -19,20 +23,34 @@ from consort._core import (
     MAX_HANDLES,
     MAX_SIZE,
     SharedCache,
-    SharedCachedFunction,
     SharedCacheInfo,
     default_dir,
+)
+from consort._cache import (
+    Backend,
+    BaseCacheInfo,
+    CacheInfo,
+    CachedFunction,
+    SharedCachedFunction,
+    cache,
+    cache_name,
 )
 from consort.errors import CacheCorruptError, CacheError, CacheMismatchError
 
 __all__ = [
     "MAX_HANDLES",
     "MAX_SIZE",
+    "Backend",
+    "BaseCacheInfo",
+    "CacheInfo",
+    "CachedFunction",
     "CacheCorruptError",
     "CacheError",
     "CacheMismatchError",
     "SharedCache",
     "SharedCacheInfo",
     "SharedCachedFunction",
+    "cache",
+    "cache_name",
     "default_dir",
 ]

@@ -243,9 +243,71 @@ class SharedCachedFunction(Generic[_P, _R]):
         For a function made by :meth:`SharedCache.memoize`, that is the whole cache's
         entries and counts, other functions' included.
         """
+    # Binds as a method through an instance (the instance is then part of the key).
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> SharedCachedFunction[_P, _R]: ...
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> Callable[..., _R]: ...
     @property
     def shm_name(self) -> str:
         """The cache's name (its file is ``<dir>/<name>.cache``)."""
     @property
     def cache_path(self) -> pathlib.Path:
         """The cache file."""
+
+@final
+class CacheInfo:
+    """What :meth:`CachedFunction.cache_info` returns (warp_cache's ``CacheInfo``, field for
+    field, with value equality and hashing)."""
+
+    @property
+    def hits(self) -> int:
+        """Calls (and ``get`` calls) answered from the cache."""
+    @property
+    def misses(self) -> int:
+        """Calls (and ``get`` calls) that found nothing."""
+    @property
+    def max_size(self) -> int:
+        """The capacity, exactly as asked."""
+    @property
+    def current_size(self) -> int:
+        """Entries stored now (an expired one not yet replaced included)."""
+
+@final
+class CachedFunction(Generic[_P, _R]):
+    """An in-process cache of a function's results (the memory backend of :func:`consort.cache`).
+
+    Results are kept as the very objects the function returned (no serialization: a hit
+    returns the object stored), keyed by the positional arguments plus the keyword arguments
+    sorted by name, compared as ``functools.lru_cache`` compares them (``hash`` and ``==``:
+    ``1``, ``1.0`` and ``True`` are one key; unhashable arguments raise ``TypeError``).
+    Exactly ``max_size`` entries fit; eviction is SIEVE. Thread-safe: a key whose ``__eq__``
+    raises propagates its exception and changes nothing, and one that calls the cached
+    function again works.
+
+    Args:
+        fn_obj: the function.
+        max_size: how many results fit, 1 to 2**30.
+        ttl: seconds a result lives (positive and finite); ``None``: until evicted.
+    """
+
+    def __init__(self, fn_obj: Callable[_P, _R], max_size: int, ttl: float | None = None) -> None: ...
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """The cached result, or the function's (then stored)."""
+    def get(self, *args: _P.args, **kwargs: _P.kwargs) -> _R | None:
+        """The cached result for these arguments, or ``None``; never calls the function."""
+    def _probe(self, *args: _P.args, **kwargs: _P.kwargs) -> tuple[bool, _R | None]:
+        """``(True, result)`` when cached, ``(False, None)`` otherwise."""
+    def _record(self, hit: bool) -> None:
+        """Counts one hit (``True``) or one miss (``False``)."""
+    def set(self, value: _R, *args: _P.args, **kwargs: _P.kwargs) -> None:
+        """Stores ``value`` as the result for these arguments (replacing any)."""
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses, the capacity and the number of entries."""
+    def cache_clear(self) -> None:
+        """Removes every entry and zeroes the hit and miss counts."""
+    # Binds as a method through an instance (the instance is then part of the key).
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> CachedFunction[_P, _R]: ...
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> Callable[..., _R]: ...
