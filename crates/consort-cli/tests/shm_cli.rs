@@ -756,7 +756,10 @@ while not os.path.exists(gate):
         ),
     ];
     for (name, reason) in &expected {
-        assert!(block_exists(name), "{name} was left alone");
+        assert!(
+            block_exists(name),
+            "{name} ({reason}) is gone: it should have been left alone\n{text}"
+        );
         let line = line_naming(&text, name);
         assert!(
             line.starts_with("consort: warning: ") && line.contains(reason),
