@@ -18,3 +18,6 @@ fi
 "$CONSORT_TEST_PYTHON" -m pip install --quiet --disable-pip-version-check --force-reinstall \
   --no-deps ./crates/consort-py
 "$CONSORT_TEST_PYTHON" -m pytest crates/consort-py/tests --timeout=300 -q -p no:cacheprovider
+# The same compatibility tests against the real warp_cache 0.7.0: they must describe it.
+"$CONSORT_TEST_PYTHON" -m pytest crates/consort-py/tests/test_warp_compat.py --against-warp-cache \
+  --timeout=300 -q -p no:cacheprovider

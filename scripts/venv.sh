@@ -19,4 +19,9 @@ if ! .venv/bin/python -c "import pytest, pytest_timeout, maturin" >/dev/null 2>&
   .venv/bin/pip install --quiet --disable-pip-version-check --upgrade pip >&2
   .venv/bin/pip install --quiet --disable-pip-version-check pytest pytest-timeout "maturin>=1.9.4,<2" >&2
 fi
+# warp-cache 0.7.0: the warp_cache compatibility tests also run against the real package
+# (--against-warp-cache), which proves they describe what warp_cache really does.
+if ! .venv/bin/python -c "import warp_cache" >/dev/null 2>&1; then
+  .venv/bin/pip install --quiet --disable-pip-version-check "warp-cache==0.7.0" >&2
+fi
 echo "$PWD/.venv/bin/python"
