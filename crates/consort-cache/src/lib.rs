@@ -76,6 +76,8 @@ pub use error::{Error, Result};
 pub use fault::stop_after;
 #[cfg(any(feature = "fault", loom))]
 pub use fault::{crash_after, points_passed};
+#[cfg(not(loom))]
+pub use region::{sigbus_guard_reassert, sigbus_guard_step_aside};
 pub use write::Insert;
 
 use handle::{ttl_ns, Handle};
