@@ -292,6 +292,18 @@ impl Cache {
         stats
     }
 
+    /// Counts one hit (or miss) in this process's counters without a lookup: for a caller
+    /// that served a result another call of its own computed (a single-flight waiter given
+    /// its leader's result), whether or not that result was stored.
+    pub fn count(&self, hit: bool) {
+        let field = if hit {
+            participant::HITS
+        } else {
+            participant::MISSES
+        };
+        self.handle.count(field, 1);
+    }
+
     /// How many shards the cache has (see [`Config::shards`]).
     pub fn shards(&self) -> usize {
         self.handle.layout.shards

@@ -176,6 +176,14 @@ impl SharedCachedFunction {
         })
     }
 
+    /// Adds one hit (`True`) or one miss (`False`) to this process's counts: the async
+    /// wrapper counts a call that waited for another's result as one hit, whether or not
+    /// that result could be stored.
+    fn _record(&self, py: Python<'_>, hit: bool) -> PyResult<()> {
+        self.holder.cache(py)?.count(hit);
+        Ok(())
+    }
+
     /// Stores `value` as the result for these arguments (skipped, and counted, when over
     /// the limits).
     #[pyo3(signature = (value, *args, **kwargs))]

@@ -233,6 +233,8 @@ class SharedCachedFunction(Generic[_P, _R]):
         """The cached result for these arguments, or ``None``; never calls the function."""
     def _probe(self, *args: _P.args, **kwargs: _P.kwargs) -> tuple[bool, _R | None]:
         """``(True, result)`` when cached, ``(False, None)`` otherwise."""
+    def _record(self, hit: bool) -> None:
+        """Counts one hit or miss without a lookup (an async waiter given its leader's result)."""
     def set(self, value: _R, *args: _P.args, **kwargs: _P.kwargs) -> None:
         """Stores ``value`` as the result for these arguments (skipped when oversize)."""
     def cache_info(self) -> SharedCacheInfo:
