@@ -138,7 +138,7 @@ impl SharedCachedFunction {
             self.oversize.fetch_add(1, Ordering::Relaxed);
             return Ok(self.function.bind(py).call(args, kwargs)?.unbind());
         }
-        if let Some(value) = lookup(py, cache, &key)? {
+        if let Some(value) = lookup(py, &cache, &key)? {
             return Ok(value);
         }
         let result = self.function.bind(py).call(args, kwargs)?;
@@ -170,7 +170,7 @@ impl SharedCachedFunction {
         self.key(py, args, kwargs, &mut key)?;
         // An oversize key is looked up too: consort-cache counts it a miss (as warp_cache).
         let cache = self.holder.cache(py)?;
-        Ok(match lookup(py, cache, &key)? {
+        Ok(match lookup(py, &cache, &key)? {
             Some(value) => (true, Some(value)),
             None => (false, None),
         })

@@ -366,9 +366,10 @@ impl SharedCache {
         Ok((args, kwargs))
     }
 
-    /// Refuses every later call; the file stays (other processes keep using it).
-    fn close(&self) {
-        self.holder.close();
+    /// Refuses every later call and lets go of the file's mapping and fd (now, or when a
+    /// call still using them ends); the file stays (other processes keep using it).
+    fn close(&self, py: Python<'_>) {
+        self.holder.close(py);
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -377,7 +378,7 @@ impl SharedCache {
 
     #[pyo3(signature = (*_exc))]
     fn __exit__(&self, _exc: &Bound<'_, PyTuple>) -> bool {
-        self.holder.close();
+        self.holder.close(_exc.py());
         false
     }
 
