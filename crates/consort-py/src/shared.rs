@@ -245,8 +245,14 @@ impl SharedCache {
             .is_some())
     }
 
+    /// The entries `get` would find: the expired ones still stored are removed first
+    /// (under each shard's lock, with the GIL released), so a count costs a pass over the
+    /// cache's slots.
     fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
-        Ok(self.holder.cache(py)?.stats().len as usize)
+        self.holder.write(py, |cache| {
+            cache.purge_expired(usize::MAX)?;
+            Ok(cache.stats().len as usize)
+        })
     }
 
     /// The value of `key`, or `default` when it has none (or it expired).

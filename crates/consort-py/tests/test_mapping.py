@@ -422,3 +422,14 @@ def test_close_from_inside_a_read_frees_after_the_read(name, cache_dir):
     assert c["k"] == "loaded"
     assert c.closed
     assert _mapped(path) == (0, 0)
+
+
+def test_len_does_not_count_expired_entries(name):
+    """`len` agrees with `get`: an entry past its TTL is gone for both, removed or not."""
+    c = consort.SharedCache(name, 64)
+    c["kept"] = 1
+    c.set("brief", 2, ttl=0.05)
+    assert len(c) == 2
+    assert wait_until(lambda: c.get("brief") is None)
+    assert len(c) == 1
+    assert c.stats()["len"] == 1  # len() removed it

@@ -126,7 +126,8 @@ class SharedCache:
     def __contains__(self, key: Any) -> bool:
         """Whether ``key`` has an entry that has not expired."""
     def __len__(self) -> int:
-        """How many entries are stored now (expired ones not yet evicted included)."""
+        """How many entries ``get`` would find now: expired ones still stored are removed
+        first (one pass over the cache, under each shard's lock in turn)."""
     @overload
     def get(self, key: Any) -> Any | None: ...
     @overload
