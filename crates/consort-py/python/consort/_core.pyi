@@ -24,6 +24,12 @@ class CacheCorruptError(CacheError):
 class CacheMismatchError(ValueError):
     """A cache of this name exists with other parameters; pass ``recreate=True`` to replace it."""
 
+def _sigbus_guard_reassert() -> None:
+    """Puts consort's SIGBUS guard back on top of a SIGBUS handler installed since."""
+
+def _sigbus_guard_step_aside() -> None:
+    """Puts back the SIGBUS disposition the guard replaced, until the reassert."""
+
 def default_dir() -> pathlib.Path:
     """The directory caches live in when none is given.
 
@@ -129,11 +135,10 @@ class SharedCache:
         """How many entries ``get`` would find now: expired ones still stored are removed
         first (one pass over the cache, under each shard's lock in turn)."""
     @overload
-    def get(self, key: Any) -> Any | None: ...
+    def get(self, key: Any) -> Any | None:
+        """The value of ``key``, or ``None`` (or ``default``, if given) when it has none."""
     @overload
     def get(self, key: Any, default: _T) -> Any | _T: ...
-    def get(self, key: Any, default: Any = None) -> Any:
-        """The value of ``key``, or ``default`` when it has none."""
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         """Stores ``value`` under ``key``; ``ttl`` (seconds) overrides the default TTL."""
     def pop(self, key: Any, *default: Any) -> Any:

@@ -21,16 +21,20 @@ cache, or it turns the guard off.
 
 import faulthandler
 import functools
+from typing import Any, Callable, TypeVar
 
 from consort._core import _sigbus_guard_reassert, _sigbus_guard_step_aside
 
 
-def _wrap(original):
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _wrap(original: _F) -> _F:
     if getattr(original, "_consort_sigbus_guard", False):
         return original
 
     @functools.wraps(original)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         _sigbus_guard_step_aside()
         try:
             return original(*args, **kwargs)
@@ -38,7 +42,7 @@ def _wrap(original):
             _sigbus_guard_reassert()
 
     wrapper._consort_sigbus_guard = True  # type: ignore[attr-defined]
-    return wrapper
+    return wrapper  # type: ignore[return-value]
 
 
 def install() -> None:
