@@ -313,8 +313,8 @@ impl SharedCache {
     }
 
     /// Counters summed over every process that used the cache, and its fill: a dict with
-    /// `hits`, `misses`, `inserts`, `evictions`, `expirations`, `recoveries`, `len`,
-    /// `capacity`.
+    /// `hits`, `misses`, `inserts`, `evictions`, `expirations`, `recoveries`,
+    /// `oversize_skips` (of its `memoize` functions), `len`, `capacity`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let stats = self.holder.cache(py)?.stats();
         let dict = PyDict::new(py);
@@ -324,6 +324,7 @@ impl SharedCache {
         dict.set_item("evictions", stats.evictions)?;
         dict.set_item("expirations", stats.expirations)?;
         dict.set_item("recoveries", stats.recoveries)?;
+        dict.set_item("oversize_skips", stats.oversize_skips)?;
         dict.set_item("len", stats.len)?;
         dict.set_item("capacity", stats.capacity)?;
         Ok(dict)

@@ -149,7 +149,8 @@ class SharedCache:
         """Counters summed over every process, and the fill.
 
         Keys: ``hits``, ``misses``, ``inserts``, ``evictions``, ``expirations``,
-        ``recoveries`` (a dead writer's operation rolled back), ``len``, ``capacity``.
+        ``recoveries`` (a dead writer's operation rolled back), ``oversize_skips`` (of its
+        ``memoize`` functions), ``len``, ``capacity``.
         """
     def reset_stats(self) -> None:
         """Zeroes the hit and miss counters of every process."""
