@@ -228,7 +228,7 @@ mod guard {
     use std::io;
 
     use crate::sync::Ordering::{Acquire, Relaxed, Release, SeqCst};
-    use crate::sync::{AtomicBool, AtomicUsize, Once};
+    use crate::sync::{AtomicBool, AtomicUsize, Mutex, Once};
 
     /// How many cache mappings one process may have at once.
     pub(crate) const MAX_MAPPINGS: usize = 1024;
@@ -272,7 +272,7 @@ mod guard {
     static PREVIOUS_SLOT: AtomicUsize = AtomicUsize::new(0);
     /// The whole disposition we replaced, for [`step_aside`] to restore (never read by
     /// the handler). Also serializes [`install`], [`reassert`] and [`step_aside`].
-    static PREVIOUS: std::sync::Mutex<Option<Disposition>> = std::sync::Mutex::new(None);
+    static PREVIOUS: Mutex<Option<Disposition>> = Mutex::new(None);
     /// Set while [`chain`] runs a handler it chained to: a second SIGBUS meanwhile (that
     /// handler chaining back to ours) takes the default action instead of recursing.
     static CHAINING: AtomicBool = AtomicBool::new(false);
