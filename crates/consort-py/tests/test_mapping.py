@@ -433,3 +433,40 @@ def test_len_does_not_count_expired_entries(name):
     assert wait_until(lambda: c.get("brief") is None)
     assert len(c) == 1
     assert c.stats()["len"] == 1  # len() removed it
+
+
+def test_close_while_another_thread_is_inside_a_call_frees_when_it_ends(name, cache_dir):
+    """`len()` runs with the GIL released (a pass over 50,000 slots): a `close()` from
+    another thread meanwhile must not free the mapping under it. In a child process, so a
+    use-after-free would be a crash reported here, not the end of the test run."""
+    code = r"""
+import os, sys, threading
+import consort
+sys.path.insert(0, sys.argv[2])
+from test_mapping import _mapped
+name = sys.argv[1]
+c = consort.SharedCache(name, 50_000)
+for i in range(50_000):
+    c[i] = i
+path = c.path
+started, results = threading.Event(), []
+def count():
+    started.set()
+    for _ in range(200):
+        try:
+            results.append(len(c))
+        except ValueError as err:
+            results.append(str(err))
+            return
+t = threading.Thread(target=count)
+t.start()
+started.wait()
+c.close()
+t.join(60)
+assert not t.is_alive()
+assert results and "closed" in results[-1], results[-3:]
+assert all(isinstance(r, int) and r > 40_000 for r in results[:-1]), results[:3]
+print(_mapped(path))
+"""
+    out = run_python(code, name, os.path.dirname(__file__))
+    assert out.strip() == "(0, 0)"
