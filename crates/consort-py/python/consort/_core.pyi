@@ -245,7 +245,7 @@ class SharedCachedFunction(Generic[_P, _R]):
     def set(self, value: _R, *args: _P.args, **kwargs: _P.kwargs) -> None:
         """Stores ``value`` as the result for these arguments (skipped when oversize)."""
     def cache_info(self) -> SharedCacheInfo:
-        """Hits and misses of every process, capacity, fill, this process's oversize skips."""
+        """Hits, misses and oversize skips of every process, capacity, fill."""
     def cache_clear(self) -> None:
         """Removes every entry and zeroes the hit and miss counts for every process.
 
