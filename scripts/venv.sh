@@ -24,4 +24,8 @@ fi
 if ! .venv/bin/python -c "import warp_cache" >/dev/null 2>&1; then
   .venv/bin/pip install --quiet --disable-pip-version-check "warp-cache==0.7.0" >&2
 fi
+# mypy: tests/test_typing.py checks the native module's stubs and the Python layer with it.
+if ! .venv/bin/python -c "import mypy" >/dev/null 2>&1; then
+  .venv/bin/pip install --quiet --disable-pip-version-check mypy >&2
+fi
 echo "$PWD/.venv/bin/python"

@@ -397,6 +397,7 @@ pub(crate) fn in_memory(layout: &Layout, default_ttl_ns: u64) -> Result<Handle> 
         })?;
     let mut modelled = vec![
         0..superblock::PARTICIPANTS + 8,
+        superblock::OVERSIZE_SKIPS..superblock::OVERSIZE_SKIPS + 8,
         layout.participant(0)..layout.participant(1),
     ];
     for shard in 0..layout.shards {

@@ -43,6 +43,12 @@ pub(crate) mod superblock {
     pub const HASH_ALGO: usize = 88;
     pub const ABI: usize = 96;
     pub const PARTICIPANTS: usize = 104;
+    /// Entries callers skipped as over the key or value limit ([`crate::Cache::count_oversize`]),
+    /// summed over every process. On its own cache line, which no read loads (the line of
+    /// `STATE` is loaded by every operation). Added without a version change: the page is
+    /// zeros past `PARTICIPANTS` in every file of this version, and older code never reads
+    /// it.
+    pub const OVERSIZE_SKIPS: usize = 192;
 }
 pub(crate) const STATE_READY: u64 = 1;
 pub(crate) const STATE_RETIRED: u64 = 2;

@@ -76,10 +76,12 @@ pub use error::{Error, Result};
 pub use fault::stop_after;
 #[cfg(any(feature = "fault", loom))]
 pub use fault::{crash_after, points_passed};
+#[cfg(not(loom))]
+pub use region::{sigbus_guard_reassert, sigbus_guard_step_aside};
 pub use write::Insert;
 
 use handle::{ttl_ns, Handle};
-use layout::{participant, shard_header, Layout, PARTICIPANTS};
+use layout::{participant, shard_header, superblock, Layout, PARTICIPANTS};
 
 /// How many handles may have one cache open at once, all processes together (a further
 /// open gives [`Error::TooManyHandles`]).
@@ -149,6 +151,8 @@ pub struct Stats {
     pub expirations: u64,
     /// Times a writer rolled back (or finished) a dead writer's operation.
     pub recoveries: u64,
+    /// Entries callers skipped as over the limits ([`Cache::count_oversize`]).
+    pub oversize_skips: u64,
     /// Entries now stored.
     pub len: u64,
     /// Entries that fit.
@@ -283,11 +287,35 @@ impl Cache {
             add(&mut stats.expirations, participant::EXPIRATIONS);
             add(&mut stats.recoveries, participant::RECOVERIES);
         }
+        stats.oversize_skips = handle.region.u64(superblock::OVERSIZE_SKIPS).load(Relaxed);
         for shard in 0..handle.layout.shards {
             let len = handle.shard(shard).word(shard_header::LEN).load(Relaxed);
             stats.len += len.min(handle.layout.capacity as u64);
         }
         stats
+    }
+
+    /// Counts one entry skipped as over the key or value limit, in the file's shared
+    /// counter ([`Stats::oversize_skips`]): for a caller that checks the limits itself and
+    /// computes rather than stores (a memoizing decorator).
+    pub fn count_oversize(&self) {
+        use sync::Ordering::Relaxed;
+        self.handle
+            .region
+            .u64(superblock::OVERSIZE_SKIPS)
+            .fetch_add(1, Relaxed);
+    }
+
+    /// Counts one hit (or miss) in this process's counters without a lookup: for a caller
+    /// that served a result another call of its own computed (a single-flight waiter given
+    /// its leader's result), whether or not that result was stored.
+    pub fn count(&self, hit: bool) {
+        let field = if hit {
+            participant::HITS
+        } else {
+            participant::MISSES
+        };
+        self.handle.count(field, 1);
     }
 
     /// How many shards the cache has (see [`Config::shards`]).
@@ -310,7 +338,8 @@ impl Cache {
         (self.handle.default_ttl_ns != 0).then(|| Duration::from_nanos(self.handle.default_ttl_ns))
     }
 
-    /// Zeroes the hit and miss counters of every participant, in every process.
+    /// Zeroes the hit and miss counters of every participant, and the oversize skips, in
+    /// every process.
     ///
     /// Takes every shard lock (in shard order, running recovery where a dead writer left
     /// work) and holds them all while it zeroes, so no write of this cache runs meanwhile.
@@ -320,7 +349,15 @@ impl Cache {
     /// # Errors
     /// Those of a write ([`Error::Forked`], [`Error::Retired`], [`Error::Corrupt`]).
     pub fn reset_counters(&self) -> Result<()> {
-        self.intact(write::reset_counters(&self.handle))
+        let result = write::reset_counters(&self.handle);
+        if result.is_ok() {
+            use sync::Ordering::Relaxed;
+            self.handle
+                .region
+                .u64(superblock::OVERSIZE_SKIPS)
+                .store(0, Relaxed);
+        }
+        self.intact(result)
     }
 
     /// The cheap checks, without a lock and changing nothing: the file was not truncated

@@ -28,6 +28,27 @@ use std::os::fd::AsRawFd;
 #[cfg(not(loom))]
 pub(crate) use mapped::Region;
 
+/// Puts the SIGBUS guard's handler back on top of whatever SIGBUS handler was installed
+/// since this process's first cache mapping, chaining to that handler from then on; does
+/// nothing before the first mapping or when the guard's handler is on top.
+///
+/// Call it after installing a SIGBUS handler that does not chain to the one it replaced
+/// (Python's `faulthandler.enable()`), with [`sigbus_guard_step_aside`] before: then a
+/// truncated cache file is an [`Error::Corrupt`](crate::Error::Corrupt) again rather than
+/// that handler's report and a crash.
+#[cfg(not(loom))]
+pub fn sigbus_guard_reassert() {
+    guard::reassert();
+}
+
+/// Puts back the SIGBUS disposition the guard replaced, if the guard's handler is on top,
+/// so that a handler installed next (and one that later restores what it found) finds that
+/// one and not the guard's. The guard is off until [`sigbus_guard_reassert`].
+#[cfg(not(loom))]
+pub fn sigbus_guard_step_aside() {
+    guard::step_aside();
+}
+
 #[cfg(loom)]
 pub(crate) use heap::Region;
 
@@ -185,9 +206,19 @@ mod mapped {
 /// Costs: nothing on the hot path but one load of the region's flag per operation; a
 /// registry of [`MAX_MAPPINGS`] entries in static memory; one handler per process.
 ///
+/// A handler installed over ours afterwards (Python's `faulthandler.enable()` after the
+/// first cache opened, or its `disable()`, which restores what it found) would decide
+/// first, or turn the guard off: [`step_aside`] and [`reassert`] around such a call put ours
+/// back on top, chaining to whatever is there now (consort's Python package wraps
+/// `faulthandler.enable` and `disable` so). A handler we chain to that re-raises the signal
+/// (faulthandler does, after its report) gets the default action: the process dies of the
+/// fault, once.
+///
 /// # Caveats
 /// - A program that installs its own SIGBUS handler after its first cache mapping, without
-///   chaining to ours, turns the guard off.
+///   chaining to ours and without [`reassert`] after, turns the guard off.
+/// - Between [`step_aside`] and [`reassert`] the guard is off: a truncation another thread
+///   faults on in that window kills, as it did before the guard.
 /// - `mmap` is not on POSIX's list of async-signal-safe functions; on Linux it is one system
 ///   call that takes no user-space lock, which is what makes calling it here sound in
 ///   practice.
@@ -197,7 +228,7 @@ mod guard {
     use std::io;
 
     use crate::sync::Ordering::{Acquire, Relaxed, Release, SeqCst};
-    use crate::sync::{AtomicBool, AtomicUsize, Once};
+    use crate::sync::{AtomicBool, AtomicUsize, Mutex, Once};
 
     /// How many cache mappings one process may have at once.
     pub(crate) const MAX_MAPPINGS: usize = 1024;
@@ -230,8 +261,28 @@ mod guard {
     /// The system page size, read once before the handler is installed.
     static PAGE_SIZE: AtomicUsize = AtomicUsize::new(4096);
     /// The SIGBUS disposition we replaced: its `sa_sigaction` and `sa_flags`.
-    static PREVIOUS_ACTION: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
-    static PREVIOUS_FLAGS: AtomicUsize = AtomicUsize::new(0);
+    /// Two slots, so that [`reassert`] can change it while a handler reads it: the
+    /// handler reads the slot `PREVIOUS_SLOT` names, [`reassert`] writes the other and then
+    /// switches.
+    static PREVIOUS_ACTION: [AtomicUsize; 2] = [
+        AtomicUsize::new(libc::SIG_DFL),
+        AtomicUsize::new(libc::SIG_DFL),
+    ];
+    static PREVIOUS_FLAGS: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    static PREVIOUS_SLOT: AtomicUsize = AtomicUsize::new(0);
+    /// The whole disposition we replaced, for [`step_aside`] to restore (never read by
+    /// the handler). Also serializes [`install`], [`reassert`] and [`step_aside`].
+    static PREVIOUS: Mutex<Option<Disposition>> = Mutex::new(None);
+    /// Set while [`chain`] runs a handler it chained to: a second SIGBUS meanwhile (that
+    /// handler chaining back to ours) takes the default action instead of recursing.
+    static CHAINING: AtomicBool = AtomicBool::new(false);
+
+    /// A `struct sigaction`, to keep in a static.
+    #[derive(Clone, Copy)]
+    struct Disposition(libc::sigaction);
+
+    // SAFETY: a `struct sigaction` is plain data (a function address, flags, a mask).
+    unsafe impl Send for Disposition {}
 
     /// Registers the mapping `[start, start + len)` (installing the handler the first time).
     pub(crate) fn register(start: usize, len: usize) -> io::Result<&'static Guarded> {
@@ -294,24 +345,72 @@ mod guard {
 
     fn install() {
         PAGE_SIZE.store(rustix::param::page_size(), Relaxed);
+        put_on_top();
+    }
+
+    /// The current SIGBUS disposition, or `None` if it cannot be read.
+    fn current() -> Option<libc::sigaction> {
         // SAFETY: `sigaction` is a plain C struct for which all-zero bytes are a valid value.
-        let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
-        // SAFETY: a null `act` only queries the current disposition into `previous`, a
+        let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: a null `act` only queries the current disposition into `current`, a
         // valid, exclusively borrowed `struct sigaction`.
-        if unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut previous) } != 0 {
-            return; // no guard: a truncation kills, as it did before
+        (unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut current) } == 0)
+            .then_some(current)
+    }
+
+    fn ours() -> usize {
+        on_sigbus as *const () as usize
+    }
+
+    /// Puts our handler back on top if another took its place since (chaining to that
+    /// one from then on); nothing before the first cache mapping (which installs it),
+    /// nothing if ours is on top.
+    pub(crate) fn reassert() {
+        if INSTALL.is_completed() {
+            put_on_top();
         }
-        PREVIOUS_ACTION.store(previous.sa_sigaction, Relaxed);
-        PREVIOUS_FLAGS.store(previous.sa_flags as usize, Relaxed);
+    }
+
+    fn put_on_top() {
+        let mut previous = PREVIOUS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(found) = current() else {
+            return; // no guard: a truncation kills, as it did before
+        };
+        if found.sa_sigaction == ours() {
+            return;
+        }
+        let slot = PREVIOUS_SLOT.load(Relaxed) ^ 1;
+        PREVIOUS_ACTION[slot].store(found.sa_sigaction, Relaxed);
+        PREVIOUS_FLAGS[slot].store(found.sa_flags as usize, Relaxed);
+        PREVIOUS_SLOT.store(slot, SeqCst);
+        *previous = Some(Disposition(found));
         // SAFETY: as above, all-zero bytes are a valid `sigaction`.
-        let mut ours: libc::sigaction = unsafe { std::mem::zeroed() };
-        ours.sa_sigaction = on_sigbus as *const () as usize;
-        ours.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-        // SAFETY: `ours.sa_mask` is a valid, exclusively borrowed `sigset_t`.
-        unsafe { libc::sigemptyset(&mut ours.sa_mask) };
-        // SAFETY: `ours` is a valid `struct sigaction` whose handler has the SA_SIGINFO
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = ours();
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        // SAFETY: `act.sa_mask` is a valid, exclusively borrowed `sigset_t`.
+        unsafe { libc::sigemptyset(&mut act.sa_mask) };
+        // SAFETY: `act` is a valid `struct sigaction` whose handler has the SA_SIGINFO
         // signature, and it stays valid for the call; the old action is not asked for.
-        unsafe { libc::sigaction(libc::SIGBUS, &ours, std::ptr::null_mut()) };
+        unsafe { libc::sigaction(libc::SIGBUS, &act, std::ptr::null_mut()) };
+    }
+
+    /// Puts back the disposition ours replaced, if ours is on top, so that a handler about
+    /// to be installed (and one that later restores what it found) chains to that one and
+    /// not to ours; [`reassert`] after it puts ours back on top.
+    pub(crate) fn step_aside() {
+        let previous = PREVIOUS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(Disposition(previous)) = *previous else {
+            return;
+        };
+        if current().is_some_and(|found| found.sa_sigaction == ours()) {
+            // SAFETY: `previous` is a disposition the kernel gave us, valid as it was.
+            unsafe { libc::sigaction(libc::SIGBUS, &previous, std::ptr::null_mut()) };
+        }
     }
 
     /// The SIGBUS handler: async-signal-safe (atomics, `mmap`, `sigaction`, `raise`; no
@@ -350,8 +449,12 @@ mod guard {
 
     /// Hands a SIGBUS that is not ours to the disposition we replaced.
     fn chain(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
-        let action = PREVIOUS_ACTION.load(Relaxed);
-        let flags = PREVIOUS_FLAGS.load(Relaxed) as c_int;
+        let slot = PREVIOUS_SLOT.load(SeqCst);
+        let mut action = PREVIOUS_ACTION[slot].load(Relaxed);
+        let flags = PREVIOUS_FLAGS[slot].load(Relaxed) as c_int;
+        if action == ours() || CHAINING.load(SeqCst) {
+            action = libc::SIG_DFL; // chained back to us: die of it rather than recurse
+        }
         if action == libc::SIG_IGN && !info.is_null() {
             // SAFETY: as in `on_sigbus`, the kernel's `siginfo_t` is valid.
             let code = unsafe { (*info).si_code };
@@ -368,6 +471,7 @@ mod guard {
             unsafe { libc::raise(signal) };
             return;
         }
+        CHAINING.store(true, SeqCst);
         if flags & libc::SA_SIGINFO != 0 {
             // SAFETY: the previous disposition was installed with SA_SIGINFO, so its
             // `sa_sigaction` is a handler of this signature, and it is called with the
@@ -383,6 +487,24 @@ mod guard {
             let handler = unsafe { std::mem::transmute::<usize, extern "C" fn(c_int)>(action) };
             handler(signal);
         }
+        if raised_again(signal) {
+            // That handler re-raised the signal (faulthandler does, after its report, to
+            // let the disposition under it act): the signal is blocked while we run, so it
+            // is pending, and delivered when we return. Delivered to ours (faulthandler
+            // restored what it found), it would come back here: make it the default.
+            // SAFETY: `signal` is async-signal-safe and takes plain values.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
+        CHAINING.store(false, SeqCst);
+    }
+
+    /// Whether `signal` is pending for this thread or the process. Async-signal-safe.
+    fn raised_again(signal: c_int) -> bool {
+        // SAFETY: all-zero bytes are a valid `sigset_t`.
+        let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `sigpending` (async-signal-safe) fills a valid, exclusively borrowed set;
+        // `sigismember` reads it.
+        unsafe { libc::sigpending(&mut pending) == 0 && libc::sigismember(&pending, signal) == 1 }
     }
 }
 

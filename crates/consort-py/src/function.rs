@@ -10,7 +10,6 @@
 //! module stand on: the constructor takes warp_cache 0.7's `SharedCachedFunction`
 //! arguments, and `cache_info()` returns its `SharedCacheInfo`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,8 +56,6 @@ pub(crate) struct SharedCachedFunction {
     ttl: Option<Duration>,
     /// Put before every key (a memo in a `SharedCache` shared with other functions).
     prefix: Box<[u8]>,
-    /// Entries computed but not stored for their size, by this process.
-    oversize: AtomicU64,
 }
 
 /// What `cache_info()` returns (warp_cache 0.7's `SharedCacheInfo`, field for field).
@@ -135,10 +132,10 @@ impl SharedCachedFunction {
         // is followed, limits included.
         let cache = self.holder.cache(py)?;
         if key.len() > cache.max_key() {
-            self.oversize.fetch_add(1, Ordering::Relaxed);
+            cache.count_oversize();
             return Ok(self.function.bind(py).call(args, kwargs)?.unbind());
         }
-        if let Some(value) = lookup(py, cache, &key)? {
+        if let Some(value) = lookup(py, &cache, &key)? {
             return Ok(value);
         }
         let result = self.function.bind(py).call(args, kwargs)?;
@@ -170,10 +167,18 @@ impl SharedCachedFunction {
         self.key(py, args, kwargs, &mut key)?;
         // An oversize key is looked up too: consort-cache counts it a miss (as warp_cache).
         let cache = self.holder.cache(py)?;
-        Ok(match lookup(py, cache, &key)? {
+        Ok(match lookup(py, &cache, &key)? {
             Some(value) => (true, Some(value)),
             None => (false, None),
         })
+    }
+
+    /// Adds one hit (`True`) or one miss (`False`) to this process's counts: the async
+    /// wrapper counts a call that waited for another's result as one hit, whether or not
+    /// that result could be stored.
+    fn _record(&self, py: Python<'_>, hit: bool) -> PyResult<()> {
+        self.holder.cache(py)?.count(hit);
+        Ok(())
     }
 
     /// Stores `value` as the result for these arguments (skipped, and counted, when over
@@ -188,15 +193,15 @@ impl SharedCachedFunction {
     ) -> PyResult<()> {
         let mut key = Buf::new();
         self.key(py, args, kwargs, &mut key)?;
-        if key.len() > self.holder.cache(py)?.max_key() {
-            self.oversize.fetch_add(1, Ordering::Relaxed);
+        let cache = self.holder.cache(py)?;
+        if key.len() > cache.max_key() {
+            cache.count_oversize();
             return Ok(());
         }
         self.store(py, &key, value)
     }
 
-    /// Hits and misses of every process, the capacity, the fill, and this process's
-    /// oversize skips.
+    /// Hits, misses and oversize skips of every process, the capacity, the fill.
     fn cache_info(&self, py: Python<'_>) -> PyResult<SharedCacheInfo> {
         let stats = self.holder.cache(py)?.stats();
         Ok(SharedCacheInfo {
@@ -204,18 +209,17 @@ impl SharedCachedFunction {
             misses: stats.misses,
             max_size: stats.capacity as usize,
             current_size: stats.len as usize,
-            oversize_skips: self.oversize.load(Ordering::Relaxed),
+            oversize_skips: stats.oversize_skips,
         })
     }
 
-    /// Removes every entry and zeroes the hit and miss counts, for every process (for a
+    /// Removes every entry and zeroes the hit, miss and oversize counts, for every process (for a
     /// function of `SharedCache.memoize`: the whole cache's, other functions' included).
     fn cache_clear(&self, py: Python<'_>) -> PyResult<()> {
         self.holder.write(py, |cache| {
             cache.clear()?;
             cache.reset_counters()
         })?;
-        self.oversize.store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -256,7 +260,6 @@ impl SharedCachedFunction {
             holder,
             ttl,
             prefix,
-            oversize: AtomicU64::new(0),
         })
     }
 
@@ -278,7 +281,7 @@ impl SharedCachedFunction {
         let mut encoded = Buf::new();
         codec::encode(py, value, &mut encoded)?;
         if encoded.len() > self.holder.cache(py)?.max_value() {
-            self.oversize.fetch_add(1, Ordering::Relaxed);
+            self.holder.cache(py)?.count_oversize();
             return Ok(());
         }
         let (key, value, ttl) = (key.as_slice(), encoded.as_slice(), self.ttl);

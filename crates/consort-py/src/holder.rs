@@ -8,8 +8,8 @@
 //! handle from then on.
 //!
 //! # Invariants
-//! 1. `current` always points at a `Cache` boxed in `opened`, and `opened` only grows while
-//!    the holder lives: a `&Cache` handed out borrows the holder and stays valid whatever
+//! 1. Until closed, `current` always points at a `Cache` boxed in `opened`, and `opened`
+//!    only grows: a `&Cache` handed out borrows the holder and stays valid whatever
 //!    another thread reopens meanwhile (the old handle still reads; its writes fail and
 //!    come back here). The price is one mapping and one fd per reopen, kept until the
 //!    holder is dropped; reopens happen once per fork and once per recreate.
@@ -18,15 +18,27 @@
 //! 3. A reopen waits (it may open a file, attach, recover) with the GIL released, and it
 //!    takes the `opened` mutex only after releasing the GIL, so no thread ever waits for the
 //!    mutex while holding the GIL.
+//! 4. [`Holder::close`] frees every handle (mapping, fd, liveness lock) at once when no call
+//!    is using one, else the last such call frees them as it ends. A call that uses a
+//!    handle holds a [`Using`] (from [`Holder::cache`], or [`Holder::write`] for its whole
+//!    run, the GIL-released part included); `users` counts them. Every change of `users`
+//!    and every free happens with the GIL held (a `Using` is neither `Send` nor `Sync`, so
+//!    it never crosses a `detach`), which serializes them: plain loads and stores suffice.
+//!    A handle used by a call whose Python code (a value's unpickling) closes the cache is
+//!    therefore freed when that call ends, not under it.
 //!
 //! # Caveats
+//! A fork while another thread of the parent is inside a call leaves the child's `users`
+//! above zero for good: the child's `close()` then refuses later calls but its handles are
+//! freed only when the holder is dropped.
+//!
 //! A fork while another thread of the parent is inside a reopen (holding `opened`) leaves
 //! the child that mutex locked, and the child's first use of this cache waits forever, as
 //! with any lock held across `fork()`. A reopen is rare (once per fork or recreate) and
 //! short (one open).
 #![allow(unsafe_code)]
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use consort_cache::{Cache, Config, Error};
@@ -61,6 +73,39 @@ pub(crate) struct Holder {
     #[allow(clippy::vec_box)]
     opened: Mutex<Vec<Box<Cache>>>,
     closed: AtomicBool,
+    /// How many [`Using`]s are alive (invariant 4; changed only with the GIL held).
+    users: AtomicUsize,
+}
+
+/// A handle in use by one call: keeps [`Holder::close`] from freeing it (invariant 4).
+#[derive(Debug)]
+pub(crate) struct Using<'a> {
+    holder: &'a Holder,
+    cache: &'a Cache,
+    /// Neither `Send` nor `Sync`: created and dropped with the GIL held, never detached.
+    _gil_bound: std::marker::PhantomData<*const ()>,
+}
+
+impl std::ops::Deref for Using<'_> {
+    type Target = Cache;
+
+    #[inline]
+    fn deref(&self) -> &Cache {
+        self.cache
+    }
+}
+
+impl Drop for Using<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let holder = self.holder;
+        // The GIL is held (invariant 4): no other thread changes `users` meanwhile.
+        let users = holder.users.load(Ordering::Relaxed) - 1;
+        holder.users.store(users, Ordering::Relaxed);
+        if users == 0 && holder.closed.load(Ordering::Relaxed) {
+            holder.free();
+        }
+    }
 }
 
 impl Holder {
@@ -85,6 +130,7 @@ impl Holder {
             generation: AtomicU64::new(generation),
             opened: Mutex::new(vec![cache]),
             closed: AtomicBool::new(false),
+            users: AtomicUsize::new(0),
         })
     }
 
@@ -94,7 +140,26 @@ impl Holder {
     /// # Errors
     /// `ValueError` once closed; those of opening the cache again after a fork.
     #[inline]
-    pub(crate) fn cache(&self, py: Python<'_>) -> PyResult<&Cache> {
+    pub(crate) fn cache(&self, py: Python<'_>) -> PyResult<Using<'_>> {
+        Ok(self.using(self.handle(py)?))
+    }
+
+    /// Counts a user of `cache` (a handle of this holder) until the `Using` drops. With the
+    /// GIL held (the caller has a `Python` token, or is `cache`/`write`).
+    #[inline]
+    fn using<'a>(&'a self, cache: &'a Cache) -> Using<'a> {
+        let users = self.users.load(Ordering::Relaxed);
+        self.users.store(users + 1, Ordering::Relaxed);
+        Using {
+            holder: self,
+            cache,
+            _gil_bound: std::marker::PhantomData,
+        }
+    }
+
+    /// The handle to use now, not yet counted as used (see [`Holder::cache`]).
+    #[inline]
+    fn handle(&self, py: Python<'_>) -> PyResult<&Cache> {
         if self.generation.load(Ordering::Acquire) == consort_cache::fork_generation()
             && !self.closed.load(Ordering::Relaxed)
         {
@@ -106,19 +171,22 @@ impl Holder {
             }
         }
         if self.closed.load(Ordering::Relaxed) {
-            return Err(PyValueError::new_err(format!(
-                "the shared cache {:?} is closed",
-                self.name
-            )));
+            return Err(self.closed_error());
         }
         self.reopen(py, self.current.load(Ordering::Acquire))
     }
 
+    #[cold]
+    fn closed_error(&self) -> PyErr {
+        PyValueError::new_err(format!("the shared cache {:?} is closed", self.name))
+    }
+
     #[inline]
     fn current(&self) -> &Cache {
-        // SAFETY: `current` always points at a `Cache` boxed in `opened`, which never
-        // shrinks while `self` lives (invariant 1); the box's heap address does not move
-        // when the vector grows; the returned reference borrows `self`.
+        // SAFETY: until closed, `current` always points at a `Cache` boxed in `opened`,
+        // which never shrinks until then (invariant 1), and every caller checked `closed`
+        // with the GIL held; a handle in use is not freed until its `Using` drops
+        // (invariant 4); the box's heap address does not move when the vector grows.
         unsafe { &*self.current.load(Ordering::Acquire) }
     }
 
@@ -130,7 +198,10 @@ impl Holder {
         py: Python<'_>,
         op: impl Fn(&Cache) -> consort_cache::Result<T> + Sync,
     ) -> PyResult<T> {
-        let mut cache = self.cache(py)?;
+        // One count for the whole run: every handle of this holder stays allocated until
+        // it ends (a reopen's new handle as much as the first).
+        let using = self.cache(py)?;
+        let mut cache: &Cache = &using;
         for _ in 0..4 {
             match py.detach(|| op(cache)) {
                 Err(Error::Forked | Error::Retired(_)) => {
@@ -172,6 +243,9 @@ impl Holder {
                 .opened
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if self.closed.load(Ordering::Relaxed) {
+                return Ok(()); // reported below, with the GIL held
+            }
             let generation = consort_cache::fork_generation();
             if self.current.load(Ordering::Acquire) as usize != stale
                 && self.generation.load(Ordering::Acquire) == generation
@@ -185,13 +259,35 @@ impl Holder {
             Ok(())
         })
         .map_err(to_py)?;
+        // With the GIL held again: a close meanwhile (with the GIL) has freed the handles,
+        // and none frees them between here and the caller's `Using` (invariant 4).
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(self.closed_error());
+        }
         Ok(self.current())
     }
 
-    /// Refuses every later call ("closed"); the handles are released when the holder is
-    /// dropped (a thread may still be inside a call on one).
-    pub(crate) fn close(&self) {
+    /// Refuses every later call ("closed") and frees every handle: now, or when the last
+    /// call still using one ends (invariant 4). The GIL is held (`py`).
+    pub(crate) fn close(&self, py: Python<'_>) {
+        let _ = py;
         self.closed.store(true, Ordering::Relaxed);
+        if self.users.load(Ordering::Relaxed) == 0 {
+            self.free();
+        }
+    }
+
+    /// Drops every handle (unmaps, closes the fd, lets go of the liveness lock). Only once
+    /// closed and with no user (invariant 4); `current` is never dereferenced again, since
+    /// every path to it checks `closed` first.
+    fn free(&self) {
+        let handles = std::mem::take(
+            &mut *self
+                .opened
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        drop(handles);
     }
 
     pub(crate) fn is_closed(&self) -> bool {

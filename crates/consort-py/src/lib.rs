@@ -46,7 +46,22 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_HANDLES", consort_cache::MAX_HANDLES)?;
     m.add_function(wrap_pyfunction!(default_dir, m)?)?;
     m.add_function(wrap_pyfunction!(derived_name, m)?)?;
+    m.add_function(wrap_pyfunction!(_sigbus_guard_reassert, m)?)?;
+    m.add_function(wrap_pyfunction!(_sigbus_guard_step_aside, m)?)?;
     Ok(())
+}
+
+/// Puts consort's SIGBUS guard back on top after a SIGBUS handler was installed over it
+/// (`faulthandler.enable` and `disable`, which `consort` wraps with these two).
+#[pyfunction]
+fn _sigbus_guard_reassert() {
+    consort_cache::sigbus_guard_reassert();
+}
+
+/// Puts back the SIGBUS disposition consort's guard replaced, until the reassert.
+#[pyfunction]
+fn _sigbus_guard_step_aside() {
+    consort_cache::sigbus_guard_step_aside();
 }
 
 /// The directory caches live in when none is given: `CONSORT_CACHE_DIR` when set, else

@@ -245,8 +245,14 @@ impl SharedCache {
             .is_some())
     }
 
+    /// The entries `get` would find: the expired ones still stored are removed first
+    /// (under each shard's lock, with the GIL released), so a count costs a pass over the
+    /// cache's slots.
     fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
-        Ok(self.holder.cache(py)?.stats().len as usize)
+        self.holder.write(py, |cache| {
+            cache.purge_expired(usize::MAX)?;
+            Ok(cache.stats().len as usize)
+        })
     }
 
     /// The value of `key`, or `default` when it has none (or it expired).
@@ -307,8 +313,8 @@ impl SharedCache {
     }
 
     /// Counters summed over every process that used the cache, and its fill: a dict with
-    /// `hits`, `misses`, `inserts`, `evictions`, `expirations`, `recoveries`, `len`,
-    /// `capacity`.
+    /// `hits`, `misses`, `inserts`, `evictions`, `expirations`, `recoveries`,
+    /// `oversize_skips` (of its `memoize` functions), `len`, `capacity`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let stats = self.holder.cache(py)?.stats();
         let dict = PyDict::new(py);
@@ -318,6 +324,7 @@ impl SharedCache {
         dict.set_item("evictions", stats.evictions)?;
         dict.set_item("expirations", stats.expirations)?;
         dict.set_item("recoveries", stats.recoveries)?;
+        dict.set_item("oversize_skips", stats.oversize_skips)?;
         dict.set_item("len", stats.len)?;
         dict.set_item("capacity", stats.capacity)?;
         Ok(dict)
@@ -366,9 +373,10 @@ impl SharedCache {
         Ok((args, kwargs))
     }
 
-    /// Refuses every later call; the file stays (other processes keep using it).
-    fn close(&self) {
-        self.holder.close();
+    /// Refuses every later call and lets go of the file's mapping and fd (now, or when a
+    /// call still using them ends); the file stays (other processes keep using it).
+    fn close(&self, py: Python<'_>) {
+        self.holder.close(py);
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -377,7 +385,7 @@ impl SharedCache {
 
     #[pyo3(signature = (*_exc))]
     fn __exit__(&self, _exc: &Bound<'_, PyTuple>) -> bool {
-        self.holder.close();
+        self.holder.close(_exc.py());
         false
     }
 

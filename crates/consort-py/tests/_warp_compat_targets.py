@@ -65,3 +65,12 @@ def child_text_len(queue, s):
         queue.put(("ok", text_len(s), info_tuple(text_len)))
     except BaseException as err:
         queue.put(("error", repr(err), None))
+
+
+def child_oversize(queue, n):
+    """Calls `text_len` on a key over the 512-byte limit; reports its oversize skips."""
+    try:
+        value = text_len("x" * n)
+        queue.put(("ok", value, text_len.cache_info().oversize_skips))
+    except BaseException as err:
+        queue.put(("error", repr(err), None))

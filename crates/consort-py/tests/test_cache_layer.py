@@ -101,3 +101,36 @@ def test_async_waiters_count_one_hit_each_on_memory():
     assert all(r is results[0] for r in results)  # the leader's very object
     info = fn.cache_info()
     assert (info.hits, info.misses, len(calls)) == (4, 1, 1)
+
+
+@pytest.mark.parametrize("oversize", ["value", "key"])
+def test_async_waiters_count_one_hit_each_on_shared_when_nothing_was_stored(oversize):
+    """The waiters get the leader's result, so each is a hit, even when that result was
+    never stored (too big): `hits + misses` equals the number of calls."""
+    import asyncio
+
+    calls, gates = [], []
+
+    async def big(x):
+        calls.append(x)
+        await gates[0].wait()
+        return "v" * 200
+
+    fn = consort.cache(max_size=4, backend="shared", max_key_size=64, max_value_size=64)(big)
+    fn.cache_clear()
+    arg = "k" * 100 if oversize == "key" else 1
+
+    async def main():
+        gates.append(asyncio.Event())
+        calls_done = asyncio.gather(*(fn(arg) for _ in range(5)))
+        while not calls:  # the leader is in, and the waiters queued behind it
+            await asyncio.sleep(0)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        gates[0].set()
+        return await calls_done
+
+    results = asyncio.run(main())
+    assert results == ["v" * 200] * 5
+    info = fn.cache_info()
+    assert (info.hits, info.misses, len(calls), info.oversize_skips) == (4, 1, 1, 1)

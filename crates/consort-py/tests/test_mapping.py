@@ -360,3 +360,113 @@ def test_repr_and_properties(name):
     assert repr(c) == f"SharedCache('{name}', capacity=8, max_key=20, max_value=30, ttl=2.5)"
 
     assert (c.name, c.capacity, c.max_key, c.max_value, c.ttl) == (name, 8, 20, 30, 2.5)
+
+
+def _mapped(path):
+    """How many of this process's mappings and fds refer to the file ``path`` (by inode)."""
+    want = os.stat(path)
+    fds = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            st = os.fstat(int(fd))
+        except OSError:
+            continue
+        fds += (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino)
+    maps = 0
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 5 and fields[4] == str(want.st_ino):
+                maps += 1
+    return fds, maps
+
+
+@pytest.mark.parametrize("how", ["close", "with"])
+def test_close_frees_the_mapping_and_the_fd_at_once(name, cache_dir, how):
+    path = cache_dir / f"{name}.cache"
+    c = consort.SharedCache(name, 8)
+    c["k"] = 1
+    assert _mapped(path) == (1, 1)
+    if how == "close":
+        c.close()
+    else:
+        with c:
+            pass
+    assert _mapped(path) == (0, 0)  # c is still referenced here: not the GC's doing
+    with pytest.raises(ValueError, match="closed"):
+        c.get("k")
+    c.close()  # again: nothing to free, no error
+    assert consort.SharedCache(name, 8)["k"] == 1
+
+
+class ClosesOnLoad:
+    """A value whose unpickling closes the cache it is being read from."""
+
+    target = None
+
+    def __reduce__(self):
+        return (_close_target, ())
+
+
+def _close_target():
+    ClosesOnLoad.target.close()
+    return "loaded"
+
+
+def test_close_from_inside_a_read_frees_after_the_read(name, cache_dir):
+    """The handle a read is using is freed when that read ends, not under it."""
+    path = cache_dir / f"{name}.cache"
+    c = consort.SharedCache(name, 8)
+    c["k"] = ClosesOnLoad()
+    ClosesOnLoad.target = c
+    assert c["k"] == "loaded"
+    assert c.closed
+    assert _mapped(path) == (0, 0)
+
+
+def test_len_does_not_count_expired_entries(name):
+    """`len` agrees with `get`: an entry past its TTL is gone for both, removed or not."""
+    c = consort.SharedCache(name, 64)
+    c["kept"] = 1
+    c.set("brief", 2, ttl=0.05)
+    assert len(c) == 2
+    assert wait_until(lambda: c.get("brief") is None)
+    assert len(c) == 1
+    assert c.stats()["len"] == 1  # len() removed it
+
+
+def test_close_while_another_thread_is_inside_a_call_frees_when_it_ends(name, cache_dir):
+    """`len()` runs with the GIL released (a pass over 50,000 slots): a `close()` from
+    another thread meanwhile must not free the mapping under it. In a child process, so a
+    use-after-free would be a crash reported here, not the end of the test run."""
+    code = r"""
+import os, sys, threading
+import consort
+sys.path.insert(0, sys.argv[2])
+from test_mapping import _mapped
+name = sys.argv[1]
+c = consort.SharedCache(name, 50_000)
+for i in range(50_000):
+    c[i] = i
+path = c.path
+started, results = threading.Event(), []
+def count():
+    started.set()
+    for _ in range(200):
+        try:
+            results.append(len(c))
+        except ValueError as err:
+            results.append(str(err))
+            return
+t = threading.Thread(target=count)
+t.start()
+started.wait()
+c.close()
+t.join(60)
+assert not t.is_alive()
+assert results and "closed" in results[-1], results[-3:]
+assert all(isinstance(r, int) and r > 40_000 for r in results[:-1]), results[:3]
+print(_mapped(path))
+"""
+    out = run_python(code, name, os.path.dirname(__file__))
+    assert out.strip() == "(0, 0)"

@@ -1188,6 +1188,22 @@ def test_child_shares_values_and_counts(impl, targets, method):
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_oversize_skips_are_shared_by_every_process(impl, targets, method):
+    """Like hits and misses, `oversize_skips` lives in the file: a child's skip shows in
+    the parent, and a clear anywhere zeroes it everywhere."""
+    text_len = targets.text_len
+    text_len.cache_clear()
+    text_len("y" * 1000)
+    assert text_len.cache_info().oversize_skips == 1
+    value, child_skips = run_child(method, targets.child_oversize, 2000)
+    assert (value, child_skips) == (2000, 2)
+    assert text_len.cache_info().oversize_skips == 2
+    text_len.cache_clear()
+    _, child_skips = run_child(method, targets.child_oversize, 3000)
+    assert child_skips == 1
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_clear_zeroes_counts_for_every_process(impl, targets, method):
     square = targets.square
     square.cache_clear()

@@ -36,6 +36,9 @@ from consort._cache import (
     cache_name,
 )
 from consort.errors import CacheCorruptError, CacheError, CacheMismatchError
+from consort import _faulthandler
+
+_faulthandler.install()
 
 __all__ = [
     "MAX_HANDLES",

@@ -300,13 +300,9 @@ def _async_wrapper(fn: Callable[..., Any], inner: Any, flight_key: Callable[...,
     flights = weakref.WeakKeyDictionary()
     probe = inner._probe
     store = inner.set
-    record = getattr(inner, "_record", None)
-
-    def record_hit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if record is not None:
-            record(True)
-        else:  # the shared backend: a look at what the leader stored counts the hit
-            probe(*args, **kwargs)
+    # A waiter is given the leader's result: one hit, whether or not that result could be
+    # stored (too big, unpicklable) or is still there.
+    record = inner._record
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -323,7 +319,7 @@ def _async_wrapper(fn: Callable[..., Any], inner: Any, flight_key: Callable[...,
                     result = await asyncio.shield(future)
                     if result is _RETRY:
                         continue
-                    record_hit(args, kwargs)
+                    record(True)
                     return result
             hit, value = probe(*args, **kwargs)
             if hit:

@@ -24,6 +24,12 @@ class CacheCorruptError(CacheError):
 class CacheMismatchError(ValueError):
     """A cache of this name exists with other parameters; pass ``recreate=True`` to replace it."""
 
+def _sigbus_guard_reassert() -> None:
+    """Puts consort's SIGBUS guard back on top of a SIGBUS handler installed since."""
+
+def _sigbus_guard_step_aside() -> None:
+    """Puts back the SIGBUS disposition the guard replaced, until the reassert."""
+
 def default_dir() -> pathlib.Path:
     """The directory caches live in when none is given.
 
@@ -126,13 +132,13 @@ class SharedCache:
     def __contains__(self, key: Any) -> bool:
         """Whether ``key`` has an entry that has not expired."""
     def __len__(self) -> int:
-        """How many entries are stored now (expired ones not yet evicted included)."""
+        """How many entries ``get`` would find now: expired ones still stored are removed
+        first (one pass over the cache, under each shard's lock in turn)."""
     @overload
-    def get(self, key: Any) -> Any | None: ...
+    def get(self, key: Any) -> Any | None:
+        """The value of ``key``, or ``None`` (or ``default``, if given) when it has none."""
     @overload
     def get(self, key: Any, default: _T) -> Any | _T: ...
-    def get(self, key: Any, default: Any = None) -> Any:
-        """The value of ``key``, or ``default`` when it has none."""
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         """Stores ``value`` under ``key``; ``ttl`` (seconds) overrides the default TTL."""
     def pop(self, key: Any, *default: Any) -> Any:
@@ -143,7 +149,8 @@ class SharedCache:
         """Counters summed over every process, and the fill.
 
         Keys: ``hits``, ``misses``, ``inserts``, ``evictions``, ``expirations``,
-        ``recoveries`` (a dead writer's operation rolled back), ``len``, ``capacity``.
+        ``recoveries`` (a dead writer's operation rolled back), ``oversize_skips`` (of its
+        ``memoize`` functions), ``len``, ``capacity``.
         """
     def reset_stats(self) -> None:
         """Zeroes the hit and miss counters of every process."""
@@ -233,10 +240,12 @@ class SharedCachedFunction(Generic[_P, _R]):
         """The cached result for these arguments, or ``None``; never calls the function."""
     def _probe(self, *args: _P.args, **kwargs: _P.kwargs) -> tuple[bool, _R | None]:
         """``(True, result)`` when cached, ``(False, None)`` otherwise."""
+    def _record(self, hit: bool) -> None:
+        """Counts one hit or miss without a lookup (an async waiter given its leader's result)."""
     def set(self, value: _R, *args: _P.args, **kwargs: _P.kwargs) -> None:
         """Stores ``value`` as the result for these arguments (skipped when oversize)."""
     def cache_info(self) -> SharedCacheInfo:
-        """Hits and misses of every process, capacity, fill, this process's oversize skips."""
+        """Hits, misses and oversize skips of every process, capacity, fill."""
     def cache_clear(self) -> None:
         """Removes every entry and zeroes the hit and miss counts for every process.
 
