@@ -113,6 +113,7 @@ pub(crate) fn remove(handle: &Handle, key: &[u8]) -> Result<bool> {
     };
     let txn = Txn::begin(&writer);
     remove_slot(&txn, index)?;
+    shrink(&txn)?;
     txn.commit();
     Ok(true)
 }
@@ -137,6 +138,7 @@ pub(crate) fn purge_expired(handle: &Handle, max: usize) -> Result<usize> {
             if expired(shard, index, now) {
                 let txn = Txn::begin(&writer);
                 remove_slot(&txn, index)?;
+                shrink(&txn)?;
                 txn.commit();
                 handle.count(participant::EXPIRATIONS, 1);
                 purged += 1;
@@ -290,6 +292,8 @@ fn insert_locked(
             unlink_and_free(&txn, old)?;
             Insert::Replaced
         }
+        // An eviction took one entry out for this one: `len` is unchanged.
+        None if evicted.is_some() => Insert::Stored,
         None => {
             let len = shard.word(shard_header::LEN).load(Relaxed);
             txn.store(meta + shard_header::LEN, len + 1)?;
@@ -352,7 +356,16 @@ fn unlink_and_free(txn: &Txn<'_>, index: usize) -> Result<()> {
     Ok(())
 }
 
-/// Removes a live slot (chain, list, len) in the open transaction.
+/// One entry fewer: `len` decremented in the open transaction.
+fn shrink(txn: &Txn<'_>) -> Result<()> {
+    let shard = txn.shard();
+    let len = shard.word(shard_header::LEN).load(Relaxed);
+    txn.store(shard.base() + shard_header::LEN, len.saturating_sub(1))
+}
+
+/// Removes a live slot (chain, list) in the open transaction; the caller adjusts `len`
+/// ([`shrink`]), or leaves it as it is when the slot makes room for a new one (an
+/// eviction: one out, one in, two journal entries saved).
 fn remove_slot(txn: &Txn<'_>, index: usize) -> Result<()> {
     let shard = txn.shard();
     let hash = shard.slot_word(index, slot::HASH).load(Relaxed);
@@ -383,10 +396,7 @@ fn remove_slot(txn: &Txn<'_>, index: usize) -> Result<()> {
         None => txn.store(bucket_off, after)?,
         Some(pred) => txn.store(shard.slot_offset(pred) + slot::CHAIN, after)?,
     }
-    unlink_and_free(txn, index)?;
-    let len = shard.word(shard_header::LEN).load(Relaxed);
-    txn.store(shard.base() + shard_header::LEN, len.saturating_sub(1))?;
-    Ok(())
+    unlink_and_free(txn, index)
 }
 
 fn expired(shard: Shard<'_>, index: usize, now: u64) -> bool {
@@ -419,6 +429,9 @@ fn evict_one(txn: &Txn<'_>, now: u64) -> Result<bool> {
     let expired = expired(shard, victim, now);
     let prev = shard.slot_word(victim, slot::PREV).load(Relaxed);
     remove_slot(txn, victim)?;
-    txn.store(shard.base() + shard_header::HAND, prev)?;
+    // `unlink_and_free` already moved a hand that pointed at the victim to `prev`.
+    if shard.word(shard_header::HAND).load(Relaxed) != prev {
+        txn.store(shard.base() + shard_header::HAND, prev)?;
+    }
     Ok(expired)
 }

@@ -178,6 +178,29 @@ pub(crate) fn encode_call(
     pickled(py, &key, out)
 }
 
+/// The key of a call with positional arguments only, as [`encode_call`] makes it for the
+/// tuple of `args`, when every argument has a tagged encoding: `Ok(false)`, with `out` as it
+/// was, when one has not (the caller then makes the tuple and calls `encode_call`, which
+/// pickles it).
+#[inline]
+pub(crate) fn encode_positional<'a, 'py: 'a>(
+    args: impl ExactSizeIterator<Item = Borrowed<'a, 'py, PyAny>>,
+    out: &mut Buf,
+) -> PyResult<bool> {
+    let start = out.len();
+    let Some(c) = len32(args.len()) else {
+        return Ok(false);
+    };
+    out.push_array([TAG_TUPLE, c[0], c[1], c[2], c[3]]);
+    for item in args {
+        if !tagged(&item, out, 1)? {
+            out.truncate(start);
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Sorted `(name, value)` pairs under the KWARGS tag; `false` if a value has no tagged
 /// encoding.
 fn tagged_kwargs(kwargs: &Bound<'_, PyDict>, out: &mut Buf) -> bool {

@@ -29,6 +29,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<shared::SharedCache>()?;
     m.add_class::<shared::Memoize>()?;
     m.add_class::<function::SharedCachedFunction>()?;
+    m.add("SharedCachedFunction", function::call_type(py)?)?;
     m.add_class::<function::SharedCacheInfo>()?;
     m.add_class::<memory::CachedFunction>()?;
     m.add("CachedFunction", memory::call_type(py)?)?;

@@ -501,11 +501,7 @@ pub(crate) struct Memoize {
 
 #[pymethods]
 impl Memoize {
-    fn __call__(
-        &self,
-        py: Python<'_>,
-        function: Bound<'_, PyAny>,
-    ) -> PyResult<SharedCachedFunction> {
+    fn __call__(&self, py: Python<'_>, function: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let prefix = qualified_name(&function)?;
         let mut buf = Buf::new();
         codec::encode(
@@ -513,12 +509,13 @@ impl Memoize {
             &pyo3::types::PyString::new(py, &prefix).into_any(),
             &mut buf,
         )?;
-        SharedCachedFunction::over(
+        let made = SharedCachedFunction::over(
             function.unbind(),
             self.holder.clone(),
             self.ttl,
             buf.as_slice().into(),
-        )
+        )?;
+        crate::function::instantiate(py, made)
     }
 }
 
