@@ -311,12 +311,13 @@ impl SharedCachedFunction {
         if !codec::encode_positional(positional, &mut key)? {
             return Ok(None);
         }
+        // As `__call__`: the cache's own limits, the shared oversize count.
         let cache = self.holder.cache(py)?;
         if key.len() > cache.max_key() {
-            self.oversize.fetch_add(1, Ordering::Relaxed);
+            cache.count_oversize();
             return Ok(Some(self.vectorcall_function(py, args, nargsf)?.unbind()));
         }
-        if let Some(value) = lookup(py, cache, &key)? {
+        if let Some(value) = lookup(py, &cache, &key)? {
             return Ok(Some(value));
         }
         let result = self.vectorcall_function(py, args, nargsf)?;

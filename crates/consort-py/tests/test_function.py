@@ -7,6 +7,7 @@ import functools
 import pytest
 
 import consort
+import consort._core
 
 
 def make(fn, max_size=16, **kwargs):
@@ -176,3 +177,53 @@ def test_ttl(name):
     assert wait_until(lambda: f.get(1) is None, timeout=10)
     f(1)
     assert calls == [1, 1]
+
+
+def test_every_way_of_calling_reaches_one_entry_and_one_count(name):
+    """The positional fast path (vectorcall, keys encoded from CPython's argument array) and
+    the general path (tuple and dict) make the same key and the same counts."""
+    calls = []
+
+    def f(x, b=0):
+        calls.append((x, b))
+        return (x, b)
+
+    g = make(f, shm_name=name)
+    # The vectorcall type, which consort.SharedCachedFunction (the naming factory) makes.
+    assert type(g) is consort._core.SharedCachedFunction
+    assert isinstance(g, consort.SharedCachedFunction)
+    assert g(1) == (1, 0)
+    assert g.__call__(1) == (1, 0)
+    assert g(*[1]) == (1, 0)
+    assert functools.partial(g)(1) == (1, 0)
+    assert calls == [(1, 0)]
+    info = g.cache_info()
+    assert (info.hits, info.misses, info.current_size) == (3, 1, 1)
+    # Keywords take the general path, and spell one key however they are passed.
+    assert g(1, b=2) == (1, 2) and g(1, **{"b": 2}) == (1, 2)
+    assert calls == [(1, 0), (1, 2)]
+    # An argument with no tagged encoding is pickled, on either path.
+    assert g([1, 2]) == ([1, 2], 0) and g(*[[1, 2]]) == ([1, 2], 0)
+    assert calls[-1] == ([1, 2], 0) and len(calls) == 3
+    info = g.cache_info()
+    assert (info.hits, info.misses, info.current_size) == (5, 3, 3)
+
+
+def test_an_oversize_positional_key_is_counted_for_every_process(name):
+    g = make(lambda x: len(x), shm_name=name, max_key_size=16)
+    big = "x" * 64
+    assert g(big) == 64 and g(big) == 64
+    other = make(lambda x: len(x), shm_name=name, max_key_size=16)
+    info = other.cache_info()
+    assert (info.oversize_skips, info.current_size) == (2, 0)
+
+
+def test_memoized_functions_are_shared_cached_functions(name):
+    cache = consort.SharedCache(name, capacity=16)
+
+    @cache.memoize()
+    def double(x):
+        return 2 * x
+
+    assert type(double) is consort._core.SharedCachedFunction
+    assert double(4) == 8 and double(4) == 8
