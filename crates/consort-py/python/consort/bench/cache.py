@@ -320,6 +320,10 @@ def run(args):
     consort_dir = tempfile.mkdtemp(
         prefix="consort-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
     )
+    # consort's decorators open their caches here too, not in the user's cache directory;
+    # the whole directory goes at the end.
+    saved_cache_dir = os.environ.get("CONSORT_CACHE_DIR")
+    os.environ["CONSORT_CACHE_DIR"] = consort_dir
     try:
         peers = {}
         factories = {
@@ -387,6 +391,10 @@ def run(args):
             _report(args, rounds, median, samples, ratios, notes)
         return 0
     finally:
+        if saved_cache_dir is None:
+            os.environ.pop("CONSORT_CACHE_DIR", None)
+        else:
+            os.environ["CONSORT_CACHE_DIR"] = saved_cache_dir
         disk_dir.close()
         shutil.rmtree(consort_dir, ignore_errors=True)
         _remove_warp_files()
