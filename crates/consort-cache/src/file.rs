@@ -265,7 +265,11 @@ pub(crate) fn attach(path: &Path, expected: Option<(&Layout, u64)>) -> Result<Ha
         return Err(corrupt("file shorter than the layout it describes"));
     }
     if let Some((want, requested_ttl)) = expected {
-        let fields: [(&'static str, usize, usize); 4] = [
+        // The capacity as the caller gave it comes first: "capacity per shard" would speak
+        // of a number the caller never wrote.
+        let total = |layout: &Layout| layout.shards.saturating_mul(layout.capacity);
+        let fields: [(&'static str, usize, usize); 5] = [
+            ("capacity", total(&found), total(want)),
             ("shards", found.shards, want.shards),
             ("capacity per shard", found.capacity, want.capacity),
             ("max_key", found.max_key, want.max_key),

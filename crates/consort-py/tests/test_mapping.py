@@ -231,7 +231,8 @@ def test_stats_are_shared_and_reset_for_every_process(name):
 def test_mismatch_raises_unless_recreate(name):
     c = consort.SharedCache(name, 8)
     c["k"] = 1
-    with pytest.raises(consort.CacheMismatchError, match="capacity"):
+    # In the caller's terms: the capacity it gave, not a per-shard figure.
+    with pytest.raises(consort.CacheMismatchError, match=r"with capacity = 8, not 16"):
         consort.SharedCache(name, 16)
     with pytest.raises(consort.CacheMismatchError):
         consort.SharedCache(name, 8, max_value=100)
