@@ -1074,7 +1074,14 @@ fn issue_14_start_returns_after_the_first_worker_and_close_is_heard_while_the_ot
     let builder = {
         let second = Arc::clone(&second);
         let n_started = Arc::clone(&n_started);
-        Pool::new(echo_worker(), 200).with_monitor(move |event| {
+        // 200 workers, or two thirds of what this machine holds (`ulimit -n 1024` holds
+        // about 160), as the pool itself reckons it.
+        let n_workers = machine_holds().map_or(200, |max| (max * 2 / 3).min(200));
+        assert!(
+            n_workers >= 10,
+            "this machine holds only {n_workers} workers"
+        );
+        Pool::new(echo_worker(), n_workers).with_monitor(move |event| {
             let PoolEvent::WorkerStarted { slot, .. } = event else {
                 return;
             };
@@ -1141,4 +1148,13 @@ fn issue_14_more_workers_than_the_machine_holds_are_refused_naming_the_limit() {
         Ok(pool) => panic!("started {} workers", pool.stats().alive()),
     }
     assert!(children().is_empty(), "{:?}", children());
+}
+
+/// How many workers the pool says this machine holds: the "at most N workers" of its
+/// refusal of a count no machine holds; `None` when it names no limit.
+fn machine_holds() -> Option<usize> {
+    let err = Pool::new(echo_worker(), 100_000_000).start().err()?;
+    let text = err.to_string();
+    let (_, rest) = text.split_once("at most ")?;
+    rest.split_whitespace().next()?.parse().ok()
 }
