@@ -360,9 +360,12 @@ impl SharedCachedFunction {
     fn store(&self, py: Python<'_>, key: &Buf, value: &Bound<'_, PyAny>) -> PyResult<()> {
         let mut encoded = Buf::new();
         codec::encode(py, value, &mut encoded)?;
-        if encoded.len() > self.holder.cache(py)?.max_value() {
-            self.holder.cache(py)?.count_oversize();
-            return Ok(());
+        {
+            let cache = self.holder.cache(py)?;
+            if encoded.len() > cache.max_value() {
+                cache.count_oversize();
+                return Ok(());
+            }
         }
         let (key, value, ttl) = (key.as_slice(), encoded.as_slice(), self.ttl);
         self.holder.insert(py, key, value, ttl)?;

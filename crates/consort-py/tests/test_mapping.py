@@ -10,6 +10,7 @@ import threading
 import pytest
 
 import consort
+import procs
 from conftest import run_python, wait_until
 
 
@@ -366,13 +367,7 @@ def test_repr_and_properties(name):
 def _mapped(path):
     """How many of this process's mappings and fds refer to the file ``path`` (by inode)."""
     want = os.stat(path)
-    fds = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            st = os.fstat(int(fd))
-        except OSError:
-            continue
-        fds += (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino)
+    fds = procs.cache_fds(path)
     maps = 0
     with open("/proc/self/maps") as f:
         for line in f:
