@@ -15,7 +15,10 @@ use consort::{
     EventKind, Pool, PoolBuilder, PoolError, Service, ServiceBuilder, Task, TaskError, TaskEvent,
     TaskState,
 };
-use consort_tests::{children, is_running, kill, open_fds, python, slowdown, wait_until, Watchdog};
+use consort_tests::{
+    children, is_running, kill, open_fds, python, slowdown, wait_until, workers_the_machine_holds,
+    Watchdog,
+};
 use serde_json::json;
 
 /// How long any one test may run before its watchdog aborts the binary.
@@ -1154,7 +1157,5 @@ fn issue_14_more_workers_than_the_machine_holds_are_refused_naming_the_limit() {
 /// refusal of a count no machine holds; `None` when it names no limit.
 fn machine_holds() -> Option<usize> {
     let err = Pool::new(echo_worker(), 100_000_000).start().err()?;
-    let text = err.to_string();
-    let (_, rest) = text.split_once("at most ")?;
-    rest.split_whitespace().next()?.parse().ok()
+    workers_the_machine_holds(&err.to_string())
 }

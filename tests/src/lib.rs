@@ -199,3 +199,11 @@ pub fn cmdline(pid: u32) -> Vec<String> {
 pub fn is_my_child(pid: u32) -> bool {
     matches!(ppid_and_state(pid), Some((ppid, _)) if ppid == std::process::id())
 }
+
+/// The N of "at most N workers" in consort's refusal of a worker count the machine cannot
+/// hold (`PoolError::Config`, `consort map --workers`): how many it holds; `None` when the
+/// text names no such limit.
+pub fn workers_the_machine_holds(refusal: &str) -> Option<usize> {
+    let (_, rest) = refusal.split_once("at most ")?;
+    rest.split_whitespace().next()?.parse().ok()
+}

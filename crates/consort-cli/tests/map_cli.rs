@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use consort_tests::{kill, python, wait_until, Watchdog};
+use consort_tests::{kill, python, wait_until, workers_the_machine_holds, Watchdog};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -659,9 +659,7 @@ fn machine_holds() -> Option<usize> {
         .stdin(Stdio::null())
         .output()
         .expect("consort map");
-    let text = stderr(&output);
-    let (_, rest) = text.split_once("at most ")?;
-    rest.split_whitespace().next()?.parse().ok()
+    workers_the_machine_holds(&stderr(&output))
 }
 
 /// Issue 14: `consort map --workers 100000` panicked on thread creation, then hung. A
